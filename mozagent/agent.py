@@ -1,0 +1,511 @@
+"""The daemon: sources → desired state → render → apply → report.
+
+Three threads of our own: the *sync* worker (the only one that reads ZooKeeper,
+resolves layers and writes rendered files), the *apply* worker (runs puppet when
+the scheduler says so, at most one run at a time), and the main thread (signals,
+systemd notify and watchdog). Rendering never waits for puppet, so a write in
+ZooKeeper reaches the Hiera files in milliseconds even while puppet runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+from tenacity.stop import stop_base
+
+from mozagent import __version__
+from mozagent.config import Config, PuppetConfig
+from mozagent.fileio import read_json, write_if_changed, write_json
+from mozagent.layers import LAYERS, LastGood, ResolvedLayer, ValueCache, layer_paths, resolve_layer
+from mozagent.puppet import ApplyItem, ApplyResult, PuppetPaths, run_puppet
+from mozagent.render import (
+    FactsInput,
+    LayerRenderer,
+    layer_filename,
+    render_facts,
+    render_hiera_config,
+)
+from mozagent.scheduler import ApplyScheduler
+from mozagent.sdnotify import notify, watchdog_interval
+from mozagent.status import StatusStore, exit_code
+from mozagent.zkclient import CONNECTION_ERRORS, make_client
+from mozagent.zkwatch import ZooKeeperSource
+
+log = structlog.get_logger("mozagent")
+
+
+class ConfigProvider(Protocol):
+    """A source of configs to apply. Heat deployments will be another one."""
+
+    def items(self) -> list[ApplyItem]: ...
+
+
+@dataclass(frozen=True)
+class ManifestProvider:
+    """The manifests listed in the config file, applied in order."""
+
+    puppet: PuppetConfig
+
+    def items(self) -> list[ApplyItem]:
+        return [
+            ApplyItem(name=os.path.basename(m), manifest=m, source="config")
+            for m in self.puppet.manifests
+        ]
+
+
+class _StopWhenSet(stop_base):
+    """Tenacity stop condition: give up retrying once the agent is shutting down."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.event.is_set()
+
+
+def read_puppet_ref(path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
+class Agent:
+    def __init__(self, cfg: Config, mode: str = "daemon") -> None:
+        self.cfg = cfg
+        self.mode = mode
+        self.stopping = threading.Event()
+        self._wake = threading.Event()
+        self._cond = threading.Condition()
+        self.puppet_ref = read_puppet_ref(cfg.puppet.tree_ref_file)
+        self.status = StatusStore(
+            cfg.status_file,
+            {
+                "app": cfg.app,
+                "node": cfg.node,
+                "puppet_ref": self.puppet_ref,
+                "config_file": cfg.source,
+            },
+        )
+        a = cfg.apply
+        self.scheduler = ApplyScheduler(
+            a.min_wait, a.max_wait, a.interval, a.retry_initial, a.retry_max
+        )
+        self.providers: list[ConfigProvider] = [ManifestProvider(cfg.puppet)]
+        self._renderer = LayerRenderer()
+        self._values = ValueCache()
+        self.lastgood = self._load_lastgood()
+        self._rendered: dict[str, bytes] = {}
+        self.data_version = max((lg.version for lg in self.lastgood.values()), default=0)
+        self.zk: ZooKeeperSource | None = None
+        if cfg.zookeeper is not None and cfg.app is not None:
+            z = cfg.zookeeper
+            client = make_client(z.hosts, z.session_timeout, z.retry_max)
+            self.zk = ZooKeeperSource(
+                client, layer_paths(z.root, cfg.app, cfg.node), self._wake.set
+            )
+        self._threads: list[threading.Thread] = []
+        self._started = time.time()
+        self._reported: list[dict[str, str]] = []
+        self._next_apply: float | None = None
+
+    # --- state on disk ---------------------------------------------------------
+
+    def _load_lastgood(self) -> dict[str, LastGood]:
+        try:
+            doc = read_json(self.cfg.lastgood_file) or {}
+        except ValueError:
+            log.warning("lastgood_unreadable", path=self.cfg.lastgood_file)
+            return {}
+        out = {}
+        for layer, item in doc.items():
+            try:
+                out[layer] = LastGood(item["path"], int(item["version"]), dict(item["values"]))
+            except (KeyError, TypeError, ValueError):
+                log.warning("lastgood_entry_ignored", layer=layer, path=self.cfg.lastgood_file)
+        return out
+
+    def _save_lastgood(self) -> None:
+        doc = {
+            k: {"path": v.path, "version": v.version, "values": v.values}
+            for k, v in self.lastgood.items()
+        }
+        write_json(self.cfg.lastgood_file, doc, 0o600)
+
+    # --- render ----------------------------------------------------------------
+
+    def _render_static(self) -> bool:
+        """hiera.yaml and facts: they depend on the config and the data version only."""
+        changed = write_if_changed(
+            self.cfg.hiera_config,
+            render_hiera_config(
+                os.path.abspath(self.cfg.hieradata_dir), self.cfg.app, self.cfg.node
+            ),
+        )
+        facts = FactsInput(self.cfg.app, self.cfg.node, self.data_version, self.puppet_ref)
+        changed |= write_if_changed(self.cfg.facts_file, render_facts(facts))
+        for layer in LAYERS:
+            path = os.path.join(self.cfg.hieradata_dir, layer_filename(layer))
+            if not os.path.exists(path):
+                # No data read yet and none from before: an empty layer, so that
+                # lookups with defaults work and puppet does not trip on a missing file.
+                lg = self.lastgood.get(layer)
+                changed |= write_if_changed(
+                    path, self._renderer.render(layer, lg.values if lg else {}), 0o600
+                )
+        return changed
+
+    def _render_layers(self) -> tuple[bool, list[ResolvedLayer]]:
+        assert self.zk is not None
+        resolved = [
+            resolve_layer(self.zk.views[layer], self.lastgood.get(layer), self._values)
+            for layer in LAYERS
+        ]
+        changed_any = False
+        lastgood_changed = False
+        for res in resolved:
+            content = self._renderer.render(res.name, res.values)
+            path = os.path.join(self.cfg.hieradata_dir, layer_filename(res.name))
+            if self._rendered.get(res.name) != content or not os.path.exists(path):
+                if write_if_changed(path, content, 0o600):
+                    changed_any = True
+                    self.data_version = max(self.data_version, res.version)
+                self._rendered[res.name] = content
+            if not res.exists:
+                lastgood_changed |= self.lastgood.pop(res.name, None) is not None
+            elif not res.stale:
+                prev = self.lastgood.get(res.name)
+                if prev is None or prev.values != res.values or prev.path != res.path:
+                    self.lastgood[res.name] = LastGood(res.path, res.version, res.values)
+                    lastgood_changed = True
+        if changed_any:
+            self._render_static()
+        if lastgood_changed:
+            self._save_lastgood()
+        return changed_any, resolved
+
+    def _report_layers(self, resolved: list[ResolvedLayer]) -> None:
+        layers = {
+            r.name: {"path": r.path, "version": r.version, "keys": len(r.values), "stale": r.stale}
+            for r in resolved
+        }
+        self.status.update(layers=layers, data_version=self.data_version)
+        problems = [p.as_dict() for r in resolved for p in r.problems]
+        for p in problems:
+            if p not in self._reported:
+                log.error("bad_data", where=p["where"], error=p["message"])
+        self._reported = problems
+        self.status.set_errors("data", problems)
+
+    def _report_zookeeper(self) -> None:
+        assert self.zk is not None and self.cfg.zookeeper is not None
+        conn = self.zk.connection
+        self.status.update(zookeeper=conn.as_dict(self.cfg.zookeeper.hosts))
+        errors = []
+        waited = time.time() - conn.since
+        if conn.state in ("suspended", "lost") or (
+            conn.state == "connecting" and waited > self.cfg.zookeeper.connect_timeout
+        ):
+            errors.append(
+                {
+                    "where": "zookeeper",
+                    "message": f"{conn.state}: no connection to {self.cfg.zookeeper.hosts} for "
+                    f"{waited:.0f} s; retrying, and the rendered files keep the last good data",
+                }
+            )
+        self.status.set_errors("zookeeper", errors)
+
+    # --- the sync worker ---------------------------------------------------------
+
+    def sync(self) -> bool:
+        """Read what changed in ZooKeeper and render it. Returns True once ZooKeeper was read."""
+        assert self.zk is not None
+        z = self.cfg.zookeeper
+        assert z is not None
+        retrying = Retrying(
+            wait=wait_exponential_jitter(initial=z.retry_initial, max=z.retry_max),
+            retry=retry_if_exception_type(CONNECTION_ERRORS),
+            stop=_StopWhenSet(self.stopping) | stop_after_delay(z.connect_timeout),
+            sleep=self.stopping.wait,
+            before_sleep=lambda rs: log.warning(
+                "zookeeper_read_failed",
+                error=repr(rs.outcome.exception()) if rs.outcome else None,
+                retry_in=round(rs.upcoming_sleep, 2),
+            ),
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    was_synced = self.zk.synced
+                    read = self.zk.process()
+        except CONNECTION_ERRORS as exc:
+            # The connection is gone; kazoo reconnects and the CONNECTED event wakes us.
+            log.warning("zookeeper_unavailable", error=repr(exc))
+            self._report_zookeeper()
+            return False
+        self._report_zookeeper()
+        if not read:
+            return self.zk.synced
+        changed, resolved = self._render_layers()
+        self._report_layers(resolved)
+        if changed:
+            log.info(
+                "rendered",
+                data_version=self.data_version,
+                versions={r.name: r.version for r in resolved},
+            )
+        with self._cond:
+            if changed:
+                self.scheduler.changed(time.time())
+            if not was_synced:
+                self.scheduler.release()
+            self._cond.notify_all()
+        return True
+
+    def _sync_loop(self) -> None:
+        while not self.stopping.is_set():
+            self._wake.wait(timeout=1.0)
+            self._wake.clear()
+            if self.stopping.is_set():
+                break
+            try:
+                self.sync()
+            except Exception as exc:  # a bug must not kill the worker: report and go on
+                log.exception("sync_failed", error=repr(exc))
+                self.status.set_errors("agent", [{"where": "sync", "message": repr(exc)}])
+                self.stopping.wait(1.0)
+
+    # --- the apply worker ------------------------------------------------------
+
+    def apply(self) -> bool:
+        """Run every config once, in order; record and return the overall result."""
+        items = [item for provider in self.providers for item in provider.items()]
+        started = time.time()
+        version = self.data_version
+        paths = PuppetPaths(
+            self.cfg.hiera_config,
+            os.path.dirname(self.cfg.facts_file),
+            os.path.join(self.cfg.state_dir, "puppet"),
+        )
+        self.status.update(applying={"started": started, "configs": [i.name for i in items]})
+        results: list[ApplyResult] = []
+        for item in items:
+            if self.stopping.is_set() and self.mode == "daemon":
+                break
+            log.info(
+                "apply_started", config=item.name, manifest=item.manifest, data_version=version
+            )
+            result = run_puppet(
+                self.cfg.puppet,
+                item,
+                paths,
+                self.stopping if self.mode == "daemon" else threading.Event(),
+                on_line=lambda line: log.debug("puppet", line=line),
+            )
+            level = log.info if result.ok else log.error
+            level(
+                "apply_finished",
+                config=item.name,
+                ok=result.ok,
+                exit_code=result.exit_code,
+                message=result.message,
+                changed=result.changed,
+                failed=result.failed,
+                seconds=round(result.ended - result.started, 2),
+                **({} if result.ok else {"output": result.output_tail[-10:]}),
+            )
+            results.append(result)
+        ok = all(r.ok for r in results) and len(results) == len(items)
+        self.status.update(
+            applying=None,
+            last_apply={
+                "started": started,
+                "ended": time.time(),
+                "ok": ok,
+                "data_version": version,
+                "results": [r.as_dict() for r in results],
+                "message": "nothing to apply"
+                if not items
+                else ("ok" if ok else "aborted" if len(results) < len(items) else "failed"),
+            },
+        )
+        return ok
+
+    def _apply_loop(self) -> None:
+        while not self.stopping.is_set():
+            with self._cond:
+                now = time.time()
+                due = self.scheduler.due(now)
+                if due != self._next_apply:
+                    self._next_apply = due
+                    self.status.update(next_apply=due)
+                if due is None or due > now:
+                    self._cond.wait(timeout=1.0 if due is None else min(due - now, 1.0))
+                    continue
+                self.scheduler.started(now)
+            try:
+                ok = self.apply()
+            except Exception as exc:
+                log.exception("apply_crashed", error=repr(exc))
+                ok = False
+            with self._cond:
+                self.scheduler.finished(time.time(), ok)
+
+    def request_apply(self) -> None:
+        """SIGHUP: run puppet soon even though no data changed."""
+        with self._cond:
+            self.scheduler.changed(time.time())
+            self._cond.notify_all()
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self.status.update(
+            agent={
+                "version": __version__,
+                "pid": os.getpid(),
+                "started": self._started,
+                "mode": self.mode,
+                "stopped": None,
+            }
+        )
+        self._render_static()
+        now = time.time()
+        with self._cond:
+            self.scheduler.changed(now)  # converge the host once at start
+            if self.zk is not None:
+                assert self.cfg.zookeeper is not None
+                # Wait for the first read, but not forever: with ZooKeeper down the
+                # host still converges on the last good data.
+                self.scheduler.hold(now + self.cfg.zookeeper.connect_timeout)
+                self._report_zookeeper()
+                self.zk.client.start_async()
+        for name, target in (("sync", self._sync_loop), ("apply", self._apply_loop)):
+            if name == "sync" and self.zk is None:
+                continue
+            thread = threading.Thread(target=target, name=f"mozagent-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info(
+            "started",
+            version=__version__,
+            app=self.cfg.app,
+            node=self.cfg.node,
+            zookeeper=self.cfg.zookeeper.hosts if self.cfg.zookeeper else None,
+            puppet_ref=self.puppet_ref,
+        )
+
+    def stop(self) -> None:
+        log.info("stopping")
+        self.stopping.set()
+        self._wake.set()
+        with self._cond:
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        if self.zk is not None:
+            try:
+                self.zk.client.stop()
+                self.zk.client.close()
+            except Exception as exc:  # closing a dead connection must not block shutdown
+                log.warning("zookeeper_close_failed", error=repr(exc))
+            self.status.update(
+                zookeeper={
+                    "state": "closed",
+                    "since": time.time(),
+                    "hosts": self.cfg.zookeeper.hosts if self.cfg.zookeeper else None,
+                }
+            )
+            self.status.set_errors("zookeeper", [])
+        agent = self.status.snapshot()["agent"]
+        agent["stopped"] = time.time()
+        self.status.update(agent=agent, next_apply=None)
+        log.info("stopped")
+
+    def run_daemon(self) -> int:
+        """Run until SIGTERM or SIGINT; SIGHUP asks for an apply."""
+        signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.request_apply())
+        self.start()
+        notify(f"READY=1\nSTATUS=mozagent {__version__} running\nMAINPID={os.getpid()}")
+        ping = watchdog_interval()
+        tick = min(ping or 1.0, 1.0)
+        last_ping = 0.0
+        while not self.stopping.wait(tick):
+            if self.zk is not None:
+                self._report_zookeeper()
+            now = time.time()
+            if ping and now - last_ping >= ping:
+                # Pet the watchdog only while our workers are alive: a dead worker
+                # means a stuck agent, and systemd should restart it.
+                if all(t.is_alive() for t in self._threads):
+                    notify("WATCHDOG=1")
+                last_ping = now
+        notify("STOPPING=1")
+        self.stop()
+        return 0
+
+    def run_once(self) -> int:
+        """One full cycle: read ZooKeeper, render, apply. Exit code as ``mozagent status``."""
+        self.status.update(
+            agent={
+                "version": __version__,
+                "pid": os.getpid(),
+                "started": self._started,
+                "mode": "once",
+                "stopped": None,
+            }
+        )
+        self._render_static()
+        if self.zk is not None:
+            assert self.cfg.zookeeper is not None
+            try:
+                self.zk.client.start(timeout=self.cfg.zookeeper.connect_timeout)
+            except CONNECTION_ERRORS as exc:
+                log.error("zookeeper_unavailable", error=repr(exc), hosts=self.cfg.zookeeper.hosts)
+            if not self.sync():
+                # One cycle only: no waiting for a reconnect. Say so, apply the last good data.
+                self.zk.connection.state = "unreachable"
+                self.status.update(zookeeper=self.zk.connection.as_dict(self.cfg.zookeeper.hosts))
+                self.status.set_errors(
+                    "zookeeper",
+                    [
+                        {
+                            "where": "zookeeper",
+                            "message": f"could not read {self.cfg.zookeeper.hosts} within "
+                            f"{self.cfg.zookeeper.connect_timeout:g} s; applied the last good data",
+                        }
+                    ],
+                )
+        ok = self.apply()
+        if self.zk is not None:
+            self.zk.client.stop()
+            self.zk.client.close()
+            zk = self.status.snapshot()["zookeeper"]
+            if zk.get("state") == "connected":
+                self.status.update(zookeeper={**zk, "state": "closed", "since": time.time()})
+        agent = self.status.snapshot()["agent"]
+        agent["stopped"] = time.time()
+        self.status.update(agent=agent)
+        doc = self.status.snapshot()
+        code = exit_code(doc)
+        log.info("once_finished", ok=ok, exit_code=code)
+        return code

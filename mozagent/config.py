@@ -1,0 +1,287 @@
+"""The agent's configuration: one YAML file, validated before anything runs.
+
+Every path the agent touches is a setting, so the same code runs as root on an
+image and unprivileged in a sandbox. Validation is strict (unknown keys are
+errors) because a typo in an infrastructure config that is silently ignored is
+worse than a daemon that refuses to start.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_CONFIG_PATH = "/etc/mozagent/mozagent.yaml"
+CONFIG_ENV = "MOZAGENT_CONFIG"
+DEFAULT_ROOT = "/mozagent"
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class ZooKeeperConfig:
+    hosts: str
+    root: str = DEFAULT_ROOT
+    session_timeout: float = 10.0
+    connect_timeout: float = 10.0
+    retry_initial: float = 0.5
+    retry_max: float = 30.0
+
+
+@dataclass(frozen=True)
+class PuppetConfig:
+    binary: str = "puppet"
+    manifests: tuple[str, ...] = ()
+    modulepath: tuple[str, ...] = ()
+    timeout: float = 1800.0
+    extra_args: tuple[str, ...] = ()
+    tree_ref_file: str | None = None
+
+
+@dataclass(frozen=True)
+class ApplyConfig:
+    min_wait: float = 0.5
+    max_wait: float = 5.0
+    interval: float = 0.0
+    retry_initial: float = 30.0
+    retry_max: float = 600.0
+
+
+@dataclass(frozen=True)
+class Config:
+    app: str | None
+    node: str
+    state_dir: str
+    hieradata_dir: str
+    hiera_config: str
+    facts_file: str
+    puppet: PuppetConfig
+    apply: ApplyConfig
+    zookeeper: ZooKeeperConfig | None = None
+    log_level: str = "info"
+    log_format: str = "auto"
+    source: str = field(default="<defaults>", compare=False)
+
+    @property
+    def status_file(self) -> str:
+        return os.path.join(self.state_dir, "status.json")
+
+    @property
+    def lastgood_file(self) -> str:
+        return os.path.join(self.state_dir, "lastgood.json")
+
+
+# --- validation helpers -------------------------------------------------------
+
+
+def _fail(source: str, key: str, why: str) -> ConfigError:
+    return ConfigError(f"{source}: {key}: {why}")
+
+
+def _check_keys(source: str, prefix: str, raw: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        name = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise _fail(source, name, f"unknown key (allowed here: {', '.join(sorted(allowed))})")
+
+
+def _section(source: str, raw: dict[str, Any], key: str) -> dict[str, Any]:
+    value = raw.get(key, {})
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _fail(source, key, f"must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _string(source: str, key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _fail(source, key, f"must be a non-empty string, got {value!r}")
+    return value
+
+
+def _number(source: str, key: str, value: Any, minimum: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(source, key, f"must be a number, got {value!r}")
+    if value < minimum:
+        raise _fail(source, key, f"must be >= {minimum}, got {value!r}")
+    return float(value)
+
+
+def _string_list(source: str, key: str, value: Any) -> tuple[str, ...]:
+    """Accept a list or a single string: a one-element list is a common typo-free default."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise _fail(source, key, f"must be a list of non-empty strings, got {value!r}")
+    return tuple(value)
+
+
+def _get(
+    source: str,
+    prefix: str,
+    raw: dict[str, Any],
+    key: str,
+    conv: Callable[[str, str, Any], Any],
+    default: Any,
+) -> Any:
+    if key not in raw or raw[key] is None:
+        return default
+    return conv(source, f"{prefix}.{key}" if prefix else key, raw[key])
+
+
+def _app_name(source: str, key: str, value: Any) -> str:
+    from mozagent.keys import NAME_RE
+
+    text = _string(source, key, value)
+    if not NAME_RE.fullmatch(text):
+        raise _fail(source, key, f"{text!r} is not a valid name (letters, digits, '.', '_', '-')")
+    return text
+
+
+def _zk_root(source: str, key: str, value: Any) -> str:
+    text = _string(source, key, value)
+    if not text.startswith("/") or (text.endswith("/") and text != "/") or "//" in text:
+        raise _fail(source, key, f"must be an absolute znode path like /mozagent, got {text!r}")
+    return text.rstrip("/") or "/"
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("auto", "json", "console")
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str, str, Any], str]:
+    def conv(source: str, key: str, value: Any) -> str:
+        if value not in choices:
+            raise _fail(source, key, f"must be one of {', '.join(choices)}, got {value!r}")
+        return str(value)
+
+    return conv
+
+
+def parse_config(raw: Any, source: str = "<config>") -> Config:
+    """Turn the parsed YAML into a Config, or raise ConfigError naming the bad key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(raw).__name__}")
+    top = {"app", "node", "state_dir", "zookeeper", "hiera", "facts", "puppet", "apply", "log"}
+    _check_keys(source, "", raw, top)
+
+    app = _get(source, "", raw, "app", _app_name, None)
+    node = _get(source, "", raw, "node", _app_name, None) or socket.getfqdn()
+    state_dir = _get(source, "", raw, "state_dir", _string, "/var/lib/mozagent")
+
+    zk_raw = raw.get("zookeeper")
+    zookeeper = None
+    if zk_raw is not None:
+        zk_raw = _section(source, raw, "zookeeper")
+        _check_keys(
+            source,
+            "zookeeper",
+            zk_raw,
+            {"hosts", "root", "session_timeout", "connect_timeout", "retry_initial", "retry_max"},
+        )
+        if "hosts" not in zk_raw:
+            raise _fail(source, "zookeeper.hosts", "is required when zookeeper is configured")
+        zookeeper = ZooKeeperConfig(
+            hosts=_get(source, "zookeeper", zk_raw, "hosts", _string, None),
+            root=_get(source, "zookeeper", zk_raw, "root", _zk_root, DEFAULT_ROOT),
+            session_timeout=_get(source, "zookeeper", zk_raw, "session_timeout", _number, 10.0),
+            connect_timeout=_get(source, "zookeeper", zk_raw, "connect_timeout", _number, 10.0),
+            retry_initial=_get(source, "zookeeper", zk_raw, "retry_initial", _number, 0.5),
+            retry_max=_get(source, "zookeeper", zk_raw, "retry_max", _number, 30.0),
+        )
+        if app is None:
+            raise _fail(source, "app", "is required when zookeeper is configured")
+
+    hiera = _section(source, raw, "hiera")
+    _check_keys(source, "hiera", hiera, {"datadir", "config"})
+    facts = _section(source, raw, "facts")
+    _check_keys(source, "facts", facts, {"path"})
+
+    p = _section(source, raw, "puppet")
+    _check_keys(
+        source,
+        "puppet",
+        p,
+        {"binary", "manifests", "modulepath", "timeout", "extra_args", "tree_ref_file"},
+    )
+    puppet = PuppetConfig(
+        binary=_get(source, "puppet", p, "binary", _string, "puppet"),
+        manifests=_get(source, "puppet", p, "manifests", _string_list, ()),
+        modulepath=_get(source, "puppet", p, "modulepath", _string_list, ()),
+        timeout=_get(source, "puppet", p, "timeout", _number, 1800.0),
+        extra_args=_get(source, "puppet", p, "extra_args", _string_list, ()),
+        tree_ref_file=_get(source, "puppet", p, "tree_ref_file", _string, None),
+    )
+
+    a = _section(source, raw, "apply")
+    _check_keys(
+        source, "apply", a, {"min_wait", "max_wait", "interval", "retry_initial", "retry_max"}
+    )
+    apply = ApplyConfig(
+        min_wait=_get(source, "apply", a, "min_wait", _number, 0.5),
+        max_wait=_get(source, "apply", a, "max_wait", _number, 5.0),
+        interval=_get(source, "apply", a, "interval", _number, 0.0),
+        retry_initial=_get(source, "apply", a, "retry_initial", _number, 30.0),
+        retry_max=_get(source, "apply", a, "retry_max", _number, 600.0),
+    )
+    if apply.max_wait < apply.min_wait:
+        raise _fail(source, "apply.max_wait", "must be >= apply.min_wait")
+
+    log = _section(source, raw, "log")
+    _check_keys(source, "log", log, {"level", "format"})
+
+    return Config(
+        app=app,
+        node=node,
+        state_dir=state_dir,
+        hieradata_dir=_get(
+            source, "hiera", hiera, "datadir", _string, os.path.join(state_dir, "hieradata")
+        ),
+        hiera_config=_get(
+            source, "hiera", hiera, "config", _string, os.path.join(state_dir, "hiera.yaml")
+        ),
+        facts_file=_get(
+            source,
+            "facts",
+            facts,
+            "path",
+            _string,
+            os.path.join(state_dir, "facts.d", "mozagent.json"),
+        ),
+        puppet=puppet,
+        apply=apply,
+        zookeeper=zookeeper,
+        log_level=_get(source, "log", log, "level", _choice(LOG_LEVELS), "info"),
+        log_format=_get(source, "log", log, "format", _choice(LOG_FORMATS), "auto"),
+        source=source,
+    )
+
+
+def config_path(explicit: str | None) -> str:
+    """--config wins over $MOZAGENT_CONFIG, which wins over the default path."""
+    return explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
+
+
+def load_config(path: str) -> Config:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(raw, source=path)

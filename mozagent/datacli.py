@@ -1,0 +1,315 @@
+"""``mozagent data …``: operators read and write app data in ZooKeeper.
+
+Everything is validated with the same rules the agent applies (``keys``) before
+a byte is written, so what the CLI accepts the agent renders. ``import``
+replaces a whole layer in one ZooKeeper transaction: the agent sees the old
+layer or the new one, never a mix.
+
+Exit codes: 0 done; 1 failed (not found, ZooKeeper unreachable or changed
+meanwhile); 2 invalid input (nothing written).
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import yaml
+from kazoo.client import KazooClient
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
+
+from mozagent.keys import (
+    MAX_VALUE_BYTES,
+    InvalidValue,
+    check_key,
+    check_name,
+    encode_value,
+    parse_value,
+    parse_yaml_text,
+)
+from mozagent.layers import layer_paths
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+class DataError(Exception):
+    """A failure to report to the operator; ``code`` is the exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class LayerRef:
+    """Which layer a command works on: an app's, one node's of an app, or the global one."""
+
+    path: str
+    label: str
+
+
+def layer_ref(root: str, app: str | None, node: str | None, is_global: bool) -> LayerRef:
+    try:
+        if is_global:
+            if node:
+                raise DataError("--global and --node exclude each other", EXIT_INVALID)
+            return LayerRef(layer_paths(root, "_", "_")["global"], "global layer")
+        if not app:
+            raise DataError("an APP is required (or --global)", EXIT_INVALID)
+        check_name("app", app)
+        if node:
+            check_name("node", node)
+            return LayerRef(layer_paths(root, app, node)["node"], f"node {node} of app {app}")
+        return LayerRef(layer_paths(root, app, "_")["app"], f"app {app}")
+    except InvalidValue as exc:
+        raise DataError(str(exc), EXIT_INVALID) from None
+
+
+def parse_cli_value(text: str, as_string: bool, where: str) -> Any:
+    """A VALUE on the command line is YAML (so JSON works), unless --string says literal."""
+    if as_string:
+        value: Any = text
+    else:
+        try:
+            value = parse_yaml_text(text, where)
+        except InvalidValue as exc:
+            raise DataError(str(exc), EXIT_INVALID) from None
+    size = len(encode_value(value))
+    if size > MAX_VALUE_BYTES:
+        raise DataError(f"{where}: value is {size} bytes, over the 1 MiB limit", EXIT_INVALID)
+    return value
+
+
+def _check_key(key: str) -> str:
+    try:
+        return check_key(key)
+    except InvalidValue as exc:
+        raise DataError(str(exc), EXIT_INVALID) from None
+
+
+@dataclass
+class LayerContent:
+    exists: bool
+    version: int  # the layer znode's data version, bumped by every import
+    raw: dict[str, tuple[bytes, int]]  # name -> (bytes, znode version)
+
+    def values(self) -> tuple[dict[str, Any], dict[str, str]]:
+        good: dict[str, Any] = {}
+        bad: dict[str, str] = {}
+        for name, (data, _) in sorted(self.raw.items()):
+            try:
+                check_key(name)
+                good[name] = parse_value(data, name)
+            except InvalidValue as exc:
+                bad[name] = str(exc)
+        return good, bad
+
+
+def read_layer(client: KazooClient, ref: LayerRef) -> LayerContent:
+    try:
+        children, stat = client.retry(client.get_children, ref.path, include_data=True)
+    except NoNodeError:
+        return LayerContent(False, -1, {})
+    pending = {name: client.get_async(f"{ref.path}/{name}") for name in children}
+    raw = {}
+    for name, result in pending.items():
+        try:
+            data, kstat = result.get()
+        except NoNodeError:
+            continue
+        raw[name] = (data or b"", kstat.version)
+    return LayerContent(True, stat.version, raw)
+
+
+def _yaml(values: dict[str, Any]) -> str:
+    if not values:
+        return ""
+    return yaml.safe_dump(values, sort_keys=True, default_flow_style=False, allow_unicode=True)
+
+
+def diff_text(old: dict[str, Any], new: dict[str, Any], before: str, after: str) -> str:
+    lines = difflib.unified_diff(
+        _yaml(old).splitlines(keepends=True),
+        _yaml(new).splitlines(keepends=True),
+        fromfile=before,
+        tofile=after,
+    )
+    return "".join(lines)
+
+
+def _shown(content: LayerContent) -> dict[str, Any]:
+    """Current layer for a diff: bad znodes appear as a marker rather than vanishing."""
+    good, bad = content.values()
+    shown = dict(good)
+    for name, why in bad.items():
+        shown[name] = f"<invalid: {why}>"
+    return shown
+
+
+def cmd_set(
+    client: KazooClient,
+    ref: LayerRef,
+    key: str,
+    value: Any,
+    dry_run: bool,
+    out: TextIO = sys.stdout,
+) -> int:
+    _check_key(key)
+    data = encode_value(value)
+    path = f"{ref.path}/{key}"
+    if dry_run:
+        current = read_layer(client, ref)
+        old = _shown(current)
+        new = dict(old)
+        new[key] = value
+        text = diff_text(old, new, f"zookeeper:{ref.path}", f"zookeeper:{ref.path} (after set)")
+        out.write(text or f"no change: {key} already has that value in the {ref.label}\n")
+        return EXIT_OK
+    try:
+        client.retry(client.create, path, data, makepath=True)
+    except NodeExistsError:
+        client.retry(client.set, path, data)
+    out.write(f"set {key} in the {ref.label}\n")
+    return EXIT_OK
+
+
+def cmd_get(client: KazooClient, ref: LayerRef, key: str, out: TextIO = sys.stdout) -> int:
+    _check_key(key)
+    try:
+        data, _ = client.retry(client.get, f"{ref.path}/{key}")
+    except NoNodeError:
+        raise DataError(f"{key}: no such key in the {ref.label} ({ref.path})") from None
+    try:
+        value = parse_value(data, f"{ref.path}/{key}")
+    except InvalidValue as exc:
+        raise DataError(f"{exc} (the agent ignores this value)") from None
+    out.write(format_value(value))
+    return EXIT_OK
+
+
+def format_value(value: Any) -> str:
+    """Strings print as themselves (handy in shell scripts); anything else as YAML."""
+    if isinstance(value, str):
+        return value + "\n"
+    text = yaml.safe_dump(value, default_flow_style=False, allow_unicode=True, sort_keys=True)
+    return text[: -len("...\n")] if text.endswith("\n...\n") else text
+
+
+def cmd_delete(client: KazooClient, ref: LayerRef, key: str, out: TextIO = sys.stdout) -> int:
+    _check_key(key)
+    try:
+        client.retry(client.delete, f"{ref.path}/{key}")
+    except NoNodeError:
+        raise DataError(f"{key}: no such key in the {ref.label} ({ref.path})") from None
+    except NotEmptyError:
+        raise DataError(f"{ref.path}/{key} has children: it is not a key znode") from None
+    out.write(f"deleted {key} from the {ref.label}\n")
+    return EXIT_OK
+
+
+def cmd_list(
+    client: KazooClient, ref: LayerRef, out: TextIO = sys.stdout, err: TextIO = sys.stderr
+) -> int:
+    content = read_layer(client, ref)
+    if not content.exists:
+        raise DataError(f"the {ref.label} does not exist ({ref.path})")
+    _, bad = content.values()
+    for name in sorted(content.raw):
+        if name in bad:
+            err.write(f"warning: {ref.path}/{name}: {bad[name]}\n")
+        else:
+            out.write(f"{name}\n")
+    return EXIT_FAILED if bad else EXIT_OK
+
+
+def cmd_export(
+    client: KazooClient, ref: LayerRef, out: TextIO = sys.stdout, err: TextIO = sys.stderr
+) -> int:
+    content = read_layer(client, ref)
+    if not content.exists:
+        raise DataError(f"the {ref.label} does not exist ({ref.path})")
+    good, bad = content.values()
+    out.write(f"# {ref.label} ({ref.path})\n")
+    out.write(_yaml(good) or "{}\n")
+    for name, why in bad.items():
+        err.write(f"warning: {ref.path}/{name} left out: {why}\n")
+    return EXIT_FAILED if bad else EXIT_OK
+
+
+def load_import_file(path: str) -> dict[str, Any]:
+    """Read and validate an import file completely before touching ZooKeeper."""
+    try:
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read: {exc}", EXIT_INVALID) from None
+    try:
+        doc = parse_yaml_text(text, path)
+    except InvalidValue as exc:
+        raise DataError(str(exc), EXIT_INVALID) from None
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise DataError(
+            f"{path}: must be a mapping of key: value, got {type(doc).__name__}", EXIT_INVALID
+        )
+    problems = []
+    for key, value in doc.items():
+        if not isinstance(key, str):
+            problems.append(f"{path}: key {key!r} is not a string")
+            continue
+        try:
+            check_key(key)
+        except InvalidValue as exc:
+            problems.append(f"{path}: {exc}")
+            continue
+        if len(encode_value(value)) > MAX_VALUE_BYTES:
+            problems.append(f"{path}: {key}: value is over the 1 MiB limit")
+    if problems:
+        raise DataError("\n".join(problems), EXIT_INVALID)
+    return doc
+
+
+def cmd_import(
+    client: KazooClient, ref: LayerRef, path: str, dry_run: bool, out: TextIO = sys.stdout
+) -> int:
+    desired = load_import_file(path)
+    current = read_layer(client, ref)
+    text = diff_text(_shown(current), desired, f"zookeeper:{ref.path}", path)
+    if dry_run:
+        out.write(text or f"no change: the {ref.label} already matches {path}\n")
+        return EXIT_OK
+    encoded = {key: encode_value(value) for key, value in desired.items()}
+    txn = client.transaction()
+    if current.exists:
+        # Bumping the layer's own version makes two concurrent imports conflict
+        # instead of interleaving.
+        txn.set_data(ref.path, b"", version=current.version)
+    else:
+        client.retry(client.ensure_path, ref.path.rsplit("/", 1)[0])
+        txn.create(ref.path, b"")
+    for name, (data, version) in sorted(current.raw.items()):
+        if name not in encoded:
+            txn.delete(f"{ref.path}/{name}", version=version)
+        elif encoded[name] != data:
+            txn.set_data(f"{ref.path}/{name}", encoded[name], version=version)
+    for name in sorted(set(encoded) - set(current.raw)):
+        txn.create(f"{ref.path}/{name}", encoded[name])
+    results = txn.commit()
+    failures = [r for r in results if isinstance(r, Exception)]
+    if failures:
+        first = next((r for r in failures if type(r).__name__ != "RolledBackError"), failures[0])
+        why = (
+            "the layer changed while importing; nothing was written, run it again"
+            if isinstance(first, (BadVersionError, NodeExistsError, NoNodeError))
+            else f"ZooKeeper refused the transaction ({type(first).__name__}); nothing written"
+        )
+        raise DataError(f"import into the {ref.label} failed: {why}")
+    out.write(text or f"no change: the {ref.label} already matches {path}\n")
+    out.write(f"imported {len(desired)} keys into the {ref.label}\n")
+    return EXIT_OK

@@ -1,0 +1,68 @@
+"""Atomic, change-only file writes.
+
+Puppet and people read the rendered files at any moment, so a reader must see
+either the old or the new content, never half of one. Writing only when the
+content differs keeps mtimes meaningful and avoids needless disk churn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from typing import Any
+
+
+def read_bytes(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return None
+
+
+def write_atomic(path: str, content: bytes, mode: int = 0o644) -> None:
+    """Temp file in the same directory, fsync, rename, fsync the directory."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(content)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_if_changed(path: str, content: bytes, mode: int = 0o644) -> bool:
+    """Write when the bytes or the mode differ; return True when the content changed."""
+    current = read_bytes(path)
+    if current == content:
+        if os.stat(path).st_mode & 0o7777 != mode:
+            os.chmod(path, mode)
+        return False
+    write_atomic(path, content, mode)
+    return True
+
+
+def write_json(path: str, doc: Any, mode: int = 0o644) -> None:
+    write_atomic(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode(), mode)
+
+
+def read_json(path: str) -> Any:
+    """None when the file is absent; ValueError when it is not JSON."""
+    data = read_bytes(path)
+    if data is None:
+        return None
+    return json.loads(data)

@@ -1,0 +1,98 @@
+"""When to run puppet: the coalescing rules as a pure state machine.
+
+Rendering is cheap and happens on every change; a puppet run costs seconds, so
+runs are coalesced. A change opens a quiescence window: the run starts once no
+change has come for ``min_wait`` seconds, but never later than ``max_wait``
+after the first change it will include. At most one run is in flight; changes
+during a run make exactly one more run after it. Time is passed in, never read,
+so the rules are tested without sleeping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ApplyScheduler:
+    min_wait: float
+    max_wait: float
+    interval: float = 0.0
+    retry_initial: float = 30.0
+    retry_max: float = 600.0
+
+    def __post_init__(self) -> None:
+        self._first_change: float | None = None
+        self._last_change: float | None = None
+        self._in_flight = False
+        self._hold_until: float | None = None
+        self._not_before: float | None = None
+        self._failures = 0
+        self._periodic_at: float | None = None
+
+    @property
+    def in_flight(self) -> bool:
+        return self._in_flight
+
+    @property
+    def pending(self) -> bool:
+        return self._first_change is not None
+
+    def hold(self, until: float) -> None:
+        """Keep runs back until ``until`` or ``release()``, while the first read is under way."""
+        self._hold_until = until
+
+    def release(self) -> None:
+        self._hold_until = None
+
+    def changed(self, now: float) -> None:
+        """Rendered content changed (or a run was asked for).
+
+        A change cancels a pending failure retry: it is most likely the fix, and
+        it should run after the quiescence window, not after the backoff.
+        """
+        self._not_before = None
+        if self._first_change is None:
+            self._first_change = now
+        self._last_change = now
+
+    def due(self, now: float) -> float | None:
+        """When the next run should start, or None when nothing is to run."""
+        if self._in_flight:
+            return None
+        candidates: list[float] = []
+        if self._first_change is not None and self._last_change is not None:
+            candidates.append(
+                min(self._last_change + self.min_wait, self._first_change + self.max_wait)
+            )
+        elif self._not_before is not None:
+            candidates.append(self._not_before)  # a retry after a failed run
+        if self._periodic_at is not None:
+            candidates.append(self._periodic_at)
+        if not candidates:
+            return None
+        at = min(candidates)
+        if self._hold_until is not None:
+            at = max(at, self._hold_until)
+        return at
+
+    def started(self, now: float) -> None:
+        """A run starts now and includes every change seen so far."""
+        self._in_flight = True
+        self._first_change = None
+        self._last_change = None
+        self._not_before = None
+        self._periodic_at = None
+
+    def finished(self, now: float, ok: bool) -> None:
+        self._in_flight = False
+        if ok:
+            self._failures = 0
+            if self.interval > 0:
+                self._periodic_at = now + self.interval
+            return
+        delay = min(self.retry_initial * (2**self._failures), self.retry_max)
+        self._failures += 1
+        # New changes still run after min_wait; a failed run alone retries after the backoff.
+        if self._first_change is None:
+            self._not_before = now + delay

@@ -1,0 +1,206 @@
+"""The agent's status: written by the daemon, read by ``mozagent status``.
+
+It lives on disk (``<state_dir>/status.json``) so that a person debugging a host
+gets answers when the daemon or ZooKeeper is down. It holds versions, results
+and problems, never data values or credentials, so it can be world-readable.
+
+Exit codes of ``mozagent status`` (and of ``mozagent daemon --once``):
+0 healthy; 1 the last apply failed; 2 bad usage or config; 3 current errors
+(bad data, ZooKeeper unreachable, agent not running); 4 no status yet.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from mozagent import __version__
+from mozagent.fileio import read_json, write_json
+
+EXIT_OK = 0
+EXIT_APPLY_FAILED = 1
+EXIT_USAGE = 2
+EXIT_ERRORS = 3
+EXIT_NO_STATUS = 4
+
+
+class StatusStore:
+    """Thread-safe holder of the status document; every update is written atomically."""
+
+    def __init__(self, path: str, base: dict[str, Any]) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._doc: dict[str, Any] = {
+            "agent": {"version": __version__, "pid": os.getpid(), "started": time.time()},
+            "zookeeper": {"state": "not configured"},
+            "layers": {},
+            "last_apply": None,
+            "errors": {},
+        }
+        self._doc.update(base)
+
+    def update(self, **sections: Any) -> None:
+        with self._lock:
+            self._doc.update(sections)
+            self._write()
+
+    def set_errors(self, group: str, errors: list[dict[str, str]]) -> None:
+        """Errors come in groups (``data``, ``zookeeper``...); each source replaces its own."""
+        with self._lock:
+            if self._doc["errors"].get(group) == errors:
+                return
+            if errors:
+                self._doc["errors"][group] = errors
+            else:
+                self._doc["errors"].pop(group, None)
+            self._write()
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return _copy(self._doc)
+
+    def _write(self) -> None:
+        self._doc["updated"] = time.time()
+        write_json(self._path, self._doc, 0o644)
+
+
+def _copy(doc: Any) -> Any:
+    if isinstance(doc, dict):
+        return {k: _copy(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [_copy(v) for v in doc]
+    return doc
+
+
+def load_status(path: str) -> dict[str, Any] | None:
+    try:
+        return read_json(path)
+    except ValueError:
+        return None
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.EPERM
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return b"mozagent" in fh.read()
+    except OSError:
+        return True
+
+
+def all_errors(doc: dict[str, Any]) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+    for group in sorted(doc.get("errors") or {}):
+        out.extend(doc["errors"][group])
+    agent = doc.get("agent") or {}
+    if (
+        agent.get("mode") == "daemon"
+        and not agent.get("stopped")
+        and not pid_alive(agent.get("pid"))
+    ):
+        out.append(
+            {
+                "where": "agent",
+                "message": f"daemon pid {agent.get('pid')} is not running and did not stop cleanly",
+            }
+        )
+    return out
+
+
+def exit_code(doc: dict[str, Any] | None) -> int:
+    if doc is None:
+        return EXIT_NO_STATUS
+    last = doc.get("last_apply")
+    if last is not None and not last.get("ok"):
+        return EXIT_APPLY_FAILED
+    if all_errors(doc):
+        return EXIT_ERRORS
+    return EXIT_OK
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _dur(result: dict[str, Any]) -> str:
+    if result.get("started") and result.get("ended"):
+        return f"{result['ended'] - result['started']:.1f}s"
+    return "-"
+
+
+def format_status(doc: dict[str, Any]) -> str:
+    """The human form: short, like a ``puppet agent --test`` summary."""
+    agent = doc.get("agent") or {}
+    alive = pid_alive(agent.get("pid"))
+    if agent.get("mode") == "once":
+        state = "last ran once (mozagent daemon --once)"
+    elif alive:
+        state = f"running (pid {agent.get('pid')})"
+    elif agent.get("stopped"):
+        state = f"stopped at {_when(agent.get('stopped'))}"
+    else:
+        state = f"NOT RUNNING (pid {agent.get('pid')} gone)"
+    lines = [
+        f"mozagent {agent.get('version', '?')}: {state}",
+        f"  app: {doc.get('app') or '-'}   node: {doc.get('node') or '-'}",
+    ]
+    if doc.get("puppet_ref"):
+        lines.append(f"  puppet tree: {doc['puppet_ref']}")
+    zk = doc.get("zookeeper") or {}
+    zk_line = f"  zookeeper: {zk.get('state', '?')}"
+    if zk.get("hosts"):
+        zk_line += f" ({zk['hosts']})"
+    if zk.get("session_id"):
+        zk_line += f" (session {zk['session_id']})"
+    if zk.get("since"):
+        zk_line += f" since {_when(zk['since'])}"
+    lines.append(zk_line)
+    layers = doc.get("layers") or {}
+    if layers:
+        lines.append("  data rendered:")
+        for name in ("node", "app", "global"):
+            layer = layers.get(name)
+            if layer:
+                extra = " (last good copy: layer missing)" if layer.get("stale") else ""
+                lines.append(
+                    f"    {name:<6} version {layer.get('version', 0):<10} "
+                    f"{layer.get('keys', 0)} keys  {layer.get('path', '')}{extra}"
+                )
+    last = doc.get("last_apply")
+    if last is None:
+        lines.append("  last apply: none yet")
+    else:
+        verdict = "OK" if last.get("ok") else "FAILED"
+        lines.append(
+            f"  last apply: {verdict} at {_when(last.get('ended'))} ({_dur(last)}), "
+            f"data version {last.get('data_version', '-')}"
+        )
+        for res in last.get("results") or []:
+            counts = ""
+            if res.get("changed") is not None:
+                counts = f", {res['changed']} changed, {res.get('failed') or 0} failed"
+            lines.append(
+                f"    {res.get('name')}: {res.get('message')} "
+                f"(exit {res.get('exit_code')}{counts}, {_dur(res)})"
+            )
+    if doc.get("next_apply"):
+        lines.append(f"  next apply: {_when(doc['next_apply'])}")
+    errors = all_errors(doc)
+    if errors:
+        lines.append(f"  errors ({len(errors)}):")
+        for err in errors:
+            lines.append(f"    {err['where']}: {err['message']}")
+    else:
+        lines.append("  errors: none")
+    return "\n".join(lines)

@@ -1,0 +1,131 @@
+"""A real ZooKeeper server on a free loopback port, for tests, benchmarks and the demo.
+
+It runs Debian's ``zookeeper`` package (``/usr/share/java/zookeeper.jar``)
+standalone with a private data dir. Kept in the package, like
+``kazoo.testing``, because the tests, ``bench/`` and the README's demo all need
+the same thing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+ZK_JARS = ("/usr/share/java/zookeeper.jar", "/usr/share/java/slf4j-simple.jar")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def zookeeper_available() -> bool:
+    return os.path.exists(ZK_JARS[0]) and shutil.which("java") is not None
+
+
+class ZooKeeperServer:
+    """Start with ``start()``, stop with ``stop()``; ``restart()`` keeps the data."""
+
+    def __init__(
+        self, port: int | None = None, data_dir: str | None = None, tick_ms: int = 500
+    ) -> None:
+        self.port = port or free_port()
+        self._own_dir = data_dir is None
+        self.dir = Path(data_dir or tempfile.mkdtemp(prefix="mozagent-zk-"))
+        self.tick_ms = tick_ms
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def hosts(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _write_config(self) -> Path:
+        (self.dir / "data").mkdir(parents=True, exist_ok=True)
+        cfg = self.dir / "zoo.cfg"
+        cfg.write_text(
+            f"tickTime={self.tick_ms}\n"
+            f"dataDir={self.dir / 'data'}\n"
+            f"clientPort={self.port}\n"
+            "clientPortAddress=127.0.0.1\n"
+            "admin.enableServer=false\n"
+            "maxClientCnxns=200\n"
+            "minSessionTimeout=1000\n"
+        )
+        return cfg
+
+    def start(self, timeout: float = 30.0) -> None:
+        if not zookeeper_available():
+            raise RuntimeError("ZooKeeper is not installed: apt-get install zookeeper")
+        cfg = self._write_config()
+        classpath = ":".join([str(self.dir), *[j for j in ZK_JARS if os.path.exists(j)]])
+        with open(self.dir / "server.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    "java",
+                    "-Xmx256m",
+                    "-Dzookeeper.4lw.commands.whitelist=ruok,srvr,stat",
+                    "-cp",
+                    classpath,
+                    "org.apache.zookeeper.server.ZooKeeperServerMain",
+                    str(cfg),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"ZooKeeper exited with {self.proc.returncode}; see {self.dir / 'server.log'}"
+                )
+            if self._ruok():
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"ZooKeeper did not answer on {self.hosts} within {timeout:g} s")
+
+    def _ruok(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"ruok")
+                return sock.recv(4) == b"imok"
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+    def restart(self, downtime: float = 0.0) -> None:
+        self.stop()
+        time.sleep(downtime)
+        self.start()
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> ZooKeeperServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()

@@ -1,0 +1,40 @@
+"""One place that builds kazoo clients, for the daemon and the operator CLI alike."""
+
+from __future__ import annotations
+
+import logging
+
+from kazoo.client import KazooClient
+
+# What ZooKeeper can throw at a reader when the connection or session goes away.
+from kazoo.exceptions import (
+    ConnectionClosedError,
+    ConnectionLoss,
+    OperationTimeoutError,
+    SessionExpiredError,
+)
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.retry import KazooRetry
+
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    ConnectionLoss,
+    ConnectionClosedError,
+    SessionExpiredError,
+    OperationTimeoutError,
+    KazooTimeoutError,
+)
+
+
+def make_client(hosts: str, session_timeout: float = 10.0, retry_max: float = 30.0) -> KazooClient:
+    """Reconnect forever, with jittered exponential backoff capped at ``retry_max``.
+
+    kazoo's default cap is an hour, which would leave an agent deaf for a long
+    time after an outage; the cap is the operator's setting.
+    """
+    retry = KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_jitter=0.4, max_delay=retry_max)
+    return KazooClient(
+        hosts=hosts,
+        timeout=session_timeout,
+        connection_retry=retry,
+        logger=logging.getLogger("kazoo.client"),
+    )

@@ -1,0 +1,38 @@
+"""Packaging for mozagent: one console script, ``mozagent``."""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(
+    r'^__version__ = "([^"]+)"', (HERE / "mozagent" / "__init__.py").read_text(), re.M
+).group(1)
+
+setup(
+    name="mozagent",
+    version=VERSION,
+    description="Configuration agent for OpenStack web platform instances: "
+    "ZooKeeper app data and Heat SoftwareDeployments applied with puppet.",
+    long_description=(HERE / "README.rst").read_text(),
+    long_description_content_type="text/x-rst",
+    license="MPL-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(include=["mozagent", "mozagent.*"]),
+    install_requires=[
+        "kazoo>=2.9",
+        "PyYAML>=6.0",
+        "tenacity>=8.2",
+        "structlog>=23.1",
+    ],
+    extras_require={
+        "test": ["pytest>=7.4", "pytest-timeout>=2.2", "ruff>=0.4"],
+    },
+    entry_points={"console_scripts": ["mozagent = mozagent.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Operating System :: POSIX :: Linux",
+        "Topic :: System :: Systems Administration",
+    ],
+)
