@@ -189,7 +189,10 @@ class Agent:
                 self._rendered[res.name] = content
             if not res.exists:
                 lastgood_changed |= self.lastgood.pop(res.name, None) is not None
-            elif not res.stale:
+            elif not res.stale and res.values:
+                # An emptied layer is not remembered: ``delete --recursive`` empties a
+                # layer key by key before removing it, and the data to keep when it
+                # vanishes is what it held before that, not the empty moment.
                 prev = self.lastgood.get(res.name)
                 if prev is None or prev.values != res.values or prev.path != res.path:
                     self.lastgood[res.name] = LastGood(res.path, res.version, res.values)
@@ -287,6 +290,7 @@ class Agent:
                 break
             try:
                 self.sync()
+                self.status.set_errors("agent", [])
             except Exception as exc:  # a bug must not kill the worker: report and go on
                 log.exception("sync_failed", error=repr(exc))
                 self.status.set_errors("agent", [{"where": "sync", "message": repr(exc)}])

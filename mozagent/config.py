@@ -149,7 +149,7 @@ def _app_name(source: str, key: str, value: Any) -> str:
 
 def _zk_root(source: str, key: str, value: Any) -> str:
     text = _string(source, key, value)
-    if not text.startswith("/") or (text.endswith("/") and text != "/") or "//" in text:
+    if not text.startswith("/") or "//" in text:
         raise _fail(source, key, f"must be an absolute znode path like /mozagent, got {text!r}")
     return text.rstrip("/") or "/"
 

@@ -154,8 +154,9 @@ def cmd_set(
     key: str,
     value: Any,
     dry_run: bool,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> int:
+    out = out or sys.stdout
     _check_key(key)
     data = encode_value(value)
     path = f"{ref.path}/{key}"
@@ -175,7 +176,8 @@ def cmd_set(
     return EXIT_OK
 
 
-def cmd_get(client: KazooClient, ref: LayerRef, key: str, out: TextIO = sys.stdout) -> int:
+def cmd_get(client: KazooClient, ref: LayerRef, key: str, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     _check_key(key)
     try:
         data, _ = client.retry(client.get, f"{ref.path}/{key}")
@@ -197,7 +199,8 @@ def format_value(value: Any) -> str:
     return text[: -len("...\n")] if text.endswith("\n...\n") else text
 
 
-def cmd_delete(client: KazooClient, ref: LayerRef, key: str, out: TextIO = sys.stdout) -> int:
+def cmd_delete(client: KazooClient, ref: LayerRef, key: str, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     _check_key(key)
     try:
         client.retry(client.delete, f"{ref.path}/{key}")
@@ -210,8 +213,9 @@ def cmd_delete(client: KazooClient, ref: LayerRef, key: str, out: TextIO = sys.s
 
 
 def cmd_list(
-    client: KazooClient, ref: LayerRef, out: TextIO = sys.stdout, err: TextIO = sys.stderr
+    client: KazooClient, ref: LayerRef, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
     content = read_layer(client, ref)
     if not content.exists:
         raise DataError(f"the {ref.label} does not exist ({ref.path})")
@@ -225,8 +229,9 @@ def cmd_list(
 
 
 def cmd_export(
-    client: KazooClient, ref: LayerRef, out: TextIO = sys.stdout, err: TextIO = sys.stderr
+    client: KazooClient, ref: LayerRef, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
     content = read_layer(client, ref)
     if not content.exists:
         raise DataError(f"the {ref.label} does not exist ({ref.path})")
@@ -276,8 +281,9 @@ def load_import_file(path: str) -> dict[str, Any]:
 
 
 def cmd_import(
-    client: KazooClient, ref: LayerRef, path: str, dry_run: bool, out: TextIO = sys.stdout
+    client: KazooClient, ref: LayerRef, path: str, dry_run: bool, out: TextIO | None = None
 ) -> int:
+    out = out or sys.stdout
     desired = load_import_file(path)
     current = read_layer(client, ref)
     text = diff_text(_shown(current), desired, f"zookeeper:{ref.path}", path)

@@ -71,6 +71,8 @@ class ZooKeeperServer:
                     "java",
                     "-Xmx256m",
                     "-Dzookeeper.4lw.commands.whitelist=ruok,srvr,stat",
+                    # Above ZooKeeper's 1 MB default, so tests can store an oversized value.
+                    "-Djute.maxbuffer=4194304",
                     "-cp",
                     classpath,
                     "org.apache.zookeeper.server.ZooKeeperServerMain",

@@ -116,7 +116,10 @@ class ZooKeeperSource:
                 self._state_changed(value)
                 continue
             event: WatchedEvent = value
-            if event.path in self._by_path:
+            if not event.path:
+                # A session event delivered to a watcher (no node): re-read everything.
+                self.need_full = True
+            elif event.path in self._by_path:
                 self._dirty_layers.add(event.path)
             elif posixpath.dirname(event.path) in self._by_path:
                 if event.type == EventType.DELETED:

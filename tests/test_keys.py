@@ -1,0 +1,72 @@
+"""The key and value rules shared by the agent and the operator CLI."""
+
+from __future__ import annotations
+
+import pytest
+
+from mozagent.keys import MAX_VALUE_BYTES, InvalidValue, check_key, encode_value, parse_value
+
+
+@pytest.mark.parametrize("key", ["greeting", "apache::vhost_name", "a.b-c", "_x", "0port"])
+def test_valid_keys(key: str) -> None:
+    assert check_key(key) == key
+
+
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [
+        ("", "empty key"),
+        ("..", "path component"),
+        (".", "path component"),
+        ("a/b", "contains '/'"),
+        ("Upper", "not a Hiera key"),
+        ("-x", "not a Hiera key"),
+        ("sp ace", "not a Hiera key"),
+        ("ünï", "not a Hiera key"),
+    ],
+)
+def test_invalid_keys(key: str, why: str) -> None:
+    with pytest.raises(InvalidValue, match=why):
+        check_key(key)
+
+
+def test_values_are_yaml_and_json() -> None:
+    assert parse_value(b"8080") == 8080
+    assert parse_value(b'{"a": [1, 2]}') == {"a": [1, 2]}
+    assert parse_value(b"hosts:\n  - a\n  - b\n") == {"hosts": ["a", "b"]}
+    assert parse_value(b"") is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "hello",
+        3,
+        2.5,
+        True,
+        None,
+        [1, "a"],
+        {"k": {"n": [1]}},
+        "yes",
+        "8080",
+        "multi\nline",
+        "ünïcødé",
+    ],
+)
+def test_encode_round_trips(value: object) -> None:
+    assert parse_value(encode_value(value)) == value
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (b"\xff\xfe", "not UTF-8"),
+        (b"a: [1", "not valid YAML at line 1"),
+        (b"a: 1\na: 2\n", "duplicate key 'a'"),
+        (b"x" * (MAX_VALUE_BYTES + 1), "over the 1 MiB"),
+        (b"!!python/object:os.system x", "not valid YAML"),
+    ],
+)
+def test_bad_values_say_why(raw: bytes, why: str) -> None:
+    with pytest.raises(InvalidValue, match=why):
+        parse_value(raw, "/mozagent/apps/shop/data/k")
