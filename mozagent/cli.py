@@ -233,7 +233,13 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # argparse stops filling a positional list at the first option, so
+    # `data import APP --node N FILE` would leave FILE over: put such words back.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command != "data" or any(e.startswith("-") and e != "-" for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.words = [*args.words, *extra]
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

@@ -131,3 +131,37 @@ class ZooKeeperServer:
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mozagent.testing DIR``: run a loopback ZooKeeper until SIGTERM.
+
+    Writes ``host:port`` to ``DIR/hosts`` once it answers, so shell scripts (the
+    README's demo) can use a real server without knowing Java.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m mozagent.testing")
+    parser.add_argument("dir", help="data dir; the server's address is written to DIR/hosts")
+    args = parser.parse_args(argv)
+    server = ZooKeeperServer(data_dir=args.dir)
+    stop = False
+
+    def on_signal(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    (Path(args.dir) / "hosts").write_text(server.hosts + "\n")
+    try:
+        while not stop and server.proc is not None and server.proc.poll() is None:
+            time.sleep(0.2)
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
