@@ -194,6 +194,12 @@ def format_status(doc: dict[str, Any]) -> str:
                 f"    {res.get('name')}: {res.get('message')} "
                 f"(exit {res.get('exit_code')}{counts}, {_dur(res)})"
             )
+    applying = doc.get("applying")
+    if applying and alive:
+        lines.append(
+            f"  applying now: {', '.join(applying.get('configs') or []) or '-'} "
+            f"(since {_when(applying.get('started'))})"
+        )
     if doc.get("next_apply"):
         lines.append(f"  next apply: {_when(doc['next_apply'])}")
     errors = all_errors(doc)
