@@ -380,7 +380,8 @@ class Agent:
 
     # --- lifecycle ---------------------------------------------------------------
 
-    def start(self) -> None:
+    def _announce(self) -> None:
+        """Record who runs, so status can tell a live daemon from a dead one."""
         self.status.update(
             agent={
                 "version": __version__,
@@ -390,6 +391,14 @@ class Agent:
                 "stopped": None,
             }
         )
+
+    def _mark_stopped(self) -> None:
+        agent = self.status.snapshot()["agent"]
+        agent["stopped"] = time.time()
+        self.status.update(agent=agent, next_apply=None, applying=None)
+
+    def start(self) -> None:
+        self._announce()
         self._render_static()
         now = time.time()
         with self._cond:
@@ -438,9 +447,7 @@ class Agent:
                 }
             )
             self.status.set_errors("zookeeper", [])
-        agent = self.status.snapshot()["agent"]
-        agent["stopped"] = time.time()
-        self.status.update(agent=agent, next_apply=None)
+        self._mark_stopped()
         log.info("stopped")
 
     def run_daemon(self) -> int:
@@ -469,15 +476,7 @@ class Agent:
 
     def run_once(self) -> int:
         """One full cycle: read ZooKeeper, render, apply. Exit code as ``mozagent status``."""
-        self.status.update(
-            agent={
-                "version": __version__,
-                "pid": os.getpid(),
-                "started": self._started,
-                "mode": "once",
-                "stopped": None,
-            }
-        )
+        self._announce()
         self._render_static()
         if self.zk is not None:
             assert self.cfg.zookeeper is not None
@@ -506,9 +505,7 @@ class Agent:
             zk = self.status.snapshot()["zookeeper"]
             if zk.get("state") == "connected":
                 self.status.update(zookeeper={**zk, "state": "closed", "since": time.time()})
-        agent = self.status.snapshot()["agent"]
-        agent["stopped"] = time.time()
-        self.status.update(agent=agent)
+        self._mark_stopped()
         doc = self.status.snapshot()
         code = exit_code(doc)
         log.info("once_finished", ok=ok, exit_code=code)

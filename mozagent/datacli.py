@@ -123,6 +123,13 @@ def read_layer(client: KazooClient, ref: LayerRef) -> LayerContent:
     return LayerContent(True, stat.version, raw)
 
 
+def existing_layer(client: KazooClient, ref: LayerRef) -> LayerContent:
+    content = read_layer(client, ref)
+    if not content.exists:
+        raise DataError(f"the {ref.label} does not exist ({ref.path})")
+    return content
+
+
 def _yaml(values: dict[str, Any]) -> str:
     if not values:
         return ""
@@ -216,9 +223,7 @@ def cmd_list(
     client: KazooClient, ref: LayerRef, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
     out, err = out or sys.stdout, err or sys.stderr
-    content = read_layer(client, ref)
-    if not content.exists:
-        raise DataError(f"the {ref.label} does not exist ({ref.path})")
+    content = existing_layer(client, ref)
     _, bad = content.values()
     for name in sorted(content.raw):
         if name in bad:
@@ -232,10 +237,7 @@ def cmd_export(
     client: KazooClient, ref: LayerRef, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
     out, err = out or sys.stdout, err or sys.stderr
-    content = read_layer(client, ref)
-    if not content.exists:
-        raise DataError(f"the {ref.label} does not exist ({ref.path})")
-    good, bad = content.values()
+    good, bad = existing_layer(client, ref).values()
     out.write(f"# {ref.label} ({ref.path})\n")
     out.write(_yaml(good) or "{}\n")
     for name, why in bad.items():

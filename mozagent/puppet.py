@@ -129,22 +129,28 @@ def read_summary(path: str) -> dict[str, int | None]:
     return out
 
 
-def _failed(
+def _result(
     item: ApplyItem,
     started: float,
+    ok: bool,
     message: str,
     code: int | None = None,
     tail: list[str] | None = None,
+    counts: dict[str, int | None] | None = None,
 ) -> ApplyResult:
+    counts = counts or {}
     return ApplyResult(
         name=item.name,
         source=item.source,
         manifest=item.manifest,
         started=started,
         ended=time.time(),
-        ok=False,
+        ok=ok,
         exit_code=code,
         message=message,
+        changed=counts.get("changed"),
+        failed=counts.get("failed"),
+        total=counts.get("total"),
         output_tail=tail or [],
     )
 
@@ -159,7 +165,7 @@ def run_puppet(
     """Run one ``puppet apply``; ``cancel`` aborts it (SIGTERM, then SIGKILL)."""
     started = time.time()
     if not os.path.isfile(item.manifest):
-        return _failed(item, started, f"failed: manifest {item.manifest} does not exist")
+        return _result(item, started, False, f"failed: manifest {item.manifest} does not exist")
     os.makedirs(paths.work_dir, exist_ok=True)
     summary = os.path.join(paths.work_dir, f"{_safe(item.name)}.last_run_summary.yaml")
     with contextlib.suppress(FileNotFoundError):
@@ -179,9 +185,11 @@ def run_puppet(
             errors="replace",
         )
     except FileNotFoundError:
-        return _failed(item, started, f"failed: puppet binary {cfg.binary!r} not found")
+        return _result(item, started, False, f"failed: puppet binary {cfg.binary!r} not found")
     except PermissionError as exc:
-        return _failed(item, started, f"failed: cannot execute puppet binary {cfg.binary!r}: {exc}")
+        return _result(
+            item, started, False, f"failed: cannot execute puppet binary {cfg.binary!r}: {exc}"
+        )
 
     tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
 
@@ -209,25 +217,12 @@ def run_puppet(
     proc.wait()
     reader.join(timeout=5)
     if why_stopped:
-        return _failed(item, started, why_stopped, proc.returncode, list(tail))
+        return _result(item, started, False, why_stopped, proc.returncode, list(tail))
     ok, message = interpret_exit(proc.returncode)
     counts = read_summary(summary)
     if ok and counts["failed"]:
         ok, message = False, f"failed: {counts['failed']} resources failed"
-    return ApplyResult(
-        name=item.name,
-        source=item.source,
-        manifest=item.manifest,
-        started=started,
-        ended=time.time(),
-        ok=ok,
-        exit_code=proc.returncode,
-        message=message,
-        changed=counts["changed"],
-        failed=counts["failed"],
-        total=counts["total"],
-        output_tail=list(tail),
-    )
+    return _result(item, started, ok, message, proc.returncode, list(tail), counts)
 
 
 def _terminate(proc: subprocess.Popen[str]) -> None:

@@ -44,8 +44,11 @@ class StatusStore:
         self._doc.update(base)
 
     def update(self, **sections: Any) -> None:
+        """Replace sections; the file is rewritten only when something changed."""
         with self._lock:
-            self._doc.update(sections)
+            if all(self._doc.get(k) == v for k, v in sections.items()):
+                return
+            self._doc.update(_copy(sections))
             self._write()
 
     def set_errors(self, group: str, errors: list[dict[str, str]]) -> None:

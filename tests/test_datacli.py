@@ -43,6 +43,7 @@ def test_structured_values_and_string_flag(data) -> None:
     }
     assert data("set", "shop", "flag", "yes", "--string")[0] == 0
     code, out, _ = data("export", "shop")
+    assert code == 0
     assert yaml.safe_load(out) == {
         "flag": "yes",
         "vhost": {"name": "a.example", "ports": [80, 443]},
