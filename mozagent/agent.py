@@ -141,12 +141,14 @@ class Agent:
                 log.warning("lastgood_entry_ignored", layer=layer, path=self.cfg.lastgood_file)
         return out
 
-    def _save_lastgood(self) -> None:
+    def _save_lastgood(self, durable: bool = False) -> None:
+        """Saved on every change without fsync (the rendered files themselves are
+        durable); ``stop()`` saves it once more with fsync."""
         doc = {
             k: {"path": v.path, "version": v.version, "values": v.values}
             for k, v in self.lastgood.items()
         }
-        write_json(self.cfg.lastgood_file, doc, 0o600)
+        write_json(self.cfg.lastgood_file, doc, 0o600, durable)
 
     # --- render ----------------------------------------------------------------
 
@@ -159,7 +161,8 @@ class Agent:
             ),
         )
         facts = FactsInput(self.cfg.app, self.cfg.node, self.data_version, self.puppet_ref)
-        changed |= write_if_changed(self.cfg.facts_file, render_facts(facts))
+        # Facts are re-rendered at every start: no fsync needed.
+        changed |= write_if_changed(self.cfg.facts_file, render_facts(facts), durable=False)
         for layer in LAYERS:
             path = os.path.join(self.cfg.hieradata_dir, layer_filename(layer))
             if not os.path.exists(path):
@@ -433,6 +436,8 @@ class Agent:
             self._cond.notify_all()
         for thread in self._threads:
             thread.join(timeout=30)
+        if self.lastgood:
+            self._save_lastgood(durable=True)
         if self.zk is not None:
             try:
                 self.zk.client.stop()

@@ -22,8 +22,13 @@ def read_bytes(path: str) -> bytes | None:
         return None
 
 
-def write_atomic(path: str, content: bytes, mode: int = 0o644) -> None:
-    """Temp file in the same directory, fsync, rename, fsync the directory."""
+def write_atomic(path: str, content: bytes, mode: int = 0o644, durable: bool = True) -> None:
+    """Temp file in the same directory, fsync, rename, fsync the directory.
+
+    ``durable=False`` skips the fsyncs: the rename is still atomic for readers,
+    but a power loss may lose the write. For files that are re-derived at start
+    or are reports; an fsync costs milliseconds, more while puppet writes.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
@@ -32,12 +37,15 @@ def write_atomic(path: str, content: bytes, mode: int = 0o644) -> None:
         with os.fdopen(fd, "wb") as fh:
             fh.write(content)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    if not durable:
+        return
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -45,19 +53,20 @@ def write_atomic(path: str, content: bytes, mode: int = 0o644) -> None:
         os.close(dir_fd)
 
 
-def write_if_changed(path: str, content: bytes, mode: int = 0o644) -> bool:
+def write_if_changed(path: str, content: bytes, mode: int = 0o644, durable: bool = True) -> bool:
     """Write when the bytes or the mode differ; return True when the content changed."""
     current = read_bytes(path)
     if current == content:
         if os.stat(path).st_mode & 0o7777 != mode:
             os.chmod(path, mode)
         return False
-    write_atomic(path, content, mode)
+    write_atomic(path, content, mode, durable)
     return True
 
 
-def write_json(path: str, doc: Any, mode: int = 0o644) -> None:
-    write_atomic(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode(), mode)
+def write_json(path: str, doc: Any, mode: int = 0o644, durable: bool = True) -> None:
+    data = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+    write_atomic(path, data, mode, durable)
 
 
 def read_json(path: str) -> Any:

@@ -54,7 +54,7 @@ class StatusStore:
     def set_errors(self, group: str, errors: list[dict[str, str]]) -> None:
         """Errors come in groups (``data``, ``zookeeper``...); each source replaces its own."""
         with self._lock:
-            if self._doc["errors"].get(group) == errors:
+            if self._doc["errors"].get(group, []) == errors:
                 return
             if errors:
                 self._doc["errors"][group] = errors
@@ -68,7 +68,7 @@ class StatusStore:
 
     def _write(self) -> None:
         self._doc["updated"] = time.time()
-        write_json(self._path, self._doc, 0o644)
+        write_json(self._path, self._doc, 0o644, durable=False)  # a report: no fsync
 
 
 def _copy(doc: Any) -> Any:
