@@ -1,0 +1,686 @@
+"""tools/build-image without building anything: environment and argument
+handling, image naming, the element list, the lock, and the Glance upload
+path (tools/glance-upload.py against a stand-in for openstacksdk).
+
+No network, no root, no diskimage-builder: a fake disk-image-create records
+how it was called and writes the image file.
+"""
+
+from __future__ import annotations
+
+import calendar
+import fcntl
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+BUILD_IMAGE = REPO / "tools" / "build-image"
+UPLOADER = REPO / "tools" / "glance-upload.py"
+FAKE_OPENSTACK = HERE / "image" / "fake_openstack"
+ELEMENT = REPO / "elements" / "mozagent"
+UNIT = REPO / "systemd" / "mozagent.service"
+
+# 2014-07-30 16:25 UTC, the blueprint's example build time.
+BLUEPRINT_EPOCH = calendar.timegm((2014, 7, 30, 16, 25, 0))
+
+FAKE_DIB = """#!/bin/bash
+# Records its arguments and environment, writes <-o>.<-t>.
+set -euo pipefail
+out="" type=""
+args=("$@")
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -o) out=$2; shift ;;
+        -t) type=$2; shift ;;
+        -a) shift ;;
+    esac
+    shift
+done
+python3 - "$FAKE_DIB_LOG" "${args[@]}" <<'PY'
+import json, os, sys
+log, args = sys.argv[1], sys.argv[2:]
+keys = [k for k in os.environ if k.startswith(("DIB_", "ELEMENTS_PATH", "OS_"))]
+with open(log, "a") as f:
+    f.write(json.dumps({"args": args, "env": {k: os.environ[k] for k in keys}}) + "\\n")
+PY
+printf 'image data for %s\\n' "$(basename "$out")" > "$out.$type"
+"""
+
+RC_FILE = """\
+# keystone rc file
+export OS_AUTH_URL=https://keystone.example.invalid:5000/v3
+export OS_USERNAME=builder
+export OS_PASSWORD=secret
+export OS_PROJECT_NAME=images
+export OS_USER_DOMAIN_NAME=Default
+export OS_PROJECT_DOMAIN_NAME=Default
+"""
+
+
+class Env:
+    def __init__(self, tmp_path: Path):
+        self.tmp = tmp_path
+        self.out = tmp_path / "out"
+        self.dib_log = tmp_path / "dib.log"
+        self.glance_state = tmp_path / "glance.json"
+        self.lock = tmp_path / "build.lock"
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        fake = bin_dir / "disk-image-create"
+        fake.write_text(FAKE_DIB)
+        fake.chmod(fake.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        self.bin = bin_dir
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(
+                (
+                    "MOZ_",
+                    "DIB_",
+                    "OS_",
+                    "SOURCE_DATE_EPOCH",
+                    "ELEMENTS_PATH",
+                    "FAKE_GLANCE",
+                    "PYTHONPATH",
+                )
+            )
+        }
+        base.update(
+            PATH=f"{bin_dir}:{os.environ['PATH']}",
+            MOZ_DIB_DISTRO="debian",
+            MOZ_DIB_RELEASE="bookworm",
+            DIB_MOZ_PUPPET_REF="0.1.0",
+            DIB_MOZ_PUPPET_REMOTE="https://git.example.invalid/mozpuppet.git",
+            MOZ_DIB_OUTPUT_DIR=str(self.out),
+            MOZ_DIB_LOCK_FILE=str(self.lock),
+            FAKE_DIB_LOG=str(self.dib_log),
+            FAKE_GLANCE_STATE=str(self.glance_state),
+            MOZ_GLANCE_PYTHON=sys.executable,
+            SOURCE_DATE_EPOCH=str(BLUEPRINT_EPOCH),
+        )
+        self.base = base
+
+    def run(self, *args: str, unset=(), **overrides) -> subprocess.CompletedProcess:
+        env = dict(self.base)
+        for key in unset:
+            env.pop(key, None)
+        env.update({k: str(v) for k, v in overrides.items()})
+        return subprocess.run(
+            [str(BUILD_IMAGE), *args], env=env, capture_output=True, text=True, timeout=60
+        )
+
+    def dib_calls(self) -> list[dict]:
+        if not self.dib_log.exists():
+            return []
+        return [json.loads(line) for line in self.dib_log.read_text().splitlines()]
+
+    def glance(self) -> dict:
+        if not self.glance_state.exists():
+            return {"images": [], "connects": [], "creates": [], "deletes": []}
+        return json.loads(self.glance_state.read_text())
+
+    def with_fake_sdk(self) -> dict:
+        return {"PYTHONPATH": str(FAKE_OPENSTACK)}
+
+
+@pytest.fixture
+def env(tmp_path):
+    return Env(tmp_path)
+
+
+def dry(result: subprocess.CompletedProcess) -> dict[str, str]:
+    assert result.returncode == 0, result.stderr
+    fields = {}
+    for line in result.stdout.splitlines():
+        key, _, value = line.partition(": ")
+        fields[key] = value
+    return fields
+
+
+# --- required settings ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("missing", ["MOZ_DIB_DISTRO", "MOZ_DIB_RELEASE"])
+def test_distro_and_release_are_required(env, missing):
+    result = env.run("--no-upload", unset=[missing])
+    assert result.returncode == 2
+    assert f"{missing} is not set" in result.stderr
+    assert env.dib_calls() == []
+
+
+def test_empty_distro_is_missing(env):
+    result = env.run("--dry-run", "--no-upload", MOZ_DIB_DISTRO="")
+    assert result.returncode == 2
+    assert "MOZ_DIB_DISTRO is not set" in result.stderr
+
+
+def test_puppet_remote_is_required(env):
+    result = env.run("--no-upload", unset=["DIB_MOZ_PUPPET_REMOTE"])
+    assert result.returncode == 2
+    assert "DIB_MOZ_PUPPET_REMOTE is not set" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("MOZ_DIB_DISTRO", "ubu ntu"),
+        ("MOZ_DIB_RELEASE", "../x"),
+        ("MOZ_DIB_IMAGE_ARCH", "amd64;rm"),
+        ("MOZ_DIB_IMAGE_TYPE", "iso"),
+        ("SOURCE_DATE_EPOCH", "yesterday"),
+    ],
+)
+def test_bad_values_are_refused(env, key, value):
+    result = env.run("--dry-run", "--no-upload", **{key: value})
+    assert result.returncode == 2
+    assert key in result.stderr
+
+
+def test_unknown_argument(env):
+    result = env.run("--upload-twice")
+    assert result.returncode == 2
+    assert "unknown argument: --upload-twice" in result.stderr
+
+
+def test_help(env):
+    result = env.run("--help", unset=["MOZ_DIB_DISTRO", "MOZ_DIB_RELEASE"])
+    assert result.returncode == 0
+    for name in (
+        "MOZ_DIB_DISTRO",
+        "MOZ_DIB_RELEASE",
+        "DIB_MOZ_PUPPET_REF",
+        "MOZ_DIB_ELEMENTS",
+        "MOZ_DIB_IMAGE_ARCH",
+        "MOZ_DIB_IMAGE_TYPE",
+        "MOZ_KEYSTONE_PROFILE_PATH",
+        "--no-upload",
+    ):
+        assert name in result.stdout
+
+
+# --- naming -------------------------------------------------------------------------
+
+
+def test_blueprint_name(env):
+    fields = dry(
+        env.run("--dry-run", "--no-upload", MOZ_DIB_DISTRO="ubuntu", MOZ_DIB_RELEASE="trusty")
+    )
+    assert fields["name"] == "ubuntu-trusty.amd64-0.1.0-2014073016"
+    assert fields["output"] == f"{env.out}/ubuntu-trusty.amd64-0.1.0-2014073016.qcow2"
+
+
+def test_name_uses_utc_hour_of_now_by_default(env):
+    fields = dry(env.run("--dry-run", "--no-upload", unset=["SOURCE_DATE_EPOCH"], TZ="Asia/Tokyo"))
+    now = subprocess.run(["date", "-u", "+%Y%m%d%H"], capture_output=True, text=True).stdout.strip()
+    before = fields["name"].rsplit("-", 1)[1]
+    assert before <= now and len(before) == 10  # the hour may tick over in between
+
+
+def test_name_with_arch_type_and_a_branch_ref(env):
+    fields = dry(
+        env.run(
+            "--dry-run",
+            "--no-upload",
+            MOZ_DIB_IMAGE_ARCH="arm64",
+            MOZ_DIB_IMAGE_TYPE="raw",
+            DIB_MOZ_PUPPET_REF="release/1.2",
+        )
+    )
+    assert fields["name"] == "debian-bookworm.arm64-release_1.2-2014073016"
+    assert fields["output"].endswith(".raw")
+    assert "-a arm64 -t raw " in fields["command"]
+
+
+def test_default_ref_is_master(env):
+    fields = dry(env.run("--dry-run", "--no-upload", unset=["DIB_MOZ_PUPPET_REF"]))
+    assert fields["name"] == "debian-bookworm.amd64-master-2014073016"
+
+
+def test_second_build_in_the_same_hour_does_not_overwrite(env):
+    first = env.run("--no-upload")
+    assert first.returncode == 0, first.stderr
+    name = "debian-bookworm.amd64-0.1.0-2014073016"
+    image = env.out / f"{name}.qcow2"
+    assert first.stdout.split() == [name, str(image)]
+    image.write_text("the first build\n")
+
+    second = env.run("--no-upload", SOURCE_DATE_EPOCH=BLUEPRINT_EPOCH + 1800)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.split()[0] == f"{name}-2"
+    assert image.read_text() == "the first build\n"
+    assert (env.out / f"{name}-2.qcow2").is_file()
+
+    third = env.run("--no-upload")
+    assert third.stdout.split()[0] == f"{name}-3"
+    # dry-run sees the same
+    assert dry(env.run("--dry-run", "--no-upload"))["name"] == f"{name}-4"
+    assert [c["args"][5] for c in env.dib_calls()] == [
+        f"{env.out}/{name}",
+        f"{env.out}/{name}-2",
+        f"{env.out}/{name}-3",
+    ]
+
+
+def test_next_hour_starts_over(env):
+    assert env.run("--no-upload").returncode == 0
+    result = env.run("--no-upload", SOURCE_DATE_EPOCH=BLUEPRINT_EPOCH + 3600)
+    assert result.stdout.split()[0] == "debian-bookworm.amd64-0.1.0-2014073017"
+
+
+# --- elements -------------------------------------------------------------------------
+
+
+def test_default_elements_for_a_disk_image(env):
+    fields = dry(env.run("--dry-run", "--no-upload"))
+    assert fields["elements"] == "debian-minimal cloud-init cloud-init-datasources vm mozagent"
+
+
+def test_extra_elements_are_added_once_in_order(env):
+    fields = dry(
+        env.run(
+            "--dry-run",
+            "--no-upload",
+            MOZ_DIB_DISTRO="ubuntu",
+            MOZ_DIB_RELEASE="noble",
+            MOZ_DIB_ELEMENTS="openssh-server,growroot  vm mozagent my-element",
+        )
+    )
+    assert fields["elements"] == (
+        "ubuntu-minimal cloud-init cloud-init-datasources vm mozagent "
+        "openssh-server growroot my-element"
+    )
+
+
+def test_tar_image_has_no_vm_element(env):
+    fields = dry(env.run("--dry-run", "--no-upload", MOZ_DIB_IMAGE_TYPE="tar"))
+    assert fields["elements"] == "debian-minimal cloud-init cloud-init-datasources mozagent"
+
+
+def test_distro_and_heat_elements_can_be_overridden(env):
+    fields = dry(
+        env.run(
+            "--dry-run", "--no-upload", MOZ_DIB_DISTRO_ELEMENT="debian", MOZ_DIB_HEAT_ELEMENTS=""
+        )
+    )
+    assert fields["elements"] == "debian vm mozagent"
+    fields = dry(
+        env.run("--dry-run", "--no-upload", MOZ_DIB_DISTRO="centos", MOZ_DIB_RELEASE="9-stream")
+    )
+    assert fields["elements"].split()[0] == "centos"
+
+
+# --- the build ------------------------------------------------------------------------
+
+
+def test_build_without_upload_needs_no_credentials(env):
+    result = env.run("--no-upload", **env.with_fake_sdk())
+    assert result.returncode == 0, result.stderr
+    [call] = env.dib_calls()
+    name = "debian-bookworm.amd64-0.1.0-2014073016"
+    assert call["args"] == [
+        "-a",
+        "amd64",
+        "-t",
+        "qcow2",
+        "-o",
+        f"{env.out}/{name}",
+        "debian-minimal",
+        "cloud-init",
+        "cloud-init-datasources",
+        "vm",
+        "mozagent",
+    ]
+    dib_env = call["env"]
+    assert dib_env["DIB_RELEASE"] == "bookworm"
+    assert dib_env["DIB_MOZ_PUPPET_REF"] == "0.1.0"
+    assert dib_env["DIB_MOZ_PUPPET_REMOTE"] == "https://git.example.invalid/mozpuppet.git"
+    assert dib_env["DIB_MOZAGENT_SOURCE"] == str(REPO)
+    assert dib_env["ELEMENTS_PATH"].split(":")[0] == str(REPO / "elements")
+    assert dib_env["DIB_CLOUD_INIT_DATASOURCES"] == "ConfigDrive, OpenStack"
+    assert not any(k.startswith("OS_") for k in dib_env)
+    assert env.glance() == {"images": [], "connects": [], "creates": [], "deletes": []}
+
+
+def test_dib_settings_pass_through(env):
+    result = env.run(
+        "--no-upload",
+        ELEMENTS_PATH="/srv/elements",
+        DIB_DISTRIBUTION_MIRROR="http://mirror.example.invalid/debian",
+        DIB_MOZAGENT_WHEEL="/tmp/mozagent-0.1.0-py3-none-any.whl",
+    )
+    assert result.returncode == 0, result.stderr
+    [call] = env.dib_calls()
+    assert call["env"]["ELEMENTS_PATH"] == f"{REPO / 'elements'}:/srv/elements"
+    assert call["env"]["DIB_DISTRIBUTION_MIRROR"] == "http://mirror.example.invalid/debian"
+    assert call["env"]["DIB_MOZAGENT_WHEEL"] == "/tmp/mozagent-0.1.0-py3-none-any.whl"
+
+
+def test_failed_build(env, tmp_path):
+    failing = tmp_path / "bin" / "disk-image-create"
+    failing.write_text("#!/bin/sh\necho 'debootstrap failed' >&2\nexit 1\n")
+    result = env.run("--no-upload")
+    assert result.returncode == 1
+    assert "diskimage-builder failed" in result.stderr
+
+
+def test_relative_output_dir(env, tmp_path):
+    result = subprocess.run(
+        [str(BUILD_IMAGE), "--no-upload", "--output-dir", "images"],
+        env=env.base,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    name = "debian-bookworm.amd64-0.1.0-2014073016"
+    assert result.stdout.split() == [name, f"{tmp_path}/images/{name}.qcow2"]
+    assert env.dib_calls()[0]["args"][5] == f"{tmp_path}/images/{name}"
+
+
+def test_missing_diskimage_builder(env):
+    result = env.run("--no-upload", MOZ_DIB_DISK_IMAGE_CREATE="no-such-disk-image-create")
+    assert result.returncode == 2
+    assert "pip install diskimage-builder" in result.stderr
+
+
+def test_one_build_at_a_time(env):
+    with open(env.lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = env.run("--no-upload")
+    assert result.returncode == 75
+    assert "another image build holds" in result.stderr
+    assert env.dib_calls() == []
+    assert env.run("--no-upload").returncode == 0  # released
+
+
+# --- upload -----------------------------------------------------------------------------
+
+
+def test_upload_refuses_without_credentials(env):
+    result = env.run(**env.with_fake_sdk())
+    assert result.returncode == 2
+    assert "no OpenStack credentials" in result.stderr
+    for hint in ("OS_CLOUD", "MOZ_KEYSTONE_PROFILE_PATH", "--no-upload"):
+        assert hint in result.stderr
+    assert env.dib_calls() == []  # refused before building
+
+
+def test_upload_refuses_an_unreadable_profile(env, tmp_path):
+    result = env.run(MOZ_KEYSTONE_PROFILE_PATH=tmp_path / "no-such-rc", **env.with_fake_sdk())
+    assert result.returncode == 2
+    assert "MOZ_KEYSTONE_PROFILE_PATH" in result.stderr and "not a readable file" in result.stderr
+    assert env.dib_calls() == []
+
+
+def test_upload_refuses_a_profile_without_credentials(env, tmp_path):
+    rc = tmp_path / "rc"
+    rc.write_text("export OS_REGION_NAME=RegionOne\n")
+    result = env.run(MOZ_KEYSTONE_PROFILE_PATH=rc, **env.with_fake_sdk())
+    assert result.returncode == 2
+    assert "no OpenStack credentials" in result.stderr
+
+
+def test_upload_needs_openstacksdk(env, tmp_path):
+    no_sdk = tmp_path / "no_sdk"
+    no_sdk.mkdir()
+    (no_sdk / "openstack.py").write_text("raise ImportError('openstacksdk is not here')\n")
+    result = env.run(OS_CLOUD="mycloud", PYTHONPATH=no_sdk)
+    assert result.returncode == 2
+    assert "openstacksdk is not importable" in result.stderr
+    assert env.dib_calls() == []
+
+
+def test_tar_images_are_not_uploaded(env):
+    result = env.run(OS_CLOUD="mycloud", MOZ_DIB_IMAGE_TYPE="tar", **env.with_fake_sdk())
+    assert result.returncode == 2
+    assert "cannot be uploaded to Glance" in result.stderr
+
+
+def test_upload_with_keystone_profile(env, tmp_path):
+    rc = tmp_path / "keystone_my_user"
+    rc.write_text(RC_FILE)
+    result = env.run(MOZ_KEYSTONE_PROFILE_PATH=rc, **env.with_fake_sdk())
+    assert result.returncode == 0, result.stderr
+    name = "debian-bookworm.amd64-0.1.0-2014073016"
+    glance = env.glance()
+    [image] = glance["images"]
+    assert image["name"] == name
+    assert image["status"] == "active"
+    assert image["disk_format"] == "qcow2" and image["container_format"] == "bare"
+    assert image["properties"] == {
+        "os_distro": "debian",
+        "os_release": "bookworm",
+        "architecture": "x86_64",
+        "mozpuppet_ref": "0.1.0",
+    }
+    # The rc file's credentials were used, and only for the upload.
+    assert {c["OS_AUTH_URL"] for c in glance["connects"]} == {
+        "https://keystone.example.invalid:5000/v3"
+    }
+    assert not any(k.startswith("OS_") for k in env.dib_calls()[0]["env"])
+    # Checksums were computed and sent.
+    [create] = glance["creates"]
+    assert create["md5"] == image["checksum"] and create["wait"] is True
+    assert "uploaded" in result.stderr
+
+
+def test_upload_with_environment_credentials(env):
+    result = env.run(OS_CLOUD="mycloud", **env.with_fake_sdk())
+    assert result.returncode == 0, result.stderr
+    assert env.glance()["connects"][0]["OS_CLOUD"] == "mycloud"
+
+
+def test_name_taken_in_glance_is_not_reused(env):
+    assert env.run(OS_CLOUD="mycloud", **env.with_fake_sdk()).returncode == 0
+    shutil.rmtree(env.out)  # another build machine made the first one
+    result = env.run(OS_CLOUD="mycloud", **env.with_fake_sdk())
+    assert result.returncode == 0, result.stderr
+    names = [i["name"] for i in env.glance()["images"]]
+    assert names == [
+        "debian-bookworm.amd64-0.1.0-2014073016",
+        "debian-bookworm.amd64-0.1.0-2014073016-2",
+    ]
+
+
+def test_checksum_mismatch_fails_and_deletes_the_image(env):
+    result = env.run(OS_CLOUD="mycloud", FAKE_GLANCE_CORRUPT="1", **env.with_fake_sdk())
+    assert result.returncode == 1
+    assert "checksum" in result.stderr and "upload of" in result.stderr
+    glance = env.glance()
+    assert glance["images"] == [] and len(glance["deletes"]) == 1
+    assert (env.out / "debian-bookworm.amd64-0.1.0-2014073016.qcow2").is_file()
+
+
+def test_image_that_does_not_become_active_fails(env):
+    result = env.run(OS_CLOUD="mycloud", FAKE_GLANCE_STATUS="killed", **env.with_fake_sdk())
+    assert result.returncode == 1
+    assert "killed" in result.stderr
+    assert env.glance()["images"] == []
+
+
+def test_bad_credentials_fail_before_building(env):
+    result = env.run(
+        OS_AUTH_URL="https://keystone.example.invalid/v3",
+        OS_PASSWORD="wrong",
+        **env.with_fake_sdk(),
+    )
+    assert result.returncode == 1
+    assert "cannot authenticate" in result.stderr
+    assert env.dib_calls() == []
+
+
+# --- the uploader on its own -------------------------------------------------------------
+
+
+def uploader(env: Env, *args: str, **overrides) -> subprocess.CompletedProcess:
+    run_env = {k: v for k, v in env.base.items() if k != "PYTHONPATH"}
+    run_env.update(PYTHONPATH=str(FAKE_OPENSTACK), OS_CLOUD="mycloud")
+    run_env.update({k: str(v) for k, v in overrides.items()})
+    return subprocess.run(
+        [sys.executable, str(UPLOADER), *args],
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_uploader_check_and_upload(env, tmp_path):
+    image = tmp_path / "x.qcow2"
+    image.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    assert uploader(env, "check", "--name", "x").returncode == 0
+    result = uploader(
+        env,
+        "upload",
+        "--name",
+        "x",
+        "--file",
+        str(image),
+        "--disk-format",
+        "qcow2",
+        "--property",
+        "a=b=c",
+        "--poll",
+        "0.01",
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "active" and summary["name"] == "x"
+    assert env.glance()["images"][0]["properties"] == {"a": "b=c"}
+    taken = uploader(env, "check", "--name", "x")
+    assert taken.returncode == 3 and "taken" in taken.stderr
+    again = uploader(env, "upload", "--name", "x", "--file", str(image), "--disk-format", "qcow2")
+    assert again.returncode == 1 and "already exists" in again.stderr
+
+
+def test_uploader_without_credentials(env, tmp_path):
+    image = tmp_path / "x.qcow2"
+    image.write_bytes(b"x")
+    result = uploader(
+        env, "upload", "--name", "x", "--file", str(image), "--disk-format", "qcow2", OS_CLOUD=""
+    )
+    assert result.returncode == 2
+    assert "no OpenStack credentials" in result.stderr
+    assert env.glance()["connects"] == []
+
+
+def test_uploader_keeps_a_bad_image_on_request(env, tmp_path):
+    image = tmp_path / "x.qcow2"
+    image.write_bytes(b"payload")
+    result = uploader(
+        env,
+        "upload",
+        "--name",
+        "x",
+        "--file",
+        str(image),
+        "--disk-format",
+        "qcow2",
+        "--keep-bad",
+        FAKE_GLANCE_CORRUPT="1",
+    )
+    assert result.returncode == 1
+    assert "os_hash_value" in result.stderr
+    assert len(env.glance()["images"]) == 1
+
+
+# --- element and unit, statically -------------------------------------------------------
+
+
+def test_element_layout():
+    assert (ELEMENT / "README.rst").is_file()
+    assert "package-installs" in (ELEMENT / "element-deps").read_text().split()
+    packages = yaml.safe_load((ELEMENT / "package-installs.yaml").read_text())
+    for package in ("puppet", "git", "r10k", "python3-venv"):
+        assert package in packages
+    hooks = [
+        p for d in ("extra-data.d", "install.d", "post-install.d") for p in (ELEMENT / d).iterdir()
+    ]
+    assert hooks
+    for hook in hooks:
+        assert os.access(hook, os.X_OK), f"{hook} is not executable"
+        assert hook.read_text().startswith("#!/bin/bash\n")
+        assert "set -euo pipefail" in hook.read_text()
+
+
+def _unit_sections(text: str) -> dict[str, dict[str, list[str]]]:
+    sections: dict[str, dict[str, list[str]]] = {}
+    current = None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+            continue
+        key, _, value = line.partition("=")
+        current.setdefault(key, []).append(value)
+    return sections
+
+
+def test_systemd_unit():
+    unit = _unit_sections(UNIT.read_text())
+    svc, deps, install = unit["Service"], unit["Unit"], unit["Install"]
+    assert svc["Type"] == ["notify"]
+    assert svc["NotifyAccess"] == ["main"]
+    assert svc["WatchdogSec"] == ["120s"]
+    assert svc["Restart"] == ["on-failure"]
+    assert svc["RestartSec"] and svc["RestartSec"][0] != "0"
+    assert svc["ExecStart"] == ["/usr/local/bin/mozagent daemon"]
+    assert "MOZAGENT_CONFIG=/etc/mozagent/mozagent.yaml" in svc["Environment"]
+    assert svc["StandardOutput"] == ["journal"]
+    after = " ".join(deps["After"]).split()
+    assert {"network-online.target", "cloud-init.service", "cloud-config.service"} <= set(after)
+    # cloud-final is ordered after multi-user.target: ordering on it would be a cycle.
+    assert "cloud-final.service" not in after
+    assert "network-online.target" in " ".join(deps["Wants"])
+    assert install["WantedBy"] == ["multi-user.target"]
+    # Hardening that would stop puppet from configuring the host is absent.
+    for option in (
+        "ProtectSystem",
+        "ProtectHome",
+        "PrivateTmp",
+        "NoNewPrivileges",
+        "ReadOnlyPaths",
+        "CapabilityBoundingSet",
+        "PrivateDevices",
+    ):
+        assert option not in svc
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_systemd_unit_verifies(tmp_path):
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(UNIT)], capture_output=True, text=True, timeout=60
+    )
+    # Only the agent's binary may be missing on a machine without mozagent installed.
+    problems = [
+        line
+        for line in result.stderr.splitlines()
+        if line.strip() and "/usr/local/bin/mozagent" not in line
+    ]
+    assert problems == [], result.stderr
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+def test_scripts_are_shellcheck_clean():
+    hooks = sorted(
+        p
+        for d in ("extra-data.d", "install.d", "post-install.d", "environment.d")
+        for p in (ELEMENT / d).iterdir()
+    )
+    scripts = [BUILD_IMAGE, *hooks]
+    result = subprocess.run(
+        ["shellcheck", "-x", *map(str, scripts)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout

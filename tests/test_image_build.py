@@ -1,0 +1,308 @@
+"""A real diskimage-builder build of a mozagent image, then checks inside it.
+
+tools/build-image builds `debian-minimal` + the Heat elements + `mozagent`
+as a tar (no upload), from this host's Debian mirror, with a puppet tree from
+a local git repository made here (tag 0.1.0) whose Puppetfile r10k resolves
+from a git daemon on 127.0.0.1.  The tar is unpacked and checked in a chroot:
+mozagent runs, the unit is enabled, puppet and the tree at the ref are
+there, and `mozagent daemon --once` applies the tree's manifest.
+
+It takes minutes and needs root, debootstrap and diskimage-builder:
+`pytest -m image` runs it alone, `pytest -m "not image"` skips it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+BUILD_IMAGE = REPO / "tools" / "build-image"
+BUILD_TIMEOUT = 2400  # seconds; a build takes about 3-5 minutes here
+
+
+def _load_fixtures():
+    spec = importlib.util.spec_from_file_location(
+        "mozagent_image_fixtures", HERE / "image" / "fixtures.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+fx = _load_fixtures()
+
+# pytest.ini's per-test timeout would cut the build (done in the first test's setup).
+pytestmark = [pytest.mark.image, pytest.mark.timeout(BUILD_TIMEOUT + 900)]
+
+
+def _why_not() -> str | None:
+    if os.geteuid() != 0:
+        return "the image build needs root (debootstrap, chroot, mounts)"
+    if shutil.which("debootstrap") is None:
+        return "the image build needs debootstrap (apt-get install debootstrap)"
+    return None
+
+
+def run(cmd, timeout=600, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+class Image:
+    """The built image, unpacked, with chroot mounts in place."""
+
+    def __init__(
+        self, root: Path, name: str, tarball: Path, repos, build_log: Path, build_seconds: float
+    ):
+        self.boot: tuple[Path, Path, Path] | None = None  # disk, kernel, initrd
+        self.root = root
+        self.name = name
+        self.tarball = tarball
+        self.repos = repos
+        self.build_log = build_log
+        self.build_seconds = build_seconds
+
+    def chroot(self, *cmd: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        env = {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": "/root",
+            "LANG": "C.UTF-8",
+        }
+        return run(["chroot", str(self.root), *cmd], timeout=timeout, env=env)
+
+    def path(self, inside: str) -> Path:
+        return self.root / inside.lstrip("/")
+
+
+def _tail(path: Path, lines: int = 80) -> str:
+    text = path.read_text(errors="replace").splitlines() if path.exists() else []
+    return "\n".join(text[-lines:])
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    why = _why_not()
+    if why:
+        pytest.skip(why)
+    # diskimage-builder may be installed in the virtualenv running the tests.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    for tool in ("disk-image-create", "sudo", "git"):
+        assert shutil.which(tool, path=path), (
+            f"{tool} is not installed: the image build needs diskimage-builder "
+            "(pip install diskimage-builder) and apt-get install debootstrap qemu-utils "
+            "squashfs-tools kpartx sudo git"
+        )
+    base = tmp_path_factory.mktemp("image-build")
+    mirror = fx.apt_mirror()
+    port = fx.free_port()
+    repos = fx.make_puppet_repos(base / "repos", port)
+    out_dir = base / "out"
+    build_log = base / "build.log"
+    env = dict(os.environ)
+    for key in list(env):
+        if key.startswith(("DIB_", "MOZ_DIB_", "OS_")) or key == "ELEMENTS_PATH":
+            del env[key]
+    env.update(
+        PATH=path,
+        MOZ_DIB_DISTRO="debian",
+        MOZ_DIB_RELEASE=mirror.release,
+        MOZ_DIB_IMAGE_TYPE="tar",
+        MOZ_DIB_IMAGE_ARCH="amd64",
+        DIB_MOZ_PUPPET_REMOTE=f"file://{repos.tree}",
+        DIB_MOZ_PUPPET_REF=fx.TREE_TAG,
+        DIB_DISTRIBUTION_MIRROR=mirror.mirror,
+        DIB_DEBIAN_SECURITY_MIRROR=mirror.security,
+        DIB_DEBIAN_COMPONENTS="main",
+        MOZ_DIB_LOCK_FILE=str(base / "build.lock"),
+    )
+    start = time.monotonic()
+    with fx.git_daemon(repos.git_root, port, base / "git-daemon.log"), open(build_log, "w") as log:
+        try:
+            proc = subprocess.run(
+                [str(BUILD_IMAGE), "--no-upload", "--output-dir", str(out_dir)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                timeout=BUILD_TIMEOUT,
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail(
+                f"image build timed out after {BUILD_TIMEOUT}s; log {build_log}:\n"
+                + _tail(build_log)
+            )
+    seconds = time.monotonic() - start
+    assert proc.returncode == 0, f"image build failed; log {build_log}:\n" + _tail(build_log)
+    last = build_log.read_text().strip().splitlines()[-1].split()
+    name, tarball = last[0], Path(last[1])
+    assert tarball.is_file(), f"no image at {tarball}"
+
+    root = base / "root"
+    root.mkdir()
+    subprocess.run(
+        ["tar", "--numeric-owner", "-xpf", str(tarball), "-C", str(root)], check=True, timeout=600
+    )
+    built = Image(root, name, tarball, repos, build_log, seconds)
+    if shutil.which("qemu-system-x86_64"):
+        # The pristine tree as a bootable disk, before the chroot tests touch it.
+        disk = base / "vm" / "disk.raw"
+        disk.parent.mkdir()
+        built.boot = (disk, *fx.make_boot_disk(root, disk))
+    try:
+        with fx.chroot_mounts(root):
+            yield built
+    finally:
+        fx.remove_tree(root)
+        tarball.unlink(missing_ok=True)
+        if built.boot:
+            built.boot[0].unlink(missing_ok=True)
+
+
+def test_image_name_and_build_time(image):
+    assert image.name.startswith(f"debian-{fx.apt_mirror().release}.amd64-{fx.TREE_TAG}-")
+    stamp = image.name.rsplit("-", 1)[1]
+    assert len(stamp) == 10 and stamp.isdigit()
+    print(f"image {image.name} built in {image.build_seconds:.0f}s")
+
+
+def test_mozagent_runs(image):
+    result = image.chroot("mozagent", "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith("mozagent 0.1.0")
+    link = image.path("/usr/local/bin/mozagent")
+    assert link.is_symlink() and os.readlink(link) == "/opt/mozagent/venv/bin/mozagent"
+
+
+def test_puppet_agent_daemon_is_disabled(image):
+    """mozagent runs `puppet apply`; Debian's puppet.service would look for a server."""
+    result = run(["systemctl", f"--root={image.root}", "is-enabled", "puppet.service"])
+    assert result.stdout.strip() == "disabled", result.stdout + result.stderr
+
+
+def test_unit_installed_and_enabled(image):
+    unit = image.path("/etc/systemd/system/mozagent.service")
+    assert unit.read_text() == (REPO / "systemd" / "mozagent.service").read_text()
+    result = run(["systemctl", f"--root={image.root}", "is-enabled", "mozagent.service"])
+    assert result.stdout.strip() == "enabled", result.stdout + result.stderr
+    assert image.path("/etc/systemd/system/multi-user.target.wants/mozagent.service").is_symlink()
+
+
+def test_unit_verifies(image):
+    result = image.chroot("systemd-analyze", "verify", "/etc/systemd/system/mozagent.service")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "mozagent.service" not in result.stderr, result.stderr
+
+
+def test_puppet_git_r10k_installed(image):
+    for cmd in (("puppet", "--version"), ("git", "--version"), ("r10k", "version")):
+        result = image.chroot(*cmd)
+        assert result.returncode == 0, f"{cmd}: {result.stderr}"
+
+
+def test_puppet_tree_at_the_requested_ref(image):
+    tree = image.path("/opt/mozpuppet")
+    assert (tree / ".mozpuppet-ref").read_text().strip() == fx.TREE_TAG
+    assert (tree / ".mozpuppet-commit").read_text().strip() == image.repos.tree_commit
+    head = image.chroot("git", "-C", "/opt/mozpuppet", "rev-parse", "HEAD")
+    assert head.stdout.strip() == image.repos.tree_commit, head.stderr
+    assert "fail(" not in (tree / "manifests" / "site.pp").read_text()
+    # r10k resolved the Puppetfile at the module's tag.
+    module = tree / "modules" / fx.MODULE_NAME
+    assert (module / "manifests" / "init.pp").is_file()
+    mod_head = image.chroot(
+        "git", "-C", f"/opt/mozpuppet/modules/{fx.MODULE_NAME}", "rev-parse", "HEAD"
+    )
+    assert mod_head.stdout.strip() == image.repos.module_commit, mod_head.stderr
+    # The ref as a fact.
+    facts = image.path("/etc/facter/facts.d/mozpuppet.txt").read_text()
+    assert f"mozpuppet_ref={fx.TREE_TAG}\n" in facts
+    # No build leftovers.
+    assert not image.path("/root/.r10k").exists()
+
+
+def test_default_config_is_valid_for_the_agent(image):
+    code = (
+        "import json; from mozagent.config import load_config\n"
+        "c = load_config('/etc/mozagent/mozagent.yaml')\n"
+        "print(json.dumps({'manifests': list(c.puppet.manifests),"
+        " 'modulepath': list(c.puppet.modulepath), 'ref': c.puppet.tree_ref_file,"
+        " 'zk': c.zookeeper is not None}))"
+    )
+    result = image.chroot("/opt/mozagent/venv/bin/python", "-c", code)
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)
+    assert config["manifests"] == ["/opt/mozpuppet/manifests/site.pp"]
+    assert config["modulepath"] == ["/opt/mozpuppet/site", "/opt/mozpuppet/modules"]
+    assert config["ref"] == "/opt/mozpuppet/.mozpuppet-ref"
+    assert config["zk"] is False
+    assert image.path("/etc/mozagent/manifests/site.pp").is_file()
+
+
+def test_plain_puppet_apply_with_the_baked_tree(image):
+    """The element alone: the tree, its module, facts and Hiera work together."""
+    image.path(fx.RESULT_FILE).unlink(missing_ok=True)
+    result = image.chroot(
+        "puppet",
+        "apply",
+        "--detailed-exitcodes",
+        "--modulepath=/opt/mozpuppet/site:/opt/mozpuppet/modules",
+        "/opt/mozpuppet/manifests/site.pp",
+        timeout=600,
+    )
+    assert result.returncode in (0, 2), result.stdout + result.stderr
+    text = image.path(fx.RESULT_FILE).read_text()
+    assert f"tree_ref={fx.TREE_TAG}\n" in text
+    assert f"message={fx.TREE_MESSAGE}\n" in text
+
+
+def test_daemon_once_applies_the_manifest(image):
+    image.path(fx.RESULT_FILE).unlink(missing_ok=True)
+    result = image.chroot("mozagent", "daemon", "--once", timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = image.path(fx.RESULT_FILE).read_text()
+    assert f"tree_ref={fx.TREE_TAG}\n" in text
+    assert f"message={fx.TREE_MESSAGE}\n" in text
+    # The agent's own facts carry the baked ref too.
+    assert f"agent_ref={fx.TREE_TAG}\n" in text
+    status = image.chroot("mozagent", "status")
+    assert status.returncode == 0, status.stderr
+    assert fx.TREE_TAG in status.stdout
+
+
+BOOT_TIMEOUT = 600  # seconds; about a minute under TCG here
+
+
+def test_mozagent_starts_at_boot(image):
+    """Boot the image (its kernel, initramfs and root filesystem) under qemu:
+    systemd starts mozagent (READY=1 reached systemd: "Started"), and the
+    agent applies the baked tree's manifest; the journal goes to the serial
+    console.  TCG unless MOZAGENT_TEST_QEMU_ACCEL=kvm (nested KVM hangs here)."""
+    if image.boot is None:
+        pytest.skip("the boot test needs qemu-system-x86_64 (apt-get install qemu-system-x86)")
+    disk, kernel, initrd = image.boot
+    console = disk.parent / "console.log"
+    text, done = fx.boot_until(
+        disk,
+        kernel,
+        initrd,
+        console,
+        markers=["Started mozagent.service", "apply_finished"],
+        timeout=BOOT_TIMEOUT,
+        accel=os.environ.get("MOZAGENT_TEST_QEMU_ACCEL", "tcg"),
+    )
+    assert done, f"no mozagent start in {BOOT_TIMEOUT}s; console {console}:\n" + _tail(console)
+    agent = [line for line in text.splitlines() if "mozagent[" in line]
+    started = next(line for line in agent if '"event": "started"' in line)
+    assert f'"puppet_ref": "{fx.TREE_TAG}"' in started
+    finished = next(line for line in agent if "apply_finished" in line)
+    assert '"ok": true' in finished, finished
+    assert "Failed to start mozagent.service" not in text
