@@ -28,7 +28,7 @@ from tenacity.stop import stop_base
 
 from mozagent import __version__
 from mozagent.config import Config, PuppetConfig
-from mozagent.fileio import read_json, write_if_changed, write_json
+from mozagent.fileio import lock_holder, read_json, try_lock, write_if_changed, write_json
 from mozagent.layers import LAYERS, LastGood, ResolvedLayer, ValueCache, layer_paths, resolve_layer
 from mozagent.puppet import ApplyItem, ApplyResult, PuppetPaths, run_puppet
 from mozagent.render import (
@@ -40,7 +40,7 @@ from mozagent.render import (
 )
 from mozagent.scheduler import ApplyScheduler
 from mozagent.sdnotify import notify, watchdog_interval
-from mozagent.status import StatusStore, exit_code
+from mozagent.status import StatusStore, exit_code, load_status
 from mozagent.zkclient import CONNECTION_ERRORS, make_client
 from mozagent.zkwatch import ZooKeeperSource
 
@@ -94,6 +94,7 @@ class Agent:
         self._wake = threading.Event()
         self._cond = threading.Condition()
         self.puppet_ref = read_puppet_ref(cfg.puppet.tree_ref_file)
+        previous = load_status(cfg.status_file) or {}
         self.status = StatusStore(
             cfg.status_file,
             {
@@ -101,6 +102,8 @@ class Agent:
                 "node": cfg.node,
                 "puppet_ref": self.puppet_ref,
                 "config_file": cfg.source,
+                # A restart must not make a failed run look healthy until the next one.
+                "last_apply": previous.get("last_apply"),
             },
         )
         a = cfg.apply
@@ -118,11 +121,14 @@ class Agent:
             z = cfg.zookeeper
             client = make_client(z.hosts, z.session_timeout, z.retry_max)
             self.zk = ZooKeeperSource(
-                client, layer_paths(z.root, cfg.app, cfg.node), self._wake.set
+                client, layer_paths(z.root, cfg.app, cfg.node), self._wake.set, z.session_timeout
             )
         self._threads: list[threading.Thread] = []
         self._started = time.time()
         self._reported: list[dict[str, str]] = []
+        self._render_pending = False
+        self._lock_fd: int | None = None
+        self._apply_requested = threading.Event()
         self._next_apply: float | None = None
 
     # --- state on disk ---------------------------------------------------------
@@ -130,6 +136,8 @@ class Agent:
     def _load_lastgood(self) -> dict[str, LastGood]:
         try:
             doc = read_json(self.cfg.lastgood_file) or {}
+            if not isinstance(doc, dict):
+                raise ValueError("not a mapping")
         except ValueError:
             log.warning("lastgood_unreadable", path=self.cfg.lastgood_file)
             return {}
@@ -256,6 +264,7 @@ class Agent:
             ),
             reraise=True,
         )
+        was_synced = self.zk.synced
         try:
             for attempt in retrying:
                 with attempt:
@@ -267,9 +276,14 @@ class Agent:
             self._report_zookeeper()
             return False
         self._report_zookeeper()
-        if not read:
+        if read:
+            self._render_pending = True
+        if not self._render_pending:
             return self.zk.synced
+        # Cleared only after a render completes: a failed write (disk full) is
+        # retried on the next tick instead of waiting for another change.
         changed, resolved = self._render_layers()
+        self._render_pending = False
         self._report_layers(resolved)
         if changed:
             log.info(
@@ -279,24 +293,28 @@ class Agent:
             )
         with self._cond:
             if changed:
-                self.scheduler.changed(time.time())
+                self.scheduler.changed(time.monotonic())
             if not was_synced:
                 self.scheduler.release()
             self._cond.notify_all()
         return True
 
     def _sync_loop(self) -> None:
+        assert self.zk is not None and self.cfg.zookeeper is not None
+        resync = self.cfg.zookeeper.resync_interval
         while not self.stopping.is_set():
             self._wake.wait(timeout=1.0)
             self._wake.clear()
             if self.stopping.is_set():
                 break
+            if resync and self.zk.synced and time.monotonic() - self.zk.last_full > resync:
+                self.zk.request_full()
             try:
                 self.sync()
                 self.status.set_errors("agent", [])
-            except Exception as exc:  # a bug must not kill the worker: report and go on
+            except Exception as exc:  # a bug or a full disk must not kill the worker
                 log.exception("sync_failed", error=repr(exc))
-                self.status.set_errors("agent", [{"where": "sync", "message": repr(exc)}])
+                self._report_crash("sync", exc)
                 self.stopping.wait(1.0)
 
     # --- the apply worker ------------------------------------------------------
@@ -314,7 +332,7 @@ class Agent:
         self.status.update(applying={"started": started, "configs": [i.name for i in items]})
         results: list[ApplyResult] = []
         for item in items:
-            if self.stopping.is_set() and self.mode == "daemon":
+            if self.stopping.is_set():
                 break
             log.info(
                 "apply_started", config=item.name, manifest=item.manifest, data_version=version
@@ -323,7 +341,7 @@ class Agent:
                 self.cfg.puppet,
                 item,
                 paths,
-                self.stopping if self.mode == "daemon" else threading.Event(),
+                self.stopping,
                 on_line=lambda line: log.debug("puppet", line=line),
             )
             level = log.info if result.ok else log.error
@@ -339,49 +357,106 @@ class Agent:
                 **({} if result.ok else {"output": result.output_tail[-10:]}),
             )
             results.append(result)
-        ok = all(r.ok for r in results) and len(results) == len(items)
+        aborted = len(results) < len(items) or any(r.message.startswith("aborted") for r in results)
+        message = "aborted: the agent stopped" if aborted else None
+        return self._record_apply(started, version, results, len(items), message)
+
+    def _record_apply(
+        self,
+        started: float,
+        version: int,
+        results: list[ApplyResult],
+        planned: int,
+        message: str | None = None,
+    ) -> bool:
+        ok = message is None and all(r.ok for r in results) and len(results) == planned
+        if message is None:
+            message = "nothing to apply" if not planned else ("ok" if ok else "failed")
         self.status.update(
             applying=None,
             last_apply={
                 "started": started,
                 "ended": time.time(),
                 "ok": ok,
+                # A run cut short by a clean stop is not a failure of the host's config.
+                "aborted": message.startswith("aborted"),
                 "data_version": version,
                 "results": [r.as_dict() for r in results],
-                "message": "nothing to apply"
-                if not items
-                else ("ok" if ok else "aborted" if len(results) < len(items) else "failed"),
+                "message": message,
             },
         )
         return ok
 
+    def _report_crash(self, where: str, exc: BaseException) -> None:
+        """Best effort: the status file may be what is failing (disk full)."""
+        try:
+            self.status.set_errors("agent", [{"where": where, "message": repr(exc)}])
+        except Exception as again:
+            log.error("status_write_failed", error=repr(again))
+
     def _apply_loop(self) -> None:
+        """The scheduler runs on the monotonic clock: a clock step at boot must not
+        delay runs or cut one short."""
         while not self.stopping.is_set():
-            with self._cond:
-                now = time.time()
-                due = self.scheduler.due(now)
-                if due != self._next_apply:
-                    self._next_apply = due
-                    self.status.update(next_apply=due)
-                if due is None or due > now:
-                    self._cond.wait(timeout=1.0 if due is None else min(due - now, 1.0))
-                    continue
-                self.scheduler.started(now)
             try:
-                ok = self.apply()
-            except Exception as exc:
-                log.exception("apply_crashed", error=repr(exc))
-                ok = False
+                self._apply_step()
+            except Exception as exc:  # never let the apply worker die
+                log.exception("apply_loop_failed", error=repr(exc))
+                self._report_crash("apply", exc)
+                self.stopping.wait(1.0)
+
+    def _apply_step(self) -> None:
+        with self._cond:
+            now = time.monotonic()
+            due = self.scheduler.due(now)
+            if due != self._next_apply:
+                self._next_apply = due
+                wall = None if due is None else time.time() + max(due - now, 0.0)
+                self.status.update(next_apply=wall)
+            if due is None or due > now:
+                self._cond.wait(timeout=1.0 if due is None else min(due - now, 1.0))
+                return
+            self.scheduler.started(now)
+        ok = False
+        try:
+            ok = self.apply()
+        except Exception as exc:
+            log.exception("apply_crashed", error=repr(exc))
+            self._record_apply(time.time(), self.data_version, [], 0, f"crashed: {exc!r}")
+        finally:
             with self._cond:
-                self.scheduler.finished(time.time(), ok)
+                self.scheduler.finished(time.monotonic(), ok)
 
     def request_apply(self) -> None:
         """SIGHUP: run puppet soon even though no data changed."""
         with self._cond:
-            self.scheduler.changed(time.time())
+            self.scheduler.changed(time.monotonic())
             self._cond.notify_all()
 
     # --- lifecycle ---------------------------------------------------------------
+
+    @property
+    def lock_file(self) -> str:
+        return os.path.join(self.cfg.state_dir, "lock")
+
+    def acquire_lock(self, wait: bool) -> bool:
+        """One agent per state dir: two would run puppet concurrently and
+        overwrite each other's status. The daemon waits; ``--once`` gives up."""
+        announced = False
+        while True:
+            fd = try_lock(self.lock_file)
+            if fd is not None:
+                self._lock_fd = fd
+                return True
+            if not wait:
+                return False
+            if not announced:
+                log.warning(
+                    "waiting_for_lock", lock=self.lock_file, holder=lock_holder(self.lock_file)
+                )
+                announced = True
+            if self.stopping.wait(1.0):
+                return False
 
     def _announce(self) -> None:
         """Record who runs, so status can tell a live daemon from a dead one."""
@@ -403,7 +478,7 @@ class Agent:
     def start(self) -> None:
         self._announce()
         self._render_static()
-        now = time.time()
+        now = time.monotonic()
         with self._cond:
             self.scheduler.changed(now)  # converge the host once at start
             if self.zk is not None:
@@ -459,13 +534,19 @@ class Agent:
         """Run until SIGTERM or SIGINT; SIGHUP asks for an apply."""
         signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
         signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
-        signal.signal(signal.SIGHUP, lambda *_: self.request_apply())
+        # Handlers only set events: taking a lock in a handler can deadlock.
+        signal.signal(signal.SIGHUP, lambda *_: self._apply_requested.set())
+        if not self.acquire_lock(wait=True):
+            return 0  # asked to stop while waiting for the lock
         self.start()
         notify(f"READY=1\nSTATUS=mozagent {__version__} running\nMAINPID={os.getpid()}")
         ping = watchdog_interval()
         tick = min(ping or 1.0, 1.0)
         last_ping = 0.0
         while not self.stopping.wait(tick):
+            if self._apply_requested.is_set():
+                self._apply_requested.clear()
+                self.request_apply()
             if self.zk is not None:
                 self._report_zookeeper()
             now = time.time()
@@ -481,37 +562,43 @@ class Agent:
 
     def run_once(self) -> int:
         """One full cycle: read ZooKeeper, render, apply. Exit code as ``mozagent status``."""
+        signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
         self._announce()
-        self._render_static()
-        if self.zk is not None:
-            assert self.cfg.zookeeper is not None
-            try:
-                self.zk.client.start(timeout=self.cfg.zookeeper.connect_timeout)
-            except CONNECTION_ERRORS as exc:
-                log.error("zookeeper_unavailable", error=repr(exc), hosts=self.cfg.zookeeper.hosts)
-            if not self.sync():
-                # One cycle only: no waiting for a reconnect. Say so, apply the last good data.
-                self.zk.connection.state = "unreachable"
-                self.status.update(zookeeper=self.zk.connection.as_dict(self.cfg.zookeeper.hosts))
-                self.status.set_errors(
-                    "zookeeper",
-                    [
-                        {
-                            "where": "zookeeper",
-                            "message": f"could not read {self.cfg.zookeeper.hosts} within "
-                            f"{self.cfg.zookeeper.connect_timeout:g} s; applied the last good data",
-                        }
-                    ],
-                )
-        ok = self.apply()
-        if self.zk is not None:
-            self.zk.client.stop()
-            self.zk.client.close()
-            zk = self.status.snapshot()["zookeeper"]
-            if zk.get("state") == "connected":
-                self.status.update(zookeeper={**zk, "state": "closed", "since": time.time()})
-        self._mark_stopped()
-        doc = self.status.snapshot()
-        code = exit_code(doc)
+        ok = False
+        try:
+            self._render_static()
+            if self.zk is not None:
+                self._read_once()
+            ok = self.apply()
+        finally:
+            if self.zk is not None:
+                self.zk.client.stop()
+                self.zk.client.close()
+                zk = self.status.snapshot()["zookeeper"]
+                if zk.get("state") == "connected":
+                    self.status.update(zookeeper={**zk, "state": "closed", "since": time.time()})
+            self._mark_stopped()
+        code = exit_code(self.status.snapshot())
         log.info("once_finished", ok=ok, exit_code=code)
         return code
+
+    def _read_once(self) -> None:
+        """Read ZooKeeper once, within connect_timeout; on failure say so and go on
+        with the last good data, as the daemon would."""
+        assert self.zk is not None and self.cfg.zookeeper is not None
+        z = self.cfg.zookeeper
+        why = f"could not read {z.hosts} within {z.connect_timeout:g} s"
+        try:
+            self.zk.client.start(timeout=z.connect_timeout)
+            synced = self.sync()
+        except CONNECTION_ERRORS as exc:
+            log.error("zookeeper_unavailable", error=repr(exc), hosts=z.hosts)
+            synced = False
+        except Exception as exc:
+            log.exception("zookeeper_read_failed", error=repr(exc), hosts=z.hosts)
+            synced, why = False, f"reading {z.hosts} failed: {exc!r}"
+        if not synced:
+            self.zk.connection.state = "unreachable"
+            self.status.update(zookeeper=self.zk.connection.as_dict(z.hosts))
+            message = f"{why}; applied the last good data"
+            self.status.set_errors("zookeeper", [{"where": "zookeeper", "message": message}])

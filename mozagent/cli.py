@@ -132,7 +132,17 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     assert cfg is not None
     setup_logging(cfg.log_level, cfg.log_format)
     agent = Agent(cfg, mode="once" if args.once else "daemon")
-    return agent.run_once() if args.once else agent.run_daemon()
+    if not args.once:
+        return agent.run_daemon()
+    if not agent.acquire_lock(wait=False):
+        from mozagent.fileio import lock_holder
+
+        return _fail(
+            f"another mozagent (pid {lock_holder(agent.lock_file)}) is using {cfg.state_dir}; "
+            "ask the daemon for a run with SIGHUP (systemctl reload mozagent)",
+            1,
+        )
+    return agent.run_once()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -204,6 +214,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         return _fail(str(exc), exc.code)
 
     from kazoo.client import KazooClient
+    from kazoo.exceptions import KazooException
     from kazoo.handlers.threading import KazooTimeoutError
 
     client = KazooClient(hosts=hosts, timeout=args.timeout)
@@ -226,6 +237,8 @@ def cmd_data(args: argparse.Namespace) -> int:
         return datacli.cmd_import(client, ref, words["FILE"], args.dry_run)
     except datacli.DataError as exc:
         return _fail(str(exc), exc.code)
+    except KazooException as exc:
+        return _fail(f"ZooKeeper refused the request: {type(exc).__name__} {exc}".strip(), 1)
     finally:
         client.stop()
         client.close()

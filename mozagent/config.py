@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 DEFAULT_CONFIG_PATH = "/etc/mozagent/mozagent.yaml"
 CONFIG_ENV = "MOZAGENT_CONFIG"
 DEFAULT_ROOT = "/mozagent"
@@ -34,6 +32,7 @@ class ZooKeeperConfig:
     connect_timeout: float = 10.0
     retry_initial: float = 0.5
     retry_max: float = 30.0
+    resync_interval: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -116,6 +115,27 @@ def _number(source: str, key: str, value: Any, minimum: float = 0.0) -> float:
     return float(value)
 
 
+def _positive(source: str, key: str, value: Any) -> float:
+    """Timeouts and backoff bases: zero would mean "never wait" or a busy loop."""
+    number = _number(source, key, value)
+    if number <= 0:
+        raise _fail(source, key, f"must be > 0, got {value!r}")
+    return number
+
+
+def _zk_hosts(source: str, key: str, value: Any) -> str:
+    from kazoo.hosts import collect_hosts
+
+    text = _string(source, key, value)
+    try:
+        hosts, _chroot = collect_hosts(text)
+    except ValueError as exc:
+        raise _fail(source, key, f"not a host:port list ({exc}): {text!r}") from None
+    if not hosts:
+        raise _fail(source, key, f"names no host: {text!r}")
+    return text
+
+
 def _string_list(source: str, key: str, value: Any) -> tuple[str, ...]:
     """Accept a list or a single string: a one-element list is a common typo-free default."""
     if isinstance(value, str):
@@ -188,17 +208,26 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
             source,
             "zookeeper",
             zk_raw,
-            {"hosts", "root", "session_timeout", "connect_timeout", "retry_initial", "retry_max"},
+            {
+                "hosts",
+                "root",
+                "session_timeout",
+                "connect_timeout",
+                "retry_initial",
+                "retry_max",
+                "resync_interval",
+            },
         )
         if "hosts" not in zk_raw:
             raise _fail(source, "zookeeper.hosts", "is required when zookeeper is configured")
         zookeeper = ZooKeeperConfig(
-            hosts=_get(source, "zookeeper", zk_raw, "hosts", _string, None),
+            hosts=_get(source, "zookeeper", zk_raw, "hosts", _zk_hosts, None),
             root=_get(source, "zookeeper", zk_raw, "root", _zk_root, DEFAULT_ROOT),
-            session_timeout=_get(source, "zookeeper", zk_raw, "session_timeout", _number, 10.0),
-            connect_timeout=_get(source, "zookeeper", zk_raw, "connect_timeout", _number, 10.0),
-            retry_initial=_get(source, "zookeeper", zk_raw, "retry_initial", _number, 0.5),
-            retry_max=_get(source, "zookeeper", zk_raw, "retry_max", _number, 30.0),
+            session_timeout=_get(source, "zookeeper", zk_raw, "session_timeout", _positive, 10.0),
+            connect_timeout=_get(source, "zookeeper", zk_raw, "connect_timeout", _positive, 10.0),
+            retry_initial=_get(source, "zookeeper", zk_raw, "retry_initial", _positive, 0.5),
+            retry_max=_get(source, "zookeeper", zk_raw, "retry_max", _positive, 30.0),
+            resync_interval=_get(source, "zookeeper", zk_raw, "resync_interval", _number, 600.0),
         )
         if app is None:
             raise _fail(source, "app", "is required when zookeeper is configured")
@@ -219,7 +248,7 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
         binary=_get(source, "puppet", p, "binary", _string, "puppet"),
         manifests=_get(source, "puppet", p, "manifests", _string_list, ()),
         modulepath=_get(source, "puppet", p, "modulepath", _string_list, ()),
-        timeout=_get(source, "puppet", p, "timeout", _number, 1800.0),
+        timeout=_get(source, "puppet", p, "timeout", _positive, 1800.0),
         extra_args=_get(source, "puppet", p, "extra_args", _string_list, ()),
         tree_ref_file=_get(source, "puppet", p, "tree_ref_file", _string, None),
     )
@@ -232,8 +261,8 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
         min_wait=_get(source, "apply", a, "min_wait", _number, 0.5),
         max_wait=_get(source, "apply", a, "max_wait", _number, 5.0),
         interval=_get(source, "apply", a, "interval", _number, 0.0),
-        retry_initial=_get(source, "apply", a, "retry_initial", _number, 30.0),
-        retry_max=_get(source, "apply", a, "retry_max", _number, 600.0),
+        retry_initial=_get(source, "apply", a, "retry_initial", _positive, 30.0),
+        retry_max=_get(source, "apply", a, "retry_max", _positive, 600.0),
     )
     if apply.max_wait < apply.min_wait:
         raise _fail(source, "apply.max_wait", "must be >= apply.min_wait")
@@ -280,8 +309,10 @@ def load_config(path: str) -> Config:
         raise ConfigError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config: {exc}") from None
+    from mozagent.keys import InvalidValue, parse_yaml_text
+
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raw = parse_yaml_text(text)  # strict: a duplicated key is an error, not a silent override
+    except InvalidValue as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     return parse_config(raw, source=path)

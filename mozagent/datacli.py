@@ -32,6 +32,8 @@ from mozagent.keys import (
 from mozagent.layers import layer_paths
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+# ZooKeeper refuses a request over jute.maxbuffer (1 MiB by default); keep margin.
+MAX_TRANSACTION_BYTES = 1_000_000
 
 
 class DataError(Exception):
@@ -277,6 +279,12 @@ def load_import_file(path: str) -> dict[str, Any]:
             continue
         if len(encode_value(value)) > MAX_VALUE_BYTES:
             problems.append(f"{path}: {key}: value is over the 1 MiB limit")
+    total = sum(len(k) + len(encode_value(v)) + 64 for k, v in doc.items() if isinstance(k, str))
+    if total > MAX_TRANSACTION_BYTES:
+        problems.append(
+            f"{path}: {total} bytes is too large for one ZooKeeper transaction (limit about "
+            f"{MAX_TRANSACTION_BYTES}): split the data, or use `set` per key"
+        )
     if problems:
         raise DataError("\n".join(problems), EXIT_INVALID)
     return doc
@@ -306,6 +314,10 @@ def cmd_import(
             txn.delete(f"{ref.path}/{name}", version=version)
         elif encoded[name] != data:
             txn.set_data(f"{ref.path}/{name}", encoded[name], version=version)
+        else:
+            # Unchanged keys are checked too: a concurrent `set` on one of them
+            # must fail the import, not be silently kept.
+            txn.check(f"{ref.path}/{name}", version)
     for name in sorted(set(encoded) - set(current.raw)):
         txn.create(f"{ref.path}/{name}", encoded[name])
     results = txn.commit()
@@ -319,5 +331,11 @@ def cmd_import(
         )
         raise DataError(f"import into the {ref.label} failed: {why}")
     out.write(text or f"no change: the {ref.label} already matches {path}\n")
+    extra = sorted(set(client.retry(client.get_children, ref.path)) - set(encoded))
+    if extra:
+        raise DataError(
+            f"imported {len(desired)} keys, but {', '.join(extra)} appeared in the "
+            f"{ref.label} meanwhile; run the import again to remove them"
+        )
     out.write(f"imported {len(desired)} keys into the {ref.label}\n")
     return EXIT_OK

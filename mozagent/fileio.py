@@ -8,6 +8,7 @@ content differs keeps mtimes meaningful and avoids needless disk churn.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import tempfile
@@ -75,3 +76,27 @@ def read_json(path: str) -> Any:
     if data is None:
         return None
     return json.loads(data)
+
+
+def try_lock(path: str) -> int | None:
+    """Take an exclusive flock on ``path`` (created if missing) and write our pid in it.
+
+    Returns the open fd (keep it open to hold the lock), or None when another
+    process holds it. The kernel drops the lock when the holder dies, even by
+    kill -9, so a stale lock file never blocks a restart.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def lock_holder(path: str) -> str:
+    data = read_bytes(path)
+    return data.decode(errors="replace").strip() if data else "?"

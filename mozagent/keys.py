@@ -6,6 +6,7 @@ operator CLI (writing to it) reject exactly the same things with the same words.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +68,26 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+# Dates stay strings: `2024-01-01` as a Python date could not be rendered as
+# JSON facts or compared, and Hiera users mean the text anyway.
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def check_plain_data(value: Any, where: str | None = None) -> Any:
+    """Hiera data is JSON-shaped: refuse sets, binary and mixed-type keys.
+
+    Such values parse as YAML but cannot be rendered deterministically, so they
+    must be a per-key error, not a crash of the renderer.
+    """
+    try:
+        json.dumps(value, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        prefix = f"{where}: " if where else ""
+        raise InvalidValue(f"{prefix}value holds data Hiera cannot use ({exc})") from None
+    return value
 
 
 def describe_yaml_error(exc: yaml.YAMLError) -> str:
@@ -80,10 +101,11 @@ def describe_yaml_error(exc: yaml.YAMLError) -> str:
 
 def parse_yaml_text(text: str, where: str | None = None) -> Any:
     try:
-        return yaml.load(text, Loader=_StrictLoader)
+        value = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         message = describe_yaml_error(exc)
         raise InvalidValue(f"{where}: {message}" if where else message) from None
+    return check_plain_data(value, where)
 
 
 def parse_value(raw: bytes | None, where: str | None = None) -> Any:
@@ -122,3 +144,5 @@ class Entry:
 
     raw: bytes
     mzxid: int
+    # Set when the znode exists but could not be read (e.g. no READ permission).
+    error: str | None = None

@@ -52,6 +52,8 @@ class LayerView:
     version: int = 0
     entries: dict[str, Entry] = field(default_factory=dict)
     bad_names: set[str] = field(default_factory=set)
+    # Set when the layer exists but cannot be listed (e.g. no READ permission).
+    error: str | None = None
 
     def data_version(self) -> int:
         newest = max((e.mzxid for e in self.entries.values()), default=0)
@@ -87,6 +89,8 @@ class ValueCache:
 
     def parse(self, path: str, key: str, entry: Entry) -> tuple[Any, str | None]:
         cached = self._cache.get((path, key))
+        if entry.error is not None:
+            return None, entry.error
         if cached is not None and cached[0] == entry.mzxid:
             return cached[1], cached[2]
         try:
@@ -113,17 +117,21 @@ def resolve_layer(
     cache = cache or ValueCache()
     if last is not None and last.path != view.path:
         last = None  # the config now points elsewhere: old data is not "last good" here
-    if not view.exists:
-        if last is not None:
-            problem = Problem(
-                view.path,
+    if view.error is not None or not view.exists:
+        if view.error is not None:
+            why = f"{view.error}; keeping its last good data"
+        else:
+            why = (
                 f"{view.name} layer disappeared from ZooKeeper; keeping its last good data "
-                f"(version {last.version}) until the znode is created again",
+                "until the znode is created again"
             )
+        if last is not None:
+            problem = Problem(view.path, f"{why} (version {last.version})")
             return ResolvedLayer(
                 view.name, view.path, last.version, dict(last.values), [problem], True
             )
-        return ResolvedLayer(view.name, view.path, 0, {}, [], exists=False)
+        problems = [] if view.error is None else [Problem(view.path, view.error)]
+        return ResolvedLayer(view.name, view.path, 0, {}, problems, exists=False)
 
     problems: list[Problem] = []
     for name in sorted(view.bad_names):

@@ -166,14 +166,14 @@ def run_puppet(
     started = time.time()
     if not os.path.isfile(item.manifest):
         return _result(item, started, False, f"failed: manifest {item.manifest} does not exist")
-    os.makedirs(paths.work_dir, exist_ok=True)
     summary = os.path.join(paths.work_dir, f"{_safe(item.name)}.last_run_summary.yaml")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(summary)
     cmd = build_command(cfg, item, paths, summary)
     env = dict(os.environ)
     env.update(item.env)
     try:
+        os.makedirs(paths.work_dir, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(summary)
         proc = subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,
@@ -186,9 +186,9 @@ def run_puppet(
         )
     except FileNotFoundError:
         return _result(item, started, False, f"failed: puppet binary {cfg.binary!r} not found")
-    except PermissionError as exc:
+    except OSError as exc:  # not executable, not a program, out of memory...
         return _result(
-            item, started, False, f"failed: cannot execute puppet binary {cfg.binary!r}: {exc}"
+            item, started, False, f"failed: cannot run puppet binary {cfg.binary!r}: {exc}"
         )
 
     tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
@@ -203,18 +203,22 @@ def run_puppet(
 
     reader = threading.Thread(target=pump, name="puppet-output", daemon=True)
     reader.start()
-    deadline = started + cfg.timeout
+    deadline = time.monotonic() + cfg.timeout  # a clock step must not cut a run short
     why_stopped = None
-    while proc.poll() is None:
-        if cancel.is_set():
-            why_stopped = "aborted: the agent is shutting down"
-        elif time.time() >= deadline:
-            why_stopped = f"failed: puppet timed out after {cfg.timeout:g} s"
-        if why_stopped:
-            _terminate(proc)
-            break
-        cancel.wait(0.05)
-    proc.wait()
+    try:
+        while proc.poll() is None:
+            if cancel.is_set():
+                why_stopped = "aborted: the agent is shutting down"
+            elif time.monotonic() >= deadline:
+                why_stopped = f"failed: puppet timed out after {cfg.timeout:g} s"
+            if why_stopped:
+                _terminate(proc)
+                break
+            cancel.wait(0.05)
+        proc.wait()
+    except BaseException:
+        _terminate(proc)  # never leave puppet running behind us
+        raise
     reader.join(timeout=5)
     if why_stopped:
         return _result(item, started, False, why_stopped, proc.returncode, list(tail))

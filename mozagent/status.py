@@ -5,7 +5,8 @@ gets answers when the daemon or ZooKeeper is down. It holds versions, results
 and problems, never data values or credentials, so it can be world-readable.
 
 Exit codes of ``mozagent status`` (and of ``mozagent daemon --once``):
-0 healthy; 1 the last apply failed; 2 bad usage or config; 3 current errors
+0 healthy; 1 the last apply failed (a run aborted by a clean stop is not a
+failure); 2 bad usage or config; 3 current errors
 (bad data, ZooKeeper unreachable, agent not running); 4 no status yet.
 """
 
@@ -123,7 +124,7 @@ def exit_code(doc: dict[str, Any] | None) -> int:
     if doc is None:
         return EXIT_NO_STATUS
     last = doc.get("last_apply")
-    if last is not None and not last.get("ok"):
+    if last is not None and not last.get("ok") and not last.get("aborted"):
         return EXIT_APPLY_FAILED
     if all_errors(doc):
         return EXIT_ERRORS
@@ -184,7 +185,7 @@ def format_status(doc: dict[str, Any]) -> str:
     if last is None:
         lines.append("  last apply: none yet")
     else:
-        verdict = "OK" if last.get("ok") else "FAILED"
+        verdict = "OK" if last.get("ok") else "ABORTED" if last.get("aborted") else "FAILED"
         lines.append(
             f"  last apply: {verdict} at {_when(last.get('ended'))} ({_dur(last)}), "
             f"data version {last.get('data_version', '-')}"

@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import NoNodeError
+from kazoo.exceptions import KazooException, NoNodeError
 from kazoo.protocol.states import EventType, WatchedEvent
 
 from mozagent.keys import Entry, InvalidValue, check_key
 from mozagent.layers import LayerView
+from mozagent.zkclient import CONNECTION_ERRORS
 
 
 @dataclass
@@ -49,7 +50,11 @@ class Connection:
 
 class ZooKeeperSource:
     def __init__(
-        self, client: KazooClient, paths: dict[str, str], wake: Callable[[], None]
+        self,
+        client: KazooClient,
+        paths: dict[str, str],
+        wake: Callable[[], None],
+        op_timeout: float = 10.0,
     ) -> None:
         self.client = client
         self.views: dict[str, LayerView] = {
@@ -57,11 +62,16 @@ class ZooKeeperSource:
         }
         self._by_path = {path: name for name, path in paths.items()}
         self._wake = wake
-        self._hints: deque[tuple[str, Any]] = deque()
+        self._op_timeout = op_timeout
+        self._hints: deque[WatchedEvent] = deque()
         self._lock = threading.Lock()
         self.connection = Connection(since=time.time())
-        self.need_full = True
+        # Full re-reads are counted, not flagged: a reconnect that lands while a
+        # full read is under way must cause another one after it.
+        self._full_requested = 1
+        self._full_done = 0
         self.synced = False  # at least one complete read since start
+        self.last_full = 0.0
         self._dirty_layers: set[str] = set()
         self._dirty_keys: set[str] = set()
         client.add_listener(self._on_state)
@@ -69,14 +79,40 @@ class ZooKeeperSource:
     # --- kazoo threads: record and wake, nothing else -----------------------
 
     def _on_state(self, state: str) -> None:
-        self._hints.append(("state", state))
+        """Connection state is recorded here, not on the worker, so status tells
+        the truth even while the worker waits on a request."""
+        with self._lock:
+            now = time.time()
+            old = self.connection
+            if state == KazooState.CONNECTED:
+                self._full_requested += 1
+                session = self.client.client_id
+                session_id = f"0x{session[0]:x}" if session else None
+                sessions = old.sessions + (session_id != old.session_id)
+                self.connection = Connection("connected", now, session_id, sessions)
+            elif state == KazooState.SUSPENDED:
+                self.connection = Connection("suspended", now, old.session_id, old.sessions)
+            elif state == KazooState.LOST:
+                self._full_requested += 1
+                self.connection = Connection("lost", now, None, old.sessions)
         self._wake()
 
     def _on_watch(self, event: WatchedEvent) -> None:
-        self._hints.append(("watch", event))
+        self._hints.append(event)
         self._wake()
 
     # --- worker thread ------------------------------------------------------
+
+    def request_full(self) -> None:
+        """Ask for a full re-read: the periodic safety net for watches that never
+        fire (ZooKeeper drops events for znodes the agent may no longer read)."""
+        with self._lock:
+            self._full_requested += 1
+        self._wake()
+
+    @property
+    def need_full(self) -> bool:
+        return self._full_done < self._full_requested
 
     def process(self) -> bool:
         """Apply pending hints; return True when views may have changed.
@@ -88,37 +124,45 @@ class ZooKeeperSource:
         if not self.client.connected:
             return False
         if self.need_full:
-            self.need_full = True  # stays set until the read below completes
-            self._read_all()
-            self.need_full = False
-            self.synced = True
+            with self._lock:
+                target = self._full_requested
+            # Cleared before reading: what the read itself finds dirty (a layer
+            # created while we looked) must survive it.
             self._dirty_layers.clear()
             self._dirty_keys.clear()
+            try:
+                self._read_all()
+            except BaseException:
+                self._dirty_layers.update(self._by_path)
+                raise
+            self._full_done = max(self._full_done, target)
+            self.last_full = time.monotonic()
+            self.synced = True
             return True
         if not (self._dirty_layers or self._dirty_keys):
             return False
+        layers, self._dirty_layers = self._dirty_layers, set()
+        keys, self._dirty_keys = self._dirty_keys, set()
         try:
-            for path in sorted(self._dirty_layers):
+            for path in sorted(layers):
                 self._read_layer(self._by_path[path])
-            for path in sorted(self._dirty_keys):
+            for path in sorted(keys):
                 self._read_key(path)
         except BaseException:
-            self.need_full = True
+            self._dirty_layers |= layers
+            self._dirty_keys |= keys
+            with self._lock:
+                self._full_requested += 1
             raise
-        self._dirty_layers.clear()
-        self._dirty_keys.clear()
         return True
 
     def _drain(self) -> None:
         while self._hints:
-            kind, value = self._hints.popleft()
-            if kind == "state":
-                self._state_changed(value)
-                continue
-            event: WatchedEvent = value
+            event = self._hints.popleft()
             if not event.path:
                 # A session event delivered to a watcher (no node): re-read everything.
-                self.need_full = True
+                with self._lock:
+                    self._full_requested += 1
             elif event.path in self._by_path:
                 self._dirty_layers.add(event.path)
             elif posixpath.dirname(event.path) in self._by_path:
@@ -126,22 +170,9 @@ class ZooKeeperSource:
                     self._dirty_layers.add(posixpath.dirname(event.path))
                 self._dirty_keys.add(event.path)
 
-    def _state_changed(self, state: str) -> None:
-        now = time.time()
-        if state == KazooState.CONNECTED:
-            self.need_full = True
-            session = self.client.client_id
-            session_id = f"0x{session[0]:x}" if session else None
-            if session_id != self.connection.session_id:
-                self.connection.sessions += 1
-            self.connection = Connection("connected", now, session_id, self.connection.sessions)
-        elif state == KazooState.SUSPENDED:
-            self.connection = Connection(
-                "suspended", now, self.connection.session_id, self.connection.sessions
-            )
-        elif state == KazooState.LOST:
-            self.need_full = True
-            self.connection = Connection("lost", now, None, self.connection.sessions)
+    def _wait(self, pending: Any) -> Any:
+        """Bounded wait: kazoo queues requests while it reconnects, without a deadline."""
+        return pending.get(timeout=self._op_timeout)
 
     def _read_all(self) -> None:
         """Re-read every layer, pipelining requests: one round trip per level."""
@@ -149,40 +180,28 @@ class ZooKeeperSource:
             name: self.client.get_children_async(view.path, watch=self._on_watch, include_data=True)
             for name, view in self.views.items()
         }
-        fetches: dict[str, dict[str, Any]] = {}
+        fetches: dict[str, list[str]] = {}
         for name, pending in listings.items():
-            view = self.views[name]
-            try:
-                children, stat = pending.get()
-            except NoNodeError:
-                self._layer_missing(view)
-                continue
-            good = self._set_children(view, children, stat.pzxid)
-            view.entries = {}
-            fetches[name] = {
-                key: self.client.get_async(f"{view.path}/{key}", watch=self._on_watch)
-                for key in good
-            }
-        for name, pending_keys in fetches.items():
-            view = self.views[name]
-            for key, pending in pending_keys.items():
-                try:
-                    data, stat = pending.get()
-                except NoNodeError:
-                    continue  # deleted between the listing and the read
-                view.entries[key] = Entry(data or b"", stat.mzxid)
+            good = self._listed(self.views[name], pending)
+            if good is not None:
+                self.views[name].entries = {}
+                fetches[name] = good
+        self._fetch(fetches)
 
-    def _layer_missing(self, view: LayerView) -> None:
-        view.exists = False
-        view.entries = {}
-        view.bad_names = set()
-        view.version = 0
-        # Arm an exists watch: we learn when the layer is created. If it appeared
-        # in the meantime, the watch fires at once and we read it next time.
-        if self.client.exists(view.path, watch=self._on_watch) is not None:
-            self._dirty_layers.add(view.path)
-
-    def _set_children(self, view: LayerView, children: list[str], pzxid: int) -> list[str]:
+    def _listed(self, view: LayerView, pending: Any) -> list[str] | None:
+        """Apply a children listing to the view; the valid key names, or None."""
+        try:
+            children, stat = self._wait(pending)
+        except NoNodeError:
+            self._layer_missing(view)
+            return None
+        except CONNECTION_ERRORS:
+            raise
+        except KazooException as exc:
+            # e.g. NoAuthError: the layer keeps its last good data and says why.
+            view.error = f"cannot read the layer: {type(exc).__name__}"
+            return None
+        view.error = None
         good, bad = [], set()
         for child in children:
             try:
@@ -190,30 +209,58 @@ class ZooKeeperSource:
             except InvalidValue:
                 bad.add(child)
         view.exists = True
-        view.version = pzxid
+        view.version = stat.pzxid
         view.bad_names = bad
         return good
 
+    def _fetch(self, wanted: dict[str, list[str]]) -> None:
+        pending = {
+            (name, key): self.client.get_async(
+                f"{self.views[name].path}/{key}", watch=self._on_watch
+            )
+            for name, keys in wanted.items()
+            for key in keys
+        }
+        for (name, key), result in pending.items():
+            self._store(self.views[name], key, result)
+
+    def _store(self, view: LayerView, key: str, pending: Any) -> None:
+        try:
+            data, stat = self._wait(pending)
+        except NoNodeError:
+            view.entries.pop(key, None)  # deleted between the listing and the read
+            return
+        except CONNECTION_ERRORS:
+            raise
+        except KazooException as exc:
+            old = view.entries.get(key)
+            view.entries[key] = Entry(
+                b"", old.mzxid if old else 0, f"cannot read the znode: {type(exc).__name__}"
+            )
+            return
+        view.entries[key] = Entry(data or b"", stat.mzxid)
+
+    def _layer_missing(self, view: LayerView) -> None:
+        view.exists = False
+        view.error = None
+        view.entries = {}
+        view.bad_names = set()
+        view.version = 0
+        # Arm an exists watch so we learn when the layer is created. If it was
+        # created meanwhile, read it again on the next round.
+        if self._wait(self.client.exists_async(view.path, watch=self._on_watch)) is not None:
+            self._dirty_layers.add(view.path)
+            self._wake()
+
     def _read_layer(self, name: str) -> None:
         view = self.views[name]
-        try:
-            children, stat = self.client.get_children(
-                view.path, watch=self._on_watch, include_data=True
-            )
-        except NoNodeError:
-            self._layer_missing(view)
+        pending = self.client.get_children_async(view.path, watch=self._on_watch, include_data=True)
+        good = self._listed(view, pending)
+        if good is None:
             return
-        good = self._set_children(view, children, stat.pzxid)
         for key in set(view.entries) - set(good):
             del view.entries[key]
-        new = [k for k in good if k not in view.entries]
-        pending = {k: self.client.get_async(f"{view.path}/{k}", watch=self._on_watch) for k in new}
-        for key, result in pending.items():
-            try:
-                data, kstat = result.get()
-            except NoNodeError:
-                continue
-            view.entries[key] = Entry(data or b"", kstat.mzxid)
+        self._fetch({name: [k for k in good if k not in view.entries]})
 
     def _read_key(self, path: str) -> None:
         view = self.views[self._by_path[posixpath.dirname(path)]]
@@ -221,12 +268,7 @@ class ZooKeeperSource:
         if not view.exists:
             return
         try:
-            data, stat = self.client.get(path, watch=self._on_watch)
-        except NoNodeError:
-            view.entries.pop(key, None)
-            return
-        try:
             check_key(key)
         except InvalidValue:
             return
-        view.entries[key] = Entry(data or b"", stat.mzxid)
+        self._store(view, key, self.client.get_async(path, watch=self._on_watch))

@@ -10,6 +10,7 @@ import time
 
 import pytest
 from kazoo.client import KazooClient
+from kazoo.security import make_digest_acl
 
 from mozagent.testing import ZooKeeperServer, free_port
 from tests.conftest import Sandbox, wait_for
@@ -337,3 +338,44 @@ def test_runs_without_zookeeper(tmp_path, puppet_bin: str) -> None:
     assert res.returncode == 0, res.stderr[-2000:]
     assert box.output() == "greeting=none port=none app= node=web1\n"
     assert box.status()[1]["zookeeper"]["state"] == "not configured"
+
+
+def test_unreadable_znode_is_reported_and_keeps_last_good(
+    sandbox: Sandbox, zk: KazooClient
+) -> None:
+    # ZooKeeper sends no watch event to a client that may no longer read the
+    # znode: the periodic full re-read is what notices.
+    sandbox.write_config(zookeeper={"resync_interval": 1})
+    put(zk, app_path(sandbox, "greeting"), b"readable")
+    sandbox.start_daemon()
+    wait_for(lambda: "greeting=readable" in sandbox.output(), what="first apply")
+    # Only the "owner" identity may read it now: the agent gets NoAuthError.
+    zk.set_acls(app_path(sandbox, "greeting"), [make_digest_acl("owner", "secret", all=True)])
+    zk.add_auth("digest", "owner:secret")
+    zk.set(app_path(sandbox, "greeting"), b"secret-value")
+    wait_for(
+        lambda: (sandbox.status_doc() or {}).get("errors", {}).get("data"),
+        what="unreadable znode reported",
+    )
+    err = sandbox.status()[1]["errors"]["data"][0]
+    assert err["where"] == app_path(sandbox, "greeting")
+    assert "NoAuthError" in err["message"] and "last good value" in err["message"]
+    assert sandbox.layer_file("app") == {"greeting": "readable"}
+
+
+def test_once_refuses_to_run_beside_the_daemon(sandbox: Sandbox) -> None:
+    proc = sandbox.start_daemon()
+    wait_for(lambda: (sandbox.status_doc() or {}).get("last_apply"), what="first apply")
+    res = sandbox.cli("daemon", "--once")
+    assert res.returncode == 1
+    assert f"another mozagent (pid {proc.pid})" in res.stderr
+    assert sandbox.status_doc()["agent"]["mode"] == "daemon"
+
+
+def test_restart_remembers_a_failed_apply(sandbox: Sandbox) -> None:
+    sandbox.manifest.write_text("file { 'broken': ensure => \n")
+    assert sandbox.cli("daemon", "--once").returncode == 1
+    sandbox.start_daemon()
+    # Before its own first run, the new daemon still reports the failure.
+    code, doc = sandbox.status()
+    assert code == 1 and doc["last_apply"]["ok"] is False

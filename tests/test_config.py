@@ -52,6 +52,9 @@ def test_full_config_parses() -> None:
         ({"puppet": {"timeout": True}}, "puppet.timeout: must be a number"),
         ({"log": {"level": "loud"}}, "log.level: must be one of"),
         ({"puppet": "x"}, "puppet: must be a mapping"),
+        ({"app": "a", "zookeeper": {"hosts": "zk1:abc"}}, "zookeeper.hosts: not a host:port"),
+        ({"puppet": {"timeout": 0}}, "puppet.timeout: must be > 0"),
+        ({"apply": {"retry_initial": 0}}, "apply.retry_initial: must be > 0"),
         (["list"], "the top level must be a mapping"),
     ],
 )
@@ -97,3 +100,10 @@ def test_config_from_environment(tmp_path: Path) -> None:
     )
     assert res.returncode == 2
     assert f"{cfg}: bogus: unknown key" in res.stderr
+
+
+def test_duplicate_keys_in_config_are_refused(tmp_path: Path) -> None:
+    cfg = tmp_path / "mozagent.yaml"
+    cfg.write_text("app: a\napp: b\n")
+    with pytest.raises(ConfigError, match="duplicate key 'app'"):
+        load_config(str(cfg))

@@ -161,3 +161,13 @@ def test_unreachable_zookeeper(capsys: pytest.CaptureFixture[str]) -> None:
     )
     assert code == 1
     assert "cannot connect to ZooKeeper" in capsys.readouterr().err
+
+
+def test_oversized_import_is_refused_before_connecting(
+    data, zk: KazooClient, zk_root: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "big.yaml"
+    src.write_text("".join(f"k{i}: {'x' * 2000}\n" for i in range(600)))
+    code, _, err = data("import", "shop", str(src))
+    assert code == 2 and "too large for one ZooKeeper transaction" in err
+    assert zk.exists(zk_root) is None

@@ -70,3 +70,14 @@ def test_encode_round_trips(value: object) -> None:
 def test_bad_values_say_why(raw: bytes, why: str) -> None:
     with pytest.raises(InvalidValue, match=why):
         parse_value(raw, "/mozagent/apps/shop/data/k")
+
+
+def test_dates_stay_strings() -> None:
+    assert parse_value(b"2024-01-01") == "2024-01-01"
+    assert parse_value(b"expires: 2024-01-01 10:00:00") == {"expires": "2024-01-01 10:00:00"}
+
+
+@pytest.mark.parametrize("raw", [b"!!binary aGVsbG8=", b"!!set {a, b}", b"{1: a, b: c}"])
+def test_values_hiera_cannot_hold_are_refused(raw: bytes) -> None:
+    with pytest.raises(InvalidValue, match="value holds data Hiera cannot use"):
+        parse_value(raw, "k")

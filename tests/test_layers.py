@@ -91,3 +91,19 @@ def test_value_cache_reparses_only_on_new_zxid() -> None:
     assert resolve_layer(v, None, cache).values == first.values
     v.entries["a"] = Entry(b"2", 11)
     assert resolve_layer(v, None, cache).values == {"a": 2}
+
+
+def test_unreadable_layer_keeps_last_good() -> None:
+    v = view({})
+    v.error = "cannot read the layer: NoAuthError"
+    res = resolve_layer(v, LastGood(PATH, 7, {"a": 1}))
+    assert res.values == {"a": 1} and res.stale
+    assert "NoAuthError" in res.problems[0].message
+
+
+def test_unreadable_key_keeps_last_good_value() -> None:
+    v = view({"a": b"1"})
+    v.entries["a"] = Entry(b"", 10, "cannot read the znode: NoAuthError")
+    res = resolve_layer(v, LastGood(PATH, 7, {"a": 5}))
+    assert res.values == {"a": 5}
+    assert "NoAuthError" in res.problems[0].message
