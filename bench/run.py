@@ -42,7 +42,7 @@ from kazoo.client import KazooClient
 
 from mozagent import __version__
 from mozagent.keys import encode_value
-from mozagent.testing import ZooKeeperServer, zookeeper_available
+from mozagent.testing import ZooKeeperServer, text_of, zookeeper_available
 
 APP = "bench"
 NODE = "bench-node"
@@ -367,22 +367,13 @@ class AgentUnderTest:
         wait_until(stable_for(idle, settle), timeout, "the daemon to go idle")
 
     def run_count(self) -> int:
-        try:
-            return len(self.runs.read_text().splitlines())
-        except FileNotFoundError:
-            return 0
+        return len(text_of(self.runs).splitlines())
 
     def output(self) -> str:
-        try:
-            return self.out.read_text()
-        except FileNotFoundError:
-            return ""
+        return text_of(self.out)
 
     def rendered_text(self) -> str:
-        try:
-            return (Path(self.hieradata) / LAYER_FILE).read_text()
-        except FileNotFoundError:
-            return ""
+        return text_of(Path(self.hieradata) / LAYER_FILE)
 
     def rendered_value(self, key: str = KEY) -> Any:
         return (yaml.safe_load(self.rendered_text()) or {}).get(key)

@@ -26,6 +26,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def text_of(path: str | os.PathLike[str]) -> str:
+    """A file's text, or "" while it does not exist yet (tests and bench poll for it)."""
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError:
+        return ""
+
+
 def zookeeper_available() -> bool:
     return os.path.exists(ZK_JARS[0]) and shutil.which("java") is not None
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from kazoo.client import KazooClient
 
-from mozagent.testing import ZooKeeperServer, zookeeper_available
+from mozagent.testing import ZooKeeperServer, text_of, zookeeper_available
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -191,22 +191,13 @@ class Sandbox:
         return yaml.safe_load(path.read_text()) or {}
 
     def run_count(self) -> int:
-        try:
-            return len(self.runs.read_text().splitlines())
-        except FileNotFoundError:
-            return 0
+        return len(text_of(self.runs).splitlines())
 
     def output(self) -> str:
-        try:
-            return self.out.read_text()
-        except FileNotFoundError:
-            return ""
+        return text_of(self.out)
 
     def daemon_log(self) -> str:
-        try:
-            return (self.root / "daemon.log").read_text()
-        except FileNotFoundError:
-            return ""
+        return text_of(self.root / "daemon.log")
 
 
 @pytest.fixture
