@@ -42,7 +42,7 @@ from kazoo.client import KazooClient
 
 from mozagent import __version__
 from mozagent.keys import encode_value
-from mozagent.testing import ZooKeeperServer, text_of, zookeeper_available
+from mozagent.testing import ZooKeeperServer, text_of, wait_until, zookeeper_available
 
 APP = "bench"
 NODE = "bench-node"
@@ -72,18 +72,6 @@ class BenchError(RuntimeError):
 
 
 # --- small utilities ----------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.02) -> Any:
-    """Poll until predicate() is truthy; bounded so the benchmark can never hang."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(step)
 
 
 def stable_for(predicate: Callable[[], bool], hold: float) -> Callable[[], bool]:
@@ -906,7 +894,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="  [%(name)s] %(message)s")
     try:
         result = run_all(opts)
-    except BenchError as exc:
+    except (BenchError, TimeoutError) as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         if not opts.keep:
             print("(run with --keep to keep the daemon logs)", file=sys.stderr)

@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 import yaml
 from kazoo.client import KazooClient
 
-from mozagent.testing import ZooKeeperServer, text_of, zookeeper_available
+from mozagent.testing import ZooKeeperServer, text_of, wait_until, zookeeper_available
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -29,15 +28,7 @@ def wait_for(
     interval: float = 0.05,
     what: str = "condition",
 ) -> Any:
-    """Poll until predicate() is truthy; bounded, so no test can hang."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+    return wait_until(predicate, timeout, what, interval)
 
 
 @pytest.fixture(scope="session")
