@@ -13,13 +13,14 @@ import fcntl
 import json
 import os
 import shutil
-import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.image.fake_dib import write_fake_dib
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -32,20 +33,8 @@ UNIT = REPO / "systemd" / "mozagent.service"
 # 2014-07-30 16:25 UTC, the blueprint's example build time.
 BLUEPRINT_EPOCH = calendar.timegm((2014, 7, 30, 16, 25, 0))
 
-FAKE_DIB = """#!/bin/bash
 # Records its arguments and environment, writes <-o>.<-t>.
-set -euo pipefail
-out="" type=""
-args=("$@")
-while [ $# -gt 0 ]; do
-    case "$1" in
-        -o) out=$2; shift ;;
-        -t) type=$2; shift ;;
-        -a) shift ;;
-    esac
-    shift
-done
-python3 - "$FAKE_DIB_LOG" "${args[@]}" <<'PY'
+FAKE_DIB_BODY = """python3 - "$FAKE_DIB_LOG" "${args[@]}" <<'PY'
 import json, os, sys
 log, args = sys.argv[1], sys.argv[2:]
 keys = [k for k in os.environ if k.startswith(("DIB_", "ELEMENTS_PATH", "OS_"))]
@@ -75,9 +64,7 @@ class Env:
         self.lock = tmp_path / "build.lock"
         bin_dir = tmp_path / "bin"
         bin_dir.mkdir()
-        fake = bin_dir / "disk-image-create"
-        fake.write_text(FAKE_DIB)
-        fake.chmod(fake.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        write_fake_dib(bin_dir / "disk-image-create", FAKE_DIB_BODY)
         self.bin = bin_dir
         base = {
             k: v
@@ -535,40 +522,31 @@ def uploader(env: Env, *args: str, **overrides) -> subprocess.CompletedProcess:
     )
 
 
+def upload(env: Env, image: Path, *extra: str, **overrides) -> subprocess.CompletedProcess:
+    """glance-upload.py upload of ``image`` as "x", qcow2."""
+    args = ("upload", "--name", "x", "--file", str(image), "--disk-format", "qcow2", *extra)
+    return uploader(env, *args, **overrides)
+
+
 def test_uploader_check_and_upload(env, tmp_path):
     image = tmp_path / "x.qcow2"
     image.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
     assert uploader(env, "check", "--name", "x").returncode == 0
-    result = uploader(
-        env,
-        "upload",
-        "--name",
-        "x",
-        "--file",
-        str(image),
-        "--disk-format",
-        "qcow2",
-        "--property",
-        "a=b=c",
-        "--poll",
-        "0.01",
-    )
+    result = upload(env, image, "--property", "a=b=c", "--poll", "0.01")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["status"] == "active" and summary["name"] == "x"
     assert env.glance()["images"][0]["properties"] == {"a": "b=c"}
     taken = uploader(env, "check", "--name", "x")
     assert taken.returncode == 3 and "taken" in taken.stderr
-    again = uploader(env, "upload", "--name", "x", "--file", str(image), "--disk-format", "qcow2")
+    again = upload(env, image)
     assert again.returncode == 1 and "already exists" in again.stderr
 
 
 def test_uploader_without_credentials(env, tmp_path):
     image = tmp_path / "x.qcow2"
     image.write_bytes(b"x")
-    result = uploader(
-        env, "upload", "--name", "x", "--file", str(image), "--disk-format", "qcow2", OS_CLOUD=""
-    )
+    result = upload(env, image, OS_CLOUD="")
     assert result.returncode == 2
     assert "no OpenStack credentials" in result.stderr
     assert env.glance()["connects"] == []
@@ -577,18 +555,7 @@ def test_uploader_without_credentials(env, tmp_path):
 def test_uploader_keeps_a_bad_image_on_request(env, tmp_path):
     image = tmp_path / "x.qcow2"
     image.write_bytes(b"payload")
-    result = uploader(
-        env,
-        "upload",
-        "--name",
-        "x",
-        "--file",
-        str(image),
-        "--disk-format",
-        "qcow2",
-        "--keep-bad",
-        FAKE_GLANCE_CORRUPT="1",
-    )
+    result = upload(env, image, "--keep-bad", FAKE_GLANCE_CORRUPT="1")
     assert result.returncode == 1
     assert "os_hash_value" in result.stderr
     assert len(env.glance()["images"]) == 1

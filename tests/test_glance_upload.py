@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import shutil
-import stat
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.glance.cloud import PACKAGES, PYTHON, CloudError, LocalCloud, free_port, missing
+from tests.image.fake_dib import write_fake_dib
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -41,19 +41,8 @@ BASE_NAME = "debian-bookworm.amd64-0.1.0-2014073016"
 # The per-test timeout covers the module fixture's start (about 10-20 s) too.
 pytestmark = [pytest.mark.glance, pytest.mark.timeout(600)]
 
-FAKE_DIB = """#!/bin/bash
-# Stands in for disk-image-create: writes <-o>.<-t> from $FAKE_DIB_SOURCE.
-set -euo pipefail
-out="" type=""
-while [ $# -gt 0 ]; do
-    case "$1" in
-        -o) out=$2; shift ;;
-        -t) type=$2; shift ;;
-        -a) shift ;;
-    esac
-    shift
-done
-echo "$out" >> "$FAKE_DIB_LOG"
+# Writes <-o>.<-t> from $FAKE_DIB_SOURCE, in place of a real build.
+FAKE_DIB_BODY = """echo "$out" >> "$FAKE_DIB_LOG"
 if [ "$type" = raw ]; then
     cp "$FAKE_DIB_SOURCE" "$out.raw"
 else
@@ -261,9 +250,7 @@ class Build:
     def __init__(self, tmp: Path):
         self.tmp = tmp
         self.dib_log = tmp / "dib.log"
-        fake = tmp / "disk-image-create"
-        fake.write_text(FAKE_DIB)
-        fake.chmod(fake.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        fake = write_fake_dib(tmp / "disk-image-create", FAKE_DIB_BODY)
         self.image_type = "qcow2" if shutil.which("qemu-img") else "raw"
         self.source = random_file(tmp / "source.raw", 3 * MIB)
         self.base = clean_env(
