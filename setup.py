@@ -27,7 +27,7 @@ setup(
         "structlog>=23.1",
     ],
     extras_require={
-        "test": ["pytest>=7.4", "pytest-timeout>=2.2", "ruff>=0.4"],
+        "test": ["pytest>=7.4", "pytest-timeout>=2.2", "ruff>=0.4", "hypothesis>=6.80"],
     },
     entry_points={"console_scripts": ["mozagent = mozagent.cli:main"]},
     classifiers=[

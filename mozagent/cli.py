@@ -1,103 +1,95 @@
-"""The ``mozagent`` command line: daemon, status, and operators' data commands."""
+"""The ``mozagent`` command line: daemon, status, apply, and operators' data commands.
+
+Options go anywhere: ``mozagent --config X status`` and ``mozagent data
+--zookeeper H set …`` work as well as options after the last word, because a
+person debugging a host types them where they think of them.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 from mozagent import __version__
-from mozagent.config import DEFAULT_ROOT, Config, ConfigError, config_path, load_config
-from mozagent.status import EXIT_USAGE, exit_code, format_status, load_status
+from mozagent.config import (
+    DEFAULT_CONFIG_PATH,
+    DEFAULT_ROOT,
+    Config,
+    ConfigError,
+    config_path,
+    load_config,
+    parse_zk_hosts,
+    parse_zk_root,
+)
+from mozagent.status import EXIT_ERRORS, EXIT_USAGE, exit_code, format_status, load_status
 
 EPILOG_STATUS = """exit codes: 0 healthy; 1 last apply failed; 2 bad usage or config;
-3 current errors (bad data, ZooKeeper unreachable, agent not running); 4 no status yet"""
+3 current errors (bad data, ZooKeeper unreachable, agent not running or not responding);
+4 no status yet"""
+EPILOG_APPLY = """exit codes: 0 the run succeeded; 1 it failed; 2 bad usage or config;
+3 no daemon running, it stopped, or no result within --timeout"""
+ZOOKEEPER_ENV = "MOZAGENT_ZOOKEEPER"
+ROOT_ENV = "MOZAGENT_ROOT"
+DEFAULT_STATE_DIR = "/var/lib/mozagent"
 
 
-def _add_config(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--config", help="config file (default: $MOZAGENT_CONFIG or /etc/mozagent/mozagent.yaml)"
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mozagent",
-        description="Configuration agent: ZooKeeper app data -> Hiera/facts -> puppet apply.",
-    )
-    parser.add_argument("--version", action="version", version=f"mozagent {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    daemon = sub.add_parser("daemon", help="run the agent (until SIGTERM/SIGINT)")
-    _add_config(daemon)
-    daemon.add_argument(
-        "--once",
-        action="store_true",
-        help="one full cycle (read ZooKeeper, render, apply), then exit",
-    )
-
-    status = sub.add_parser(
-        "status", help="what the agent is doing and whether it is healthy", epilog=EPILOG_STATUS
-    )
-    _add_config(status)
-    status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.add_argument("--state-dir", help="read the status from this state dir instead")
-
-    data = sub.add_parser("data", help="read and write app data in ZooKeeper")
-    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-
-    def layer_args(p: argparse.ArgumentParser) -> None:
-        _add_config(p)
+def _options(*names: str) -> argparse.ArgumentParser:
+    """Options shared by several levels of the command. ``SUPPRESS`` defaults
+    let an option given at one level survive the parsing of the next."""
+    p = argparse.ArgumentParser(add_help=False)
+    S = argparse.SUPPRESS
+    if "config" in names:
+        p.add_argument(
+            "--config",
+            default=S,
+            help=f"config file (default: $MOZAGENT_CONFIG or {DEFAULT_CONFIG_PATH})",
+        )
+    if "zookeeper" in names:
         p.add_argument(
             "--zookeeper",
             metavar="HOSTS",
-            help="ZooKeeper hosts (default: zookeeper.hosts from the config)",
+            default=S,
+            help=f"ZooKeeper hosts (default: ${ZOOKEEPER_ENV}, else zookeeper.hosts of the config)",
         )
-        p.add_argument("--root", help=f"znode root (default: the config's, or {DEFAULT_ROOT})")
         p.add_argument(
-            "--timeout", type=float, default=10.0, help="seconds to wait for ZooKeeper (default 10)"
+            "--root",
+            default=S,
+            help=f"znode root (default: ${ROOT_ENV}, the config's, or /mozagent)",
+        )
+        p.add_argument(
+            "--timeout",
+            type=float,
+            default=S,
+            help="the most the command may take, connecting included (seconds, default 30)",
         )
         group = p.add_mutually_exclusive_group()
-        group.add_argument("--node", help="work on this node's layer of APP")
+        group.add_argument("--node", default=S, help="work on this node's layer of APP")
         group.add_argument(
             "--global",
             dest="is_global",
             action="store_true",
+            default=S,
             help="work on the global layer (give no APP)",
         )
-
-    specs = {
-        "set": (
-            "set a key: set APP KEY VALUE (VALUE is YAML or JSON; '-' reads stdin)",
-            ["words"],
-            True,
-        ),
-        "get": ("print a key's value: get APP KEY", ["words"], False),
-        "delete": ("delete a key: delete APP KEY", ["words"], False),
-        "list": ("list a layer's keys: list APP", ["words"], False),
-        "export": ("print a layer as YAML: export APP", ["words"], False),
-        "import": (
-            "replace a layer's keys from a YAML file, in one transaction: import APP FILE",
-            ["words"],
-            True,
-        ),
-    }
-    for name, (help_text, _, dry) in specs.items():
-        p = data_sub.add_parser(name, help=help_text, description=help_text)
-        layer_args(p)
-        p.add_argument("words", nargs="*", metavar="ARG")
-        if dry:
-            p.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
-        if name == "set":
-            p.add_argument(
-                "--string",
-                action="store_true",
-                help="store VALUE as a literal string, not parsed as YAML",
-            )
-    return parser
+    return p
 
 
+DATA_HELP = {
+    "set": "set a key: set APP KEY VALUE (VALUE is YAML or JSON; '-' reads stdin)",
+    "get": "print a key's value: get APP KEY",
+    "delete": "delete a key: delete APP KEY; or a whole layer: delete APP --force",
+    "list": "list a layer's keys: list APP",
+    "export": "print a layer as YAML: export APP",
+    "import": "replace a layer's keys from a YAML file, in one transaction: import APP FILE",
+}
 # Positional arguments each data action takes after APP (APP is absent with --global).
 DATA_ARITY = {
     "set": ["KEY", "VALUE"],
@@ -109,27 +101,92 @@ DATA_ARITY = {
 }
 
 
+def build_parser() -> argparse.ArgumentParser:
+    config = _options("config")
+    parser = argparse.ArgumentParser(
+        prog="mozagent",
+        description="Configuration agent: ZooKeeper app data -> Hiera/facts -> puppet apply.",
+        parents=[config],
+    )
+    parser.add_argument("--version", action="version", version=f"mozagent {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    daemon = sub.add_parser("daemon", help="run the agent (until SIGTERM/SIGINT)", parents=[config])
+    daemon.add_argument(
+        "--once",
+        action="store_true",
+        help="one full cycle (read ZooKeeper, render, apply), then exit",
+    )
+
+    status = sub.add_parser(
+        "status",
+        help="what the agent is doing and whether it is healthy",
+        epilog=EPILOG_STATUS,
+        parents=[config],
+    )
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--state-dir", help="read the status from this state dir instead")
+
+    apply = sub.add_parser(
+        "apply",
+        help="ask the running daemon for a run now, wait for it and print its result",
+        description="Like `puppet agent -t`: the daemon runs every config once on the "
+        "current data; this command prints the result and exits with its status.",
+        epilog=EPILOG_APPLY,
+        parents=[config],
+    )
+    apply.add_argument("--state-dir", help="the daemon's state dir (default: the config's)")
+    apply.add_argument(
+        "--timeout", type=float, default=3600.0, help="seconds to wait for the result (3600)"
+    )
+    apply.add_argument("--json", action="store_true", help="print the run's record as JSON")
+
+    common = _options("config", "zookeeper")
+    data = sub.add_parser("data", help="read and write app data in ZooKeeper", parents=[common])
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    for name, help_text in DATA_HELP.items():
+        p = data_sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+        p.add_argument("words", nargs="*", metavar="ARG")
+        if name in ("set", "import"):
+            p.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
+        if name == "set":
+            p.add_argument(
+                "--string",
+                action="store_true",
+                help="store VALUE as a literal string, not parsed as YAML",
+            )
+        if name == "delete":
+            p.add_argument(
+                "--force", action="store_true", help="needed to delete a whole layer (no KEY)"
+            )
+    return parser
+
+
 def _fail(message: str, code: int = EXIT_USAGE) -> int:
     print(f"mozagent: error: {message}", file=sys.stderr)
     return code
 
 
 def _load(args: argparse.Namespace, required: bool = True) -> Config | None:
-    path = config_path(args.config)
-    try:
-        return load_config(path)
-    except ConfigError:
-        if required or args.config:
-            raise
+    """The config; with ``required=False``, None only when no file was asked for
+    and the default one does not exist. A file that exists but is invalid is
+    always an error: silently using defaults would write somewhere else."""
+    explicit = getattr(args, "config", None)
+    path = config_path(explicit)
+    defaulted = not explicit and not os.environ.get("MOZAGENT_CONFIG")
+    if not required and defaulted and not os.path.exists(path):
         return None
+    return load_config(path)
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
     from mozagent.agent import Agent
+    from mozagent.config import check_runnable
     from mozagent.logs import setup_logging
 
     cfg = _load(args)
     assert cfg is not None
+    check_runnable(cfg)
     setup_logging(cfg.log_level, cfg.log_format)
     agent = Agent(cfg, mode="once" if args.once else "daemon")
     if not args.once:
@@ -139,77 +196,225 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
         return _fail(
             f"another mozagent (pid {lock_holder(agent.lock_file)}) is using {cfg.state_dir}; "
-            "ask the daemon for a run with SIGHUP (systemctl reload mozagent)",
+            "ask it for a run with `mozagent apply` (waits for the result) or "
+            "`systemctl reload mozagent`",
             1,
         )
     return agent.run_once()
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    import os
+def _state_dir(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The state dir to read, and the config's error if the config is unusable.
 
+    ``status`` must work when a bad config is the very problem: it then reads
+    the state dir named in the file if it can, else the default, and says why.
+    """
     if args.state_dir:
-        path = os.path.join(args.state_dir, "status.json")
-    else:
+        return args.state_dir, None
+    try:
         cfg = _load(args)
         assert cfg is not None
-        path = cfg.status_file
+        return cfg.state_dir, None
+    except ConfigError as exc:
+        return _state_dir_of_broken(config_path(getattr(args, "config", None))), str(exc)
+
+
+def _state_dir_of_broken(path: str) -> str:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh.read(1024 * 1024))
+        value = raw.get("state_dir") if isinstance(raw, dict) else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
+        value = None
+    return value if isinstance(value, str) and value else DEFAULT_STATE_DIR
+
+
+def _with_health(doc: dict[str, Any], state_dir: str) -> dict[str, Any]:
+    from mozagent.health import heartbeat_age
+
+    doc = dict(doc)
+    doc["heartbeat_age"] = heartbeat_age(state_dir)
+    return doc
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from mozagent.status import all_errors, pid_alive
+
+    state_dir, config_error = _state_dir(args)
+    if config_error:
+        _fail(f"{config_error} (showing the status in {state_dir})")
+    path = os.path.join(state_dir, "status.json")
     doc = load_status(path)
     if doc is None:
+        problem = (
+            f"no status at {path}: the agent has not run with this state dir "
+            "(or the file is not a status document)"
+        )
         if args.json:
-            print(json.dumps({"error": f"no status at {path}"}))
+            print(json.dumps({"error": problem, "config_error": config_error}))
         else:
-            print(f"mozagent: no status at {path}: the agent has not run with this state dir")
-        return exit_code(None)
+            print(f"mozagent: {problem}")
+        return EXIT_USAGE if config_error else exit_code(None)
+    doc = _with_health(doc, state_dir)
+    code = EXIT_USAGE if config_error else exit_code(doc)
     if args.json:
-        from mozagent.status import all_errors, pid_alive
-
-        doc = dict(doc)
         doc["running"] = pid_alive((doc.get("agent") or {}).get("pid"))
         doc["all_errors"] = all_errors(doc)
-        doc["exit_code"] = exit_code(doc)
+        doc["config_error"] = config_error
+        doc["exit_code"] = code
         print(json.dumps(doc, indent=2, sort_keys=True))
+        return code
+    try:
+        text = format_status(doc)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        return _fail(f"{path} is damaged ({exc!r}); `mozagent status --json` shows it", 3)
+    print(text)
+    return code
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from mozagent.requests import RunRequests
+    from mozagent.status import format_last_apply, pid_alive
+
+    state_dir = args.state_dir
+    if not state_dir:
+        cfg = _load(args)
+        assert cfg is not None
+        state_dir = cfg.state_dir
+    path = os.path.join(state_dir, "status.json")
+    agent = ((load_status(path) or {}).get("agent")) or {}
+    pid = agent.get("pid")
+    if agent.get("mode") != "daemon" or agent.get("stopped") or not pid_alive(pid):
+        return _fail(
+            f"no mozagent daemon is running with state dir {state_dir}; "
+            "`mozagent daemon --once` runs once without one",
+            EXIT_ERRORS,
+        )
+    try:
+        request = RunRequests(state_dir).make()
+        os.kill(pid, signal.SIGHUP)
+    except OSError as exc:
+        return _fail(f"cannot ask the daemon (pid {pid}) for a run: {exc}", EXIT_ERRORS)
+    print(f"mozagent: asked the daemon (pid {pid}) for a run; waiting for it", file=sys.stderr)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        doc = load_status(path) or {}
+        last = doc.get("last_apply") or {}
+        if request in (last.get("requests") or []):
+            if args.json:
+                print(json.dumps(last, indent=2, sort_keys=True))
+            else:
+                print("\n".join(line[2:] for line in format_last_apply(last)))
+            return 0 if last.get("ok") else 1
+        if not pid_alive(pid):
+            return _fail(f"the daemon (pid {pid}) stopped before running", EXIT_ERRORS)
+        time.sleep(0.2)
+    return _fail(f"no result within {args.timeout:g} s; the run may still come", EXIT_ERRORS)
+
+
+class _Deadline(Exception):
+    pass
+
+
+@contextmanager
+def _total_time(seconds: float) -> Iterator[None]:
+    """Bound a whole command, not only its connect: kazoo waits without a limit
+    for a server that accepted the session and then stopped answering."""
+
+    def expire(signum: int, frame: object) -> None:
+        raise _Deadline()
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _close_quietly(client: Any) -> None:
+    """Closing a session on a server that does not answer can itself block."""
+
+    def close() -> None:
+        try:
+            client.stop()
+            client.close()
+        except Exception as exc:  # best effort on the way out
+            print(f"mozagent: closing the session failed: {exc!r}", file=sys.stderr)
+
+    thread = threading.Thread(target=close, daemon=True)
+    thread.start()
+    thread.join(timeout=2)
+
+
+def _data_target(args: argparse.Namespace) -> tuple[str, str]:
+    """ZooKeeper hosts and root: option, then environment, then config file."""
+    cfg = _load(args, required=False)
+    zk_cfg = cfg.zookeeper if cfg else None
+    hosts = getattr(args, "zookeeper", None) or os.environ.get(ZOOKEEPER_ENV)
+    if hosts:
+        parse_zk_hosts("command line", "--zookeeper", hosts)
+    elif zk_cfg:
+        hosts = zk_cfg.hosts
     else:
-        print(format_status(doc))
-    return exit_code(doc)
+        raise ConfigError(
+            f"no ZooKeeper hosts: pass --zookeeper HOSTS, set ${ZOOKEEPER_ENV}, or set "
+            f"zookeeper.hosts in {config_path(getattr(args, 'config', None))}"
+        )
+    root = getattr(args, "root", None) or os.environ.get(ROOT_ENV)
+    if root:
+        root = parse_zk_root("command line", "--root", root)
+    else:
+        root = zk_cfg.root if zk_cfg else DEFAULT_ROOT
+    return hosts, root
 
 
 def cmd_data(args: argparse.Namespace) -> int:
     from mozagent import datacli
     from mozagent.keys import InvalidValue, check_name
 
-    names = DATA_ARITY[args.data_command]
-    expected = names if args.is_global else ["APP", *names]
+    cmd = args.data_command
+    is_global = getattr(args, "is_global", False)
+    node = getattr(args, "node", None)
+    timeout = getattr(args, "timeout", 30.0)
+    if not timeout > 0:
+        return _fail(f"--timeout must be a positive number of seconds, got {timeout!r}")
+    names = DATA_ARITY[cmd]
+    expected = names if is_global else ["APP", *names]
+    whole_layer = cmd == "delete" and len(args.words) == len(expected) - 1
+    if whole_layer:
+        expected = expected[:-1]
     if len(args.words) != len(expected):
-        usage = " ".join(expected) + (" --global" if args.is_global else "")
-        return _fail(f"data {args.data_command} takes {usage} (got {len(args.words)} arguments)")
+        usage = " ".join(expected) + (" --global" if is_global else "")
+        return _fail(f"data {cmd} takes {usage} (got {len(args.words)} arguments)")
     words = dict(zip(expected, args.words, strict=False))
     try:
         if "APP" in words:
             check_name("app", words["APP"])
     except InvalidValue as exc:
         return _fail(str(exc))
-
-    cfg = _load(args, required=False)
-    hosts = args.zookeeper or (cfg.zookeeper.hosts if cfg and cfg.zookeeper else None)
-    if not hosts:
-        return _fail(
-            f"no ZooKeeper hosts: pass --zookeeper HOSTS or set zookeeper.hosts in "
-            f"{config_path(args.config)}"
-        )
-    root = args.root or (cfg.zookeeper.root if cfg and cfg.zookeeper else DEFAULT_ROOT)
+    hosts, root = _data_target(args)
 
     try:
-        ref = datacli.layer_ref(root, words.get("APP"), args.node, args.is_global)
+        ref = datacli.layer_ref(root, words.get("APP"), node, is_global)
         value = None
-        if args.data_command == "set":
+        if cmd == "set":
             datacli._check_key(words["KEY"])
-            text = sys.stdin.read() if words["VALUE"] == "-" else words["VALUE"]
+            text = datacli.read_stdin_value() if words["VALUE"] == "-" else words["VALUE"]
             value = datacli.parse_cli_value(text, args.string, words["KEY"])
-        elif args.data_command == "import":
+        elif cmd == "import":
             datacli.load_import_file(words["FILE"]) if words["FILE"] != "-" else None
         elif "KEY" in words:
             datacli._check_key(words["KEY"])
+        if whole_layer and not args.force:
+            raise datacli.DataError(
+                f"`data delete` without a KEY deletes the whole {ref.label} ({ref.path}); "
+                "hosts then render it empty. Add --force to do that.",
+                datacli.EXIT_INVALID,
+            )
     except datacli.DataError as exc:
         return _fail(str(exc), exc.code)
 
@@ -217,35 +422,55 @@ def cmd_data(args: argparse.Namespace) -> int:
     from kazoo.exceptions import KazooException
     from kazoo.handlers.threading import KazooTimeoutError
 
-    client = KazooClient(hosts=hosts, timeout=args.timeout)
+    client = KazooClient(hosts=hosts, timeout=min(timeout, 10.0))
+    timed_out = connected = False
     try:
-        client.start(timeout=args.timeout)
-    except KazooTimeoutError:
-        return _fail(f"cannot connect to ZooKeeper at {hosts} within {args.timeout:g} s", 1)
-    try:
-        cmd = args.data_command
-        if cmd == "set":
-            return datacli.cmd_set(client, ref, words["KEY"], value, args.dry_run)
-        if cmd == "get":
-            return datacli.cmd_get(client, ref, words["KEY"])
-        if cmd == "delete":
-            return datacli.cmd_delete(client, ref, words["KEY"])
-        if cmd == "list":
-            return datacli.cmd_list(client, ref)
-        if cmd == "export":
-            return datacli.cmd_export(client, ref)
-        return datacli.cmd_import(client, ref, words["FILE"], args.dry_run)
+        with _total_time(timeout):
+            try:
+                client.start(timeout=timeout)
+            except KazooTimeoutError:
+                return _fail(f"cannot connect to ZooKeeper at {hosts} within {timeout:g} s", 1)
+            connected = True
+            if cmd == "set":
+                return datacli.cmd_set(client, ref, words["KEY"], value, args.dry_run)
+            if cmd == "get":
+                return datacli.cmd_get(client, ref, words["KEY"])
+            if cmd == "delete":
+                if whole_layer:
+                    return datacli.cmd_delete_layer(client, ref)
+                return datacli.cmd_delete(client, ref, words["KEY"])
+            if cmd == "list":
+                return datacli.cmd_list(client, ref)
+            if cmd == "export":
+                return datacli.cmd_export(client, ref)
+            return datacli.cmd_import(client, ref, words["FILE"], args.dry_run)
+    except _Deadline:
+        timed_out = True
+        if not connected:
+            return _fail(f"cannot connect to ZooKeeper at {hosts} within {timeout:g} s", 1)
+        changes = cmd in ("set", "delete", "import") and not getattr(args, "dry_run", False)
+        return _fail(
+            f"ZooKeeper at {hosts} did not answer within {timeout:g} s (--timeout)"
+            + (
+                "; the change may or may not have been made: check with `data get/export`"
+                if changes
+                else ""
+            ),
+            1,
+        )
     except datacli.DataError as exc:
         return _fail(str(exc), exc.code)
     except KazooException as exc:
         return _fail(f"ZooKeeper refused the request: {type(exc).__name__} {exc}".strip(), 1)
     finally:
-        client.stop()
-        client.close()
+        if timed_out:
+            _close_quietly(client)
+        else:
+            client.stop()
+            client.close()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def _split_words(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     # argparse stops filling a positional list at the first option, so
     # `data import APP --node N FILE` would leave FILE over: put such words back.
     args, extra = parser.parse_known_args(argv)
@@ -253,14 +478,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command != "data" or any(e.startswith("-") and e != "-" for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.words = [*args.words, *extra]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = _split_words(parser, argv)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    if args.command != "daemon":
+        # `mozagent status | head -3`: die quietly like other Unix tools.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         if args.command == "daemon":
             return cmd_daemon(args)
         if args.command == "status":
             return cmd_status(args)
+        if args.command == "apply":
+            return cmd_apply(args)
         return cmd_data(args)
     except ConfigError as exc:
         return _fail(str(exc))

@@ -8,6 +8,7 @@ worse than a daemon that refuses to start.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from collections.abc import Callable
@@ -110,6 +111,9 @@ def _string(source: str, key: str, value: Any) -> str:
 def _number(source: str, key: str, value: Any, minimum: float = 0.0) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _fail(source, key, f"must be a number, got {value!r}")
+    if not math.isfinite(value):
+        # `.nan` compares false with everything: a timeout of NaN never expires.
+        raise _fail(source, key, f"must be a finite number, got {value!r}")
     if value < minimum:
         raise _fail(source, key, f"must be >= {minimum}, got {value!r}")
     return float(value)
@@ -123,7 +127,7 @@ def _positive(source: str, key: str, value: Any) -> float:
     return number
 
 
-def _zk_hosts(source: str, key: str, value: Any) -> str:
+def parse_zk_hosts(source: str, key: str, value: Any) -> str:
     from kazoo.hosts import collect_hosts
 
     text = _string(source, key, value)
@@ -167,7 +171,7 @@ def _app_name(source: str, key: str, value: Any) -> str:
     return text
 
 
-def _zk_root(source: str, key: str, value: Any) -> str:
+def parse_zk_root(source: str, key: str, value: Any) -> str:
     text = _string(source, key, value)
     if not text.startswith("/") or "//" in text:
         raise _fail(source, key, f"must be an absolute znode path like /mozagent, got {text!r}")
@@ -221,8 +225,8 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
         if "hosts" not in zk_raw:
             raise _fail(source, "zookeeper.hosts", "is required when zookeeper is configured")
         zookeeper = ZooKeeperConfig(
-            hosts=_get(source, "zookeeper", zk_raw, "hosts", _zk_hosts, None),
-            root=_get(source, "zookeeper", zk_raw, "root", _zk_root, DEFAULT_ROOT),
+            hosts=_get(source, "zookeeper", zk_raw, "hosts", parse_zk_hosts, None),
+            root=_get(source, "zookeeper", zk_raw, "root", parse_zk_root, DEFAULT_ROOT),
             session_timeout=_get(source, "zookeeper", zk_raw, "session_timeout", _positive, 10.0),
             connect_timeout=_get(source, "zookeeper", zk_raw, "connect_timeout", _positive, 10.0),
             retry_initial=_get(source, "zookeeper", zk_raw, "retry_initial", _positive, 0.5),
@@ -295,6 +299,18 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
         log_format=_get(source, "log", log, "format", _choice(LOG_FORMATS), "auto"),
         source=source,
     )
+
+
+def check_runnable(cfg: Config) -> None:
+    """A daemon with nothing to apply would report "OK" forever while doing
+    nothing: refuse it, as a config error, at start."""
+    if not cfg.puppet.manifests:
+        raise _fail(
+            cfg.source,
+            "puppet.manifests",
+            "nothing to apply: list at least one manifest (an empty or comment-only config "
+            "gives the agent no work)",
+        )
 
 
 def config_path(explicit: str | None) -> str:

@@ -12,6 +12,7 @@ meanwhile); 2 invalid input (nothing written).
 from __future__ import annotations
 
 import difflib
+import json
 import sys
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -82,6 +83,17 @@ def parse_cli_value(text: str, as_string: bool, where: str) -> Any:
     if size > MAX_VALUE_BYTES:
         raise DataError(f"{where}: value is {size} bytes, over the 1 MiB limit", EXIT_INVALID)
     return value
+
+
+def read_stdin_value() -> str:
+    """``set KEY -``: an empty stdin is a mistake (a failed pipe), never a null."""
+    text = sys.stdin.read()
+    if not text.strip():
+        raise DataError(
+            "no value on stdin (it was empty); to store undef, pass `null` as the VALUE",
+            EXIT_INVALID,
+        )
+    return text
 
 
 def _check_key(key: str) -> str:
@@ -221,6 +233,24 @@ def cmd_delete(client: KazooClient, ref: LayerRef, key: str, out: TextIO | None 
     return EXIT_OK
 
 
+def cmd_delete_layer(client: KazooClient, ref: LayerRef, out: TextIO | None = None) -> int:
+    """Delete a layer and its keys in one transaction: hosts see it whole or empty."""
+    out = out or sys.stdout
+    content = existing_layer(client, ref)
+    txn = client.transaction()
+    for name, (_, version) in sorted(content.raw.items()):
+        txn.delete(f"{ref.path}/{name}", version=version)
+    txn.delete(ref.path, version=content.version)
+    failures = [r for r in txn.commit() if isinstance(r, Exception)]
+    if failures:
+        raise DataError(
+            f"deleting the {ref.label} failed: it changed meanwhile or has nested znodes "
+            f"({type(failures[0]).__name__}); nothing was deleted"
+        )
+    out.write(f"deleted the {ref.label} ({len(content.raw)} keys)\n")
+    return EXIT_OK
+
+
 def cmd_list(
     client: KazooClient, ref: LayerRef, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
@@ -290,6 +320,16 @@ def load_import_file(path: str) -> dict[str, Any]:
     return doc
 
 
+def same_value(data: bytes, value: Any) -> bool:
+    """Whether a znode already holds ``value``, however it was spelt (JSON, other
+    YAML formatting): re-importing an export must not rewrite the layer."""
+    try:
+        current = parse_value(data)
+    except InvalidValue:
+        return False
+    return json.dumps(current, sort_keys=True) == json.dumps(value, sort_keys=True)
+
+
 def cmd_import(
     client: KazooClient, ref: LayerRef, path: str, dry_run: bool, out: TextIO | None = None
 ) -> int:
@@ -312,7 +352,7 @@ def cmd_import(
     for name, (data, version) in sorted(current.raw.items()):
         if name not in encoded:
             txn.delete(f"{ref.path}/{name}", version=version)
-        elif encoded[name] != data:
+        elif not same_value(data, desired[name]):
             txn.set_data(f"{ref.path}/{name}", encoded[name], version=version)
         else:
             # Unchanged keys are checked too: a concurrent `set` on one of them

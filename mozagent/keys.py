@@ -16,6 +16,14 @@ import yaml
 KEY_RE = re.compile(r"[a-z0-9_][a-z0-9_:.-]*")
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 MAX_VALUE_BYTES = 1024 * 1024
+# Bounds checked while the YAML is composed, before any value is built: a value
+# in the global layer reaches every host, so one znode must not be able to cost
+# a host its CPU, its memory or its stack. Puppet's Integer is 64-bit signed,
+# so a larger integer could never be used anyway; 64 levels is far deeper than
+# any Hiera data, and far from Python's recursion limit.
+MAX_DEPTH = 64
+MAX_INT = 2**63 - 1
+MIN_INT = -(2**63)
 
 
 class InvalidValue(ValueError):
@@ -44,8 +52,59 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
+class OverLimit(yaml.MarkedYAMLError):
+    """Valid YAML that is refused because it is over one of the bounds above."""
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate mapping keys: they hide an operator's mistake."""
+    """SafeLoader that refuses duplicate mapping keys, aliases and deep nesting.
+
+    Duplicate keys hide an operator's mistake. Aliases are refused outright: a
+    500-byte "billion laughs" value expands to gigabytes, and Hiera data never
+    needs them (write the value twice, or use Hiera's own ``alias()``). Nesting
+    is capped here, in the composer, because everything after it (the
+    constructor, ``json.dumps``, the renderer) recurses.
+    """
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise OverLimit(
+                None,
+                None,
+                f"YAML aliases (*{event.anchor}) are not allowed in Hiera data: "
+                "write the value out",
+                event.start_mark,
+            )
+        if self._depth >= MAX_DEPTH:
+            raise OverLimit(
+                None,
+                None,
+                f"nested deeper than {MAX_DEPTH} levels",
+                self.peek_event().start_mark,
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        # Python refuses to parse integers of over 4,300 digits with a bare
+        # ValueError; anything over 20 digits is out of Puppet's range anyway.
+        digits = node.value.replace("_", "").lstrip("+-")
+        if len(digits) > 66:  # 0b + 64 binary digits is the longest in-range form
+            raise OverLimit(
+                None, None, "integer out of range (Puppet integers are 64-bit)", node.start_mark
+            )
+        value = super().construct_yaml_int(node)
+        if not MIN_INT <= value <= MAX_INT:
+            raise OverLimit(
+                None, None, "integer out of range (Puppet integers are 64-bit)", node.start_mark
+            )
+        return value
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
@@ -68,6 +127,7 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
 # Dates stay strings: `2024-01-01` as a Python date could not be rendered as
 # JSON facts or compared, and Hiera users mean the text anyway.
 _StrictLoader.yaml_implicit_resolvers = {
@@ -84,7 +144,7 @@ def check_plain_data(value: Any, where: str | None = None) -> Any:
     """
     try:
         json.dumps(value, sort_keys=True)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         prefix = f"{where}: " if where else ""
         raise InvalidValue(f"{prefix}value holds data Hiera cannot use ({exc})") from None
     return value
@@ -94,17 +154,27 @@ def describe_yaml_error(exc: yaml.YAMLError) -> str:
     """One line: what is wrong and where, without PyYAML's multi-line context dump."""
     problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc)
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    if isinstance(exc, OverLimit) and mark is not None:
+        return f"refused at line {mark.line + 1}, column {mark.column + 1}: {problem}"
     if mark is not None:
         return f"not valid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
     return f"not valid YAML: {' '.join(str(problem).split())}"
 
 
 def parse_yaml_text(text: str, where: str | None = None) -> Any:
+    """Parse untrusted YAML into JSON-shaped data, or raise InvalidValue.
+
+    Any failure is the value's fault, never the caller's: PyYAML and Python can
+    raise more than YAMLError on hostile input (ValueError, RecursionError), and
+    every one of them must become a per-key error, not a crash of the reader.
+    """
+    prefix = f"{where}: " if where else ""
     try:
         value = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
-        message = describe_yaml_error(exc)
-        raise InvalidValue(f"{where}: {message}" if where else message) from None
+        raise InvalidValue(prefix + describe_yaml_error(exc)) from None
+    except (ValueError, RecursionError, OverflowError, MemoryError) as exc:
+        raise InvalidValue(f"{prefix}value cannot be used: {type(exc).__name__}: {exc}") from None
     return check_plain_data(value, where)
 
 
@@ -146,3 +216,5 @@ class Entry:
     mzxid: int
     # Set when the znode exists but could not be read (e.g. no READ permission).
     error: str | None = None
+    # Child znodes under a key are not data; counted so that they can be reported.
+    children: int = 0

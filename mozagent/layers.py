@@ -76,7 +76,7 @@ class ResolvedLayer:
     version: int
     values: dict[str, Any]
     problems: list[Problem]
-    # True when the values are the last good copy because the layer vanished.
+    # True when the values are the last good copy because the layer cannot be read.
     stale: bool = False
     exists: bool = True
 
@@ -110,28 +110,26 @@ def resolve_layer(
 ) -> ResolvedLayer:
     """Decide what to render for a layer.
 
-    Rules (the README's "Bad input"): a bad znode keeps its last good value if it
-    had one, and is reported; a layer that existed and disappeared keeps its
-    whole last good data, and is reported; a layer that never existed is empty.
+    Rules (the README's "Bad input"): ZooKeeper is the source of truth, so a
+    layer that does not exist (never created, or deleted) renders empty, like
+    any other change. What cannot be *read* keeps its last good data and is
+    reported: a bad value keeps its key's last good value, and a layer that
+    exists but cannot be listed (ACL) keeps the whole layer's.
     """
     cache = cache or ValueCache()
     if last is not None and last.path != view.path:
         last = None  # the config now points elsewhere: old data is not "last good" here
-    if view.error is not None or not view.exists:
-        if view.error is not None:
-            why = f"{view.error}; keeping its last good data"
-        else:
-            why = (
-                f"{view.name} layer disappeared from ZooKeeper; keeping its last good data "
-                "until the znode is created again"
-            )
+    if view.error is not None:
         if last is not None:
-            problem = Problem(view.path, f"{why} (version {last.version})")
+            problem = Problem(
+                view.path, f"{view.error}; keeping its last good data (version {last.version})"
+            )
             return ResolvedLayer(
                 view.name, view.path, last.version, dict(last.values), [problem], True
             )
-        problems = [] if view.error is None else [Problem(view.path, view.error)]
-        return ResolvedLayer(view.name, view.path, 0, {}, problems, exists=False)
+        return ResolvedLayer(view.name, view.path, 0, {}, [Problem(view.path, view.error)])
+    if not view.exists:
+        return ResolvedLayer(view.name, view.path, view.version, {}, [], exists=False)
 
     problems: list[Problem] = []
     for name in sorted(view.bad_names):
@@ -142,7 +140,16 @@ def resolve_layer(
 
     values: dict[str, Any] = {}
     for key in sorted(view.entries):
-        value, error = cache.parse(view.path, key, view.entries[key])
+        entry = view.entries[key]
+        if entry.children:
+            problems.append(
+                Problem(
+                    f"{view.path}/{key}",
+                    f"has {entry.children} child znode(s), which are ignored: a key's value is "
+                    "its own data (use a YAML mapping for structured values)",
+                )
+            )
+        value, error = cache.parse(view.path, key, entry)
         if error is None:
             values[key] = value
             continue

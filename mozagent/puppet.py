@@ -10,21 +10,18 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
-import subprocess
 import threading
 import time
-from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import yaml
 
 from mozagent.config import PuppetConfig
+from mozagent.process import Ledger, run_program
 
 OUTPUT_TAIL_LINES = 40
-ABORT_GRACE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -160,9 +157,14 @@ def run_puppet(
     item: ApplyItem,
     paths: PuppetPaths,
     cancel: threading.Event,
-    on_line: Any = None,
+    on_line: Callable[[str], None] | None = None,
+    ledger: Ledger | None = None,
+    progress: Callable[[], None] | None = None,
 ) -> ApplyResult:
-    """Run one ``puppet apply``; ``cancel`` aborts it (SIGTERM, then SIGKILL)."""
+    """Run one ``puppet apply``; ``cancel`` aborts it (SIGTERM, then SIGKILL).
+
+    Whatever the run started is gone when this returns (``process``).
+    """
     started = time.time()
     if not os.path.isfile(item.manifest):
         return _result(item, started, False, f"failed: manifest {item.manifest} does not exist")
@@ -174,67 +176,45 @@ def run_puppet(
         os.makedirs(paths.work_dir, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(summary)
-        proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-            text=True,
-            errors="replace",
-        )
-    except FileNotFoundError:
-        return _result(item, started, False, f"failed: puppet binary {cfg.binary!r} not found")
-    except OSError as exc:  # not executable, not a program, out of memory...
+    except OSError as exc:
+        return _result(item, started, False, f"failed: cannot prepare {paths.work_dir}: {exc}")
+    out = run_program(
+        cmd,
+        env,
+        cfg.timeout,
+        cancel,
+        ledger=ledger,
+        on_line=on_line,
+        progress=progress,
+        tail_lines=OUTPUT_TAIL_LINES,
+    )
+    if out.returncode is None:
+        if out.start_error == "not found":
+            return _result(item, started, False, f"failed: puppet binary {cfg.binary!r} not found")
         return _result(
-            item, started, False, f"failed: cannot run puppet binary {cfg.binary!r}: {exc}"
+            item,
+            started,
+            False,
+            f"failed: cannot run puppet binary {cfg.binary!r}: {out.start_error}",
         )
-
-    tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            tail.append(line)
-            if on_line is not None:
-                on_line(line)
-
-    reader = threading.Thread(target=pump, name="puppet-output", daemon=True)
-    reader.start()
-    deadline = time.monotonic() + cfg.timeout  # a clock step must not cut a run short
-    why_stopped = None
-    try:
-        while proc.poll() is None:
-            if cancel.is_set():
-                why_stopped = "aborted: the agent is shutting down"
-            elif time.monotonic() >= deadline:
-                why_stopped = f"failed: puppet timed out after {cfg.timeout:g} s"
-            if why_stopped:
-                _terminate(proc)
-                break
-            cancel.wait(0.05)
-        proc.wait()
-    except BaseException:
-        _terminate(proc)  # never leave puppet running behind us
-        raise
-    reader.join(timeout=5)
-    if why_stopped:
-        return _result(item, started, False, why_stopped, proc.returncode, list(tail))
-    ok, message = interpret_exit(proc.returncode)
+    tail = out.tail
+    if out.leftovers_killed:
+        tail = [*tail, f"mozagent: killed {out.leftovers_killed} process(es) the run left behind"]
+    if out.stopped == "aborted":
+        return _result(
+            item, started, False, "aborted: the agent is shutting down", out.returncode, tail
+        )
+    if out.stopped == "timeout":
+        return _result(
+            item,
+            started,
+            False,
+            f"failed: puppet timed out after {cfg.timeout:g} s",
+            out.returncode,
+            tail,
+        )
+    ok, message = interpret_exit(out.returncode)
     counts = read_summary(summary)
     if ok and counts["failed"]:
         ok, message = False, f"failed: {counts['failed']} resources failed"
-    return _result(item, started, ok, message, proc.returncode, list(tail), counts)
-
-
-def _terminate(proc: subprocess.Popen[str]) -> None:
-    """Stop puppet and anything it started: it runs in its own process group."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=ABORT_GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    return _result(item, started, ok, message, out.returncode, tail, counts)

@@ -22,6 +22,22 @@ except AttributeError:  # pragma: no cover - only without libyaml
     _Dumper = yaml.SafeDumper
 
 HEADER = "# Managed by mozagent: {what}. Changes here are overwritten; edit ZooKeeper instead.\n"
+# Hiera interpolates %{...} in data strings (keys included): `100%{}` would reach
+# puppet as `100`, and `%{lookup('db::password')}` in one key would copy another
+# key's value. ZooKeeper values are literal: each `%{` is written as Hiera's own
+# escape, `%{literal('%')}{`, which Hiera turns back into `%{`.
+_LITERAL_PERCENT = "%{literal('%')}{"
+
+
+def literal(value: Any) -> Any:
+    """The value with every Hiera interpolation escaped, so puppet sees it as stored."""
+    if isinstance(value, str):
+        return value.replace("%{", _LITERAL_PERCENT) if "%{" in value else value
+    if isinstance(value, list):
+        return [literal(v) for v in value]
+    if isinstance(value, dict):
+        return {literal(k): literal(v) for k, v in value.items()}
+    return value
 
 
 def _dump(doc: Any) -> str:
@@ -57,7 +73,7 @@ class LayerRenderer:
         cached = self._fragments.get((layer, key))
         if cached is not None and cached[0] == ident:
             return cached[1]
-        text = _dump({key: value})
+        text = _dump({key: literal(value)})
         self._fragments[(layer, key)] = (ident, text)
         return text
 
@@ -91,9 +107,9 @@ class FactsInput:
     puppet_ref: str | None
 
 
-def render_facts(facts: FactsInput) -> bytes:
+def facts_doc(facts: FactsInput) -> dict[str, str]:
     """External facts: identity and versions only, never data values or credentials."""
-    doc: dict[str, Any] = {
+    doc: dict[str, str] = {
         "mozagent_version": __version__,
         "mozagent_app": facts.app or "",
         "mozagent_node": facts.node,
@@ -101,4 +117,18 @@ def render_facts(facts: FactsInput) -> bytes:
     }
     if facts.puppet_ref is not None:
         doc["mozagent_puppet_ref"] = facts.puppet_ref
-    return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    return doc
+
+
+def render_facts(facts: FactsInput) -> bytes:
+    return (json.dumps(facts_doc(facts), indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def facts_env(facts: FactsInput) -> dict[str, str]:
+    """The same facts as ``FACTER_*`` variables for one run.
+
+    Facter ranks environment facts above external fact files, so a run sees the
+    data version of the snapshot it applies even when the published facts file
+    (often in /etc/facter/facts.d, which facter always reads) is newer.
+    """
+    return {f"FACTER_{name}": value for name, value in facts_doc(facts).items()}

@@ -21,6 +21,7 @@ from typing import Any
 
 from mozagent import __version__
 from mozagent.fileio import read_json, write_json
+from mozagent.health import HEARTBEAT_STALE
 
 EXIT_OK = 0
 EXIT_APPLY_FAILED = 1
@@ -45,12 +46,16 @@ class StatusStore:
         self._doc.update(base)
 
     def update(self, **sections: Any) -> None:
-        """Replace sections; the file is rewritten only when something changed."""
+        """Replace sections; the file is rewritten only when something changed.
+
+        A new ``last_apply`` is written durably: after a power loss, a failed
+        run must not come back as no run at all.
+        """
         with self._lock:
             if all(self._doc.get(k) == v for k, v in sections.items()):
                 return
             self._doc.update(_copy(sections))
-            self._write()
+            self._write(durable="last_apply" in sections)
 
     def set_errors(self, group: str, errors: list[dict[str, str]]) -> None:
         """Errors come in groups (``data``, ``zookeeper``...); each source replaces its own."""
@@ -67,9 +72,9 @@ class StatusStore:
         with self._lock:
             return _copy(self._doc)
 
-    def _write(self) -> None:
+    def _write(self, durable: bool = False) -> None:
         self._doc["updated"] = time.time()
-        write_json(self._path, self._doc, 0o644, durable=False)  # a report: no fsync
+        write_json(self._path, self._doc, 0o644, durable=durable)
 
 
 def _copy(doc: Any) -> Any:
@@ -80,15 +85,55 @@ def _copy(doc: Any) -> Any:
     return doc
 
 
+# The type each section must have; anything else in a status file (a hand
+# edit, a bug, a disk error) is dropped rather than trusted or crashed on.
+_SECTIONS: dict[str, type | tuple[type, ...]] = {
+    "agent": dict,
+    "zookeeper": dict,
+    "layers": dict,
+    "last_apply": dict,
+    "applying": dict,
+    "errors": dict,
+    "app": str,
+    "node": str,
+    "puppet_ref": str,
+    "config_file": str,
+    "data_version": int,
+    "next_apply": (int, float),
+    "updated": (int, float),
+}
+
+
+def sanitize(doc: Any) -> dict[str, Any] | None:
+    """A status document whose every known section has the right type, or None."""
+    if not isinstance(doc, dict):
+        return None
+    out = {}
+    for key, value in doc.items():
+        kind = _SECTIONS.get(key)
+        if kind is None or value is None or isinstance(value, kind):
+            out[key] = value
+    errors = out.get("errors") or {}
+    out["errors"] = {
+        group: [e for e in items if isinstance(e, dict) and {"where", "message"} <= set(e)]
+        for group, items in errors.items()
+        if isinstance(items, list)
+    }
+    for key in ("agent", "zookeeper", "layers"):
+        out.setdefault(key, {})
+    return out
+
+
 def load_status(path: str) -> dict[str, Any] | None:
+    """The status document, or None when there is none or it is unusable."""
     try:
-        return read_json(path)
-    except ValueError:
+        return sanitize(read_json(path))
+    except (ValueError, OSError):
         return None
 
 
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
+def pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return False
     try:
         os.kill(pid, 0)
@@ -101,7 +146,21 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
+def heartbeat_stale(doc: dict[str, Any]) -> bool:
+    """A live daemon whose heartbeat is old: stopped (SIGSTOP) or stuck."""
+    age = doc.get("heartbeat_age")
+    agent = doc.get("agent") or {}
+    return (
+        agent.get("mode") == "daemon"
+        and not agent.get("stopped")
+        and isinstance(age, (int, float))
+        and age > HEARTBEAT_STALE
+        and pid_alive(agent.get("pid"))
+    )
+
+
 def all_errors(doc: dict[str, Any]) -> list[dict[str, str]]:
+    """Every current error; ``heartbeat_age`` (added by the reader) is checked too."""
     out: list[dict[str, str]] = []
     for group in sorted(doc.get("errors") or {}):
         out.extend(doc["errors"][group])
@@ -115,6 +174,15 @@ def all_errors(doc: dict[str, Any]) -> list[dict[str, str]]:
             {
                 "where": "agent",
                 "message": f"daemon pid {agent.get('pid')} is not running and did not stop cleanly",
+            }
+        )
+    elif heartbeat_stale(doc):
+        out.append(
+            {
+                "where": "agent",
+                "message": f"daemon pid {agent.get('pid')} is not making progress: no heartbeat "
+                f"for {doc['heartbeat_age']:.0f} s (stopped, or a worker is stuck); what "
+                "status shows may be out of date",
             }
         )
     return out
@@ -131,7 +199,7 @@ def exit_code(doc: dict[str, Any] | None) -> int:
     return EXIT_OK
 
 
-def _when(ts: float | None) -> str:
+def when(ts: float | None) -> str:
     if not ts:
         return "-"
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -143,16 +211,41 @@ def _dur(result: dict[str, Any]) -> str:
     return "-"
 
 
+def format_last_apply(last: dict[str, Any] | None) -> list[str]:
+    """The last run and each config's result (``status`` and ``apply`` print it)."""
+    if last is None:
+        return ["  last apply: none yet"]
+    verdict = "OK" if last.get("ok") else "ABORTED" if last.get("aborted") else "FAILED"
+    lines = [
+        f"  last apply: {verdict} at {when(last.get('ended'))} ({_dur(last)}), "
+        f"data version {last.get('data_version', '-')}"
+    ]
+    if last.get("message") not in ("ok", "failed", None):
+        lines.append(f"    {last['message']}")
+    for res in last.get("results") or []:
+        counts = ""
+        if res.get("changed") is not None:
+            counts = f", {res['changed']} changed, {res.get('failed') or 0} failed"
+        lines.append(
+            f"    {res.get('name')}: {res.get('message')} "
+            f"(exit {res.get('exit_code')}{counts}, {_dur(res)})"
+        )
+    return lines
+
+
 def format_status(doc: dict[str, Any]) -> str:
     """The human form: short, like a ``puppet agent --test`` summary."""
     agent = doc.get("agent") or {}
     alive = pid_alive(agent.get("pid"))
     if agent.get("mode") == "once":
         state = "last ran once (mozagent daemon --once)"
+    elif alive and heartbeat_stale(doc):
+        age = doc["heartbeat_age"]
+        state = f"NOT RESPONDING (pid {agent.get('pid')}, no heartbeat for {age:.0f} s)"
     elif alive:
         state = f"running (pid {agent.get('pid')})"
     elif agent.get("stopped"):
-        state = f"stopped at {_when(agent.get('stopped'))}"
+        state = f"stopped at {when(agent.get('stopped'))}"
     else:
         state = f"NOT RUNNING (pid {agent.get('pid')} gone)"
     lines = [
@@ -168,7 +261,7 @@ def format_status(doc: dict[str, Any]) -> str:
     if zk.get("session_id"):
         zk_line += f" (session {zk['session_id']})"
     if zk.get("since"):
-        zk_line += f" since {_when(zk['since'])}"
+        zk_line += f" since {when(zk['since'])}"
     lines.append(zk_line)
     layers = doc.get("layers") or {}
     if layers:
@@ -176,36 +269,20 @@ def format_status(doc: dict[str, Any]) -> str:
         for name in ("node", "app", "global"):
             layer = layers.get(name)
             if layer:
-                extra = " (last good copy: layer missing)" if layer.get("stale") else ""
+                extra = " (last good copy: layer unreadable)" if layer.get("stale") else ""
                 lines.append(
                     f"    {name:<6} version {layer.get('version', 0):<10} "
                     f"{layer.get('keys', 0)} keys  {layer.get('path', '')}{extra}"
                 )
-    last = doc.get("last_apply")
-    if last is None:
-        lines.append("  last apply: none yet")
-    else:
-        verdict = "OK" if last.get("ok") else "ABORTED" if last.get("aborted") else "FAILED"
-        lines.append(
-            f"  last apply: {verdict} at {_when(last.get('ended'))} ({_dur(last)}), "
-            f"data version {last.get('data_version', '-')}"
-        )
-        for res in last.get("results") or []:
-            counts = ""
-            if res.get("changed") is not None:
-                counts = f", {res['changed']} changed, {res.get('failed') or 0} failed"
-            lines.append(
-                f"    {res.get('name')}: {res.get('message')} "
-                f"(exit {res.get('exit_code')}{counts}, {_dur(res)})"
-            )
+    lines.extend(format_last_apply(doc.get("last_apply")))
     applying = doc.get("applying")
     if applying and alive:
         lines.append(
             f"  applying now: {', '.join(applying.get('configs') or []) or '-'} "
-            f"(since {_when(applying.get('started'))})"
+            f"(since {when(applying.get('started'))})"
         )
     if doc.get("next_apply"):
-        lines.append(f"  next apply: {_when(doc['next_apply'])}")
+        lines.append(f"  next apply: {when(doc['next_apply'])}")
     errors = all_errors(doc)
     if errors:
         lines.append(f"  errors ({len(errors)}):")

@@ -72,6 +72,9 @@ class ZooKeeperSource:
         self._full_done = 0
         self.synced = False  # at least one complete read since start
         self.last_full = 0.0
+        # Wall-clock time of the last answer from ZooKeeper to any request of
+        # ours: a session that is "connected" but never answers is not healthy.
+        self.last_ok: float | None = None
         self._dirty_layers: set[str] = set()
         self._dirty_keys: set[str] = set()
         client.add_listener(self._on_state)
@@ -172,7 +175,37 @@ class ZooKeeperSource:
 
     def _wait(self, pending: Any) -> Any:
         """Bounded wait: kazoo queues requests while it reconnects, without a deadline."""
-        return pending.get(timeout=self._op_timeout)
+        try:
+            result = pending.get(timeout=self._op_timeout)
+        except CONNECTION_ERRORS:
+            raise
+        except KazooException:
+            self.last_ok = time.time()  # an error reply is an answer too
+            raise
+        self.last_ok = time.time()
+        return result
+
+    def probe_if_idle(self, interval: float) -> None:
+        """One cheap read when nothing else was read for ``interval`` seconds.
+
+        kazoo's own pings do not prove that the server answers requests (a
+        server that accepts the session and then stops answering looked
+        "connected" for minutes); this read does, and costs one request per
+        interval on an idle agent.
+        """
+        if not self.client.connected:
+            return
+        if self.last_ok is not None and time.time() - self.last_ok < interval:
+            return
+        first = next(iter(self.views.values()))
+        self._wait(self.client.exists_async(first.path))
+
+    def silent_since(self, now: float, limit: float) -> bool:
+        """Connected for over ``limit`` seconds without one answer in the last ``limit``."""
+        c = self.connection
+        if c.state != "connected" or now - c.since <= limit:
+            return False
+        return self.last_ok is None or now - self.last_ok > limit
 
     def _read_all(self) -> None:
         """Re-read every layer, pipelining requests: one round trip per level."""
@@ -238,7 +271,7 @@ class ZooKeeperSource:
                 b"", old.mzxid if old else 0, f"cannot read the znode: {type(exc).__name__}"
             )
             return
-        view.entries[key] = Entry(data or b"", stat.mzxid)
+        view.entries[key] = Entry(data or b"", stat.mzxid, children=stat.numChildren)
 
     def _layer_missing(self, view: LayerView) -> None:
         view.exists = False

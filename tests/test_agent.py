@@ -9,6 +9,7 @@ import subprocess
 import time
 
 import pytest
+import yaml
 from kazoo.client import KazooClient
 from kazoo.security import make_digest_acl
 
@@ -136,17 +137,26 @@ def test_bad_znodes_keep_last_good_and_daemon_survives(sandbox: Sandbox, zk: Kaz
     assert sandbox.status()[0] == 0
 
 
-def test_disappearing_layer_keeps_last_good_data(sandbox: Sandbox, zk: KazooClient) -> None:
-    put(zk, app_path(sandbox, "greeting"), b"kept")
+def test_deleted_layer_renders_empty_every_key_at_once(sandbox: Sandbox, zk: KazooClient) -> None:
+    """A recursive delete empties the layer key by key; whichever moment the agent
+    reads, what it converges to is the empty layer, never a random subset."""
+    for i in range(40):
+        put(zk, app_path(sandbox, f"k{i:02d}"), str(i).encode())
+    put(zk, app_path(sandbox, "greeting"), b"kept?")
     sandbox.start_daemon()
-    wait_for(lambda: "greeting=kept" in sandbox.output(), what="first apply")
+    wait_for(lambda: "greeting=kept?" in sandbox.output(), what="first apply")
+    assert len(sandbox.layer_file("app")) == 41
     zk.delete(f"{sandbox.zk_root}/apps/shop", recursive=True)
-    wait_for(lambda: (sandbox.status_doc() or {}).get("errors", {}).get("data"), what="layer error")
+    wait_for(lambda: "greeting=none" in sandbox.output(), what="empty layer applied")
+    wait_for(
+        lambda: sandbox.status()[0] == 0 and not sandbox.status_doc().get("applying"),
+        what="idle and healthy",
+    )
+    assert sandbox.layer_file("app") == {}
     code, doc = sandbox.status()
-    assert code == 3
-    assert "disappeared" in doc["all_errors"][0]["message"]
-    assert doc["layers"]["app"]["stale"] is True
-    assert sandbox.layer_file("app") == {"greeting": "kept"}
+    assert doc["layers"]["app"]["keys"] == 0 and doc["layers"]["app"]["stale"] is False
+    run_data = yaml.safe_load((sandbox.state / "run" / "hieradata" / "app.yaml").read_text())
+    assert run_data == {}, "the last run saw a subset of the deleted layer"
     put(zk, app_path(sandbox, "greeting"), b"back")
     wait_for(lambda: "greeting=back" in sandbox.output(), what="recreated layer applied")
     assert sandbox.status()[0] == 0

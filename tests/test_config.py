@@ -13,7 +13,7 @@ from mozagent.config import ConfigError, load_config, parse_config
 
 
 def test_defaults_follow_state_dir() -> None:
-    cfg = parse_config({"state_dir": "/srv/agent"}, "t.yaml")
+    cfg = parse_config({"state_dir": "/srv/agent", "puppet": {"manifests": "/x.pp"}}, "t.yaml")
     assert cfg.hieradata_dir == "/srv/agent/hieradata"
     assert cfg.hiera_config == "/srv/agent/hiera.yaml"
     assert cfg.facts_file == "/srv/agent/facts.d/mozagent.json"

@@ -64,12 +64,21 @@ def test_bad_names_are_reported_not_rendered() -> None:
     assert sorted(p.where for p in res.problems) == [f"{PATH}/..", f"{PATH}/Bad"]
 
 
-def test_disappeared_layer_keeps_last_good() -> None:
+def test_deleted_layer_renders_empty_whatever_its_last_good() -> None:
+    """ZooKeeper is the source of truth: a deleted layer is a change like any other."""
     last = LastGood(PATH, 7, {"a": 1})
     res = resolve_layer(view({}, exists=False), last)
+    assert res.values == {} and res.problems == []
+    assert not res.stale and not res.exists
+
+
+def test_key_with_children_is_reported_and_still_used() -> None:
+    v = view({"a": b"1"})
+    v.entries["a"] = Entry(b"1", 10, children=2)
+    res = resolve_layer(v, None)
     assert res.values == {"a": 1}
-    assert res.stale and res.version == 7
-    assert "disappeared" in res.problems[0].message
+    assert res.problems[0].where == f"{PATH}/a"
+    assert "2 child znode(s), which are ignored" in res.problems[0].message
 
 
 def test_never_existing_layer_is_empty_and_fine() -> None:

@@ -1,0 +1,74 @@
+"""Is the daemon making progress? The answer the watchdog and ``status`` share.
+
+A live pid proves little: a worker can wedge on a lock or a read, and a
+SIGSTOPped daemon is "running". So each worker *beats* every time it completes
+a step (and while it waits on a child program), and the main loop pets
+systemd's watchdog and touches the heartbeat file only while every worker has
+beaten recently. ``mozagent status`` reads the heartbeat's age: a daemon whose
+heartbeat is stale is reported unhealthy whatever its pid says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable
+
+HEARTBEAT_FILE = "heartbeat"
+HEARTBEAT_INTERVAL = 5.0
+# Status calls a heartbeat older than this stale: several missed beats, so one
+# slow disk write is not an alarm.
+HEARTBEAT_STALE = 30.0
+# A worker that has not completed a step for this long is stuck. Every wait in
+# a worker is bounded well below it (reads by the session timeout, a puppet run
+# beats while it runs).
+STALL_SECONDS = 90.0
+
+
+class Progress:
+    """Last beat of each worker, on an injectable monotonic clock."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._beats: dict[str, float] = {}
+
+    def beat(self, worker: str) -> None:
+        with self._lock:
+            self._beats[worker] = self._clock()
+
+    def stalled(self, limit: float = STALL_SECONDS) -> dict[str, float]:
+        """Workers whose last beat is older than ``limit``, with its age in seconds."""
+        now = self._clock()
+        with self._lock:
+            return {w: now - t for w, t in self._beats.items() if now - t > limit}
+
+    def forget(self, worker: str) -> None:
+        with self._lock:
+            self._beats.pop(worker, None)
+
+
+def touch_heartbeat(state_dir: str) -> None:
+    """Refresh the heartbeat's mtime: a metadata update, no data written."""
+    path = os.path.join(state_dir, HEARTBEAT_FILE)
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        with open(path, "w", encoding="ascii") as fh:
+            fh.write(f"{os.getpid()}\n")
+
+
+def heartbeat_age(state_dir: str, now: float | None = None) -> float | None:
+    """Seconds since the daemon last proved progress; None when it never did."""
+    try:
+        mtime = os.stat(os.path.join(state_dir, HEARTBEAT_FILE)).st_mtime
+    except OSError:
+        return None
+    return max((time.time() if now is None else now) - mtime, 0.0)
+
+
+def remove_heartbeat(state_dir: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(state_dir, HEARTBEAT_FILE))

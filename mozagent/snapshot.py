@@ -1,0 +1,72 @@
+"""What one puppet run applies: the rendered data of one instant.
+
+The sync worker re-renders on every ZooKeeper change, within milliseconds, so
+the published Hiera files move while puppet compiles; a run that read them
+could mix the node layer of one version with the app layer of the next, and
+could not say which version it applied. Each render therefore ends by
+publishing an immutable ``Snapshot``, and each run copies the snapshot it
+starts with into a directory of its own (``run_files``) that nothing else
+writes while it runs. The run records exactly ``snapshot.version``.
+
+Pure: contents only; the agent writes them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from mozagent.layers import LAYERS
+from mozagent.render import FactsInput, layer_filename, render_facts, render_hiera_config
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Rendered layer files (in hierarchy order) and the data version they hold."""
+
+    version: int
+    layers: tuple[tuple[str, bytes], ...]
+
+    def same_data(self, other: Snapshot | None) -> bool:
+        """Identical bytes mean puppet would see nothing new: no run is needed."""
+        return other is not None and self.layers == other.layers
+
+    def layer(self, name: str) -> bytes:
+        return dict(self.layers)[name]
+
+
+def make_snapshot(version: int, rendered: dict[str, bytes]) -> Snapshot:
+    return Snapshot(version, tuple((name, rendered[name]) for name in LAYERS))
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where one run's copy lives; what puppet is pointed at."""
+
+    root: str
+
+    @property
+    def datadir(self) -> str:
+        return os.path.join(self.root, "hieradata")
+
+    @property
+    def hiera_config(self) -> str:
+        return os.path.join(self.root, "hiera.yaml")
+
+    @property
+    def facts_dir(self) -> str:
+        return os.path.join(self.root, "facts.d")
+
+
+def run_files(
+    snapshot: Snapshot, layout: RunLayout, app: str | None, node: str, puppet_ref: str | None
+) -> dict[str, bytes]:
+    """Every file of a run's copy, by absolute path."""
+    files = {
+        os.path.join(layout.datadir, layer_filename(name)): content
+        for name, content in snapshot.layers
+    }
+    files[layout.hiera_config] = render_hiera_config(os.path.abspath(layout.datadir), app, node)
+    facts = FactsInput(app, node, snapshot.version, puppet_ref)
+    files[os.path.join(layout.facts_dir, "mozagent.json")] = render_facts(facts)
+    return files
