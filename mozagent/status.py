@@ -105,23 +105,52 @@ _SECTIONS: dict[str, type | tuple[type, ...]] = {
 
 
 def sanitize(doc: Any) -> dict[str, Any] | None:
-    """A status document whose every known section has the right type, or None."""
+    """A status document whose every known section has the right type, or None.
+
+    Sections of the wrong type are dropped and reported as an error of the
+    status file itself: a damaged file must never read as a healthy host.
+    """
     if not isinstance(doc, dict):
         return None
-    out = {}
+    out: dict[str, Any] = {}
+    damaged: list[str] = []
     for key, value in doc.items():
         kind = _SECTIONS.get(key)
         if kind is None or value is None or isinstance(value, kind):
             out[key] = value
+        else:
+            damaged.append(f"{key!r} is a {type(value).__name__}")
     errors = out.get("errors") or {}
-    out["errors"] = {
-        group: [e for e in items if isinstance(e, dict) and {"where", "message"} <= set(e)]
-        for group, items in errors.items()
-        if isinstance(items, list)
-    }
+    clean: dict[str, list[dict[str, str]]] = {}
+    for group, items in errors.items():
+        good = [e for e in items if _is_error(e)] if isinstance(items, list) else []
+        if good:
+            clean[group] = good
+        if not isinstance(items, list) or len(good) != len(items):
+            damaged.append(f"errors.{group} is not a list of errors")
+    if not isinstance(out.get("agent"), dict) or not out["agent"].get("pid"):
+        damaged.append("no agent section")
+    if damaged:
+        clean["status_file"] = [
+            {
+                "where": "status.json",
+                "message": f"the status file is damaged ({'; '.join(damaged)}); what it says "
+                "may be wrong until the agent rewrites it",
+            }
+        ]
+    out["errors"] = clean
     for key in ("agent", "zookeeper", "layers"):
-        out.setdefault(key, {})
+        if not isinstance(out.get(key), dict):
+            out[key] = {}
     return out
+
+
+def _is_error(item: Any) -> bool:
+    return (
+        isinstance(item, dict)
+        and isinstance(item.get("where"), str)
+        and isinstance(item.get("message"), str)
+    )
 
 
 def load_status(path: str) -> dict[str, Any] | None:

@@ -153,7 +153,8 @@ def test_deleted_layer_renders_empty_every_key_at_once(sandbox: Sandbox, zk: Kaz
         what="idle and healthy",
     )
     assert sandbox.layer_file("app") == {}
-    code, doc = sandbox.status()
+    assert sandbox.status()[0] == 0
+    doc = sandbox.status()[1]
     assert doc["layers"]["app"]["keys"] == 0 and doc["layers"]["app"]["stale"] is False
     run_data = yaml.safe_load((sandbox.state / "run" / "hieradata" / "app.yaml").read_text())
     assert run_data == {}, "the last run saw a subset of the deleted layer"

@@ -118,7 +118,7 @@ def test_any_bytes_give_a_value_or_invalid_value(raw: bytes) -> None:
 
 
 _yaml_alphabet = st.sampled_from(
-    list("[]{}:,-&*!|>'\"#%@` \n\t0123456789abcxyz.+_<=?~") + ["\u00e9", "\x00", "\ufeff"]
+    [*"[]{}:,-&*!|>'\"#%@` \n\t0123456789abcxyz.+_<=?~", "\u00e9", "\x00", "\ufeff"]
 )
 
 
