@@ -23,7 +23,7 @@ setup(
     install_requires=[
         "kazoo>=2.9",
         "PyYAML>=6.0",
-        "tenacity>=8.2",
+        "tenacity>=9.2",
         "structlog>=23.1",
     ],
     extras_require={

@@ -324,7 +324,7 @@ class Agent:
         z = self.cfg.zookeeper
         assert z is not None
         retrying = Retrying(
-            wait=wait_exponential_jitter(initial=z.retry_initial, max=z.retry_max),
+            wait=wait_exponential_jitter(multiplier=z.retry_initial, max=z.retry_max),
             retry=retry_if_exception_type(CONNECTION_ERRORS),
             stop=_StopWhenSet(self.stopping) | stop_after_delay(z.connect_timeout),
             sleep=self.stopping.wait,
