@@ -41,7 +41,7 @@ import yaml
 from kazoo.client import KazooClient
 
 from mozagent import __version__
-from mozagent.keys import encode_value
+from mozagent.desired.keys import encode_value
 from mozagent.testing import ZooKeeperServer, text_of, wait_until, zookeeper_available
 
 APP = "bench"

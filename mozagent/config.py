@@ -56,6 +56,28 @@ class ApplyConfig:
 
 
 @dataclass(frozen=True)
+class HeatConfig:
+    """Heat SoftwareDeployments: where metadata comes from and how often."""
+
+    # Remote collectors to poll; empty: as the local metadata's os-collect-config
+    # section says (what a Heat-booted server is told).
+    collectors: tuple[str, ...] = ()
+    heat_local_paths: tuple[str, ...] = (
+        "/var/lib/heat-cfntools/cfn-init-data",
+        "/var/lib/cloud/data/cfn-init-data",
+    )
+    local_paths: tuple[str, ...] = ("/var/lib/os-collect-config/local-data",)
+    os_collect_config_conf: str | None = "/etc/os-collect-config.conf"
+    poll_min: float = 1.0
+    poll_max: float = 2.0
+    retry_max: float = 60.0
+    request_timeout: float = 10.0
+    hook_dirs: tuple[str, ...] = ("/var/lib/heat-config/hooks", "/usr/libexec/heat-config/hooks")
+    timeout: float = 3600.0  # per script or hook deployment
+    signal_retry_max: float = 300.0
+
+
+@dataclass(frozen=True)
 class Config:
     app: str | None
     node: str
@@ -66,6 +88,7 @@ class Config:
     puppet: PuppetConfig
     apply: ApplyConfig
     zookeeper: ZooKeeperConfig | None = None
+    heat: HeatConfig | None = None
     log_level: str = "info"
     log_format: str = "auto"
     source: str = field(default="<defaults>", compare=False)
@@ -163,7 +186,7 @@ def _get(
 
 
 def _app_name(source: str, key: str, value: Any) -> str:
-    from mozagent.keys import NAME_RE
+    from mozagent.desired.keys import NAME_RE
 
     text = _string(source, key, value)
     if not NAME_RE.fullmatch(text):
@@ -197,7 +220,18 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping, got {type(raw).__name__}")
-    top = {"app", "node", "state_dir", "zookeeper", "hiera", "facts", "puppet", "apply", "log"}
+    top = {
+        "app",
+        "node",
+        "state_dir",
+        "zookeeper",
+        "heat",
+        "hiera",
+        "facts",
+        "puppet",
+        "apply",
+        "log",
+    }
     _check_keys(source, "", raw, top)
 
     app = _get(source, "", raw, "app", _app_name, None)
@@ -273,6 +307,7 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
 
     log = _section(source, raw, "log")
     _check_keys(source, "log", log, {"level", "format"})
+    heat = _heat(source, raw) if raw.get("heat") is not None or "heat" in raw else None
 
     return Config(
         app=app,
@@ -295,21 +330,59 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
         puppet=puppet,
         apply=apply,
         zookeeper=zookeeper,
+        heat=heat,
         log_level=_get(source, "log", log, "level", _choice(LOG_LEVELS), "info"),
         log_format=_get(source, "log", log, "format", _choice(LOG_FORMATS), "auto"),
         source=source,
     )
 
 
+COLLECTORS = ("heat_local", "local", "request", "heat", "cfn", "ec2", "zaqar")
+
+
+def _collectors(source: str, key: str, value: Any) -> tuple[str, ...]:
+    names = _string_list(source, key, value)
+    for name in names:
+        if name not in COLLECTORS:
+            raise _fail(source, key, f"unknown collector {name!r} (known: {', '.join(COLLECTORS)})")
+    return names
+
+
+def _heat(source: str, raw: dict[str, Any]) -> HeatConfig:
+    h = _section(source, raw, "heat")
+    d = HeatConfig()
+    _check_keys(source, "heat", h, set(HeatConfig.__dataclass_fields__))
+    out = HeatConfig(
+        collectors=_get(source, "heat", h, "collectors", _collectors, d.collectors),
+        heat_local_paths=_get(
+            source, "heat", h, "heat_local_paths", _string_list, d.heat_local_paths
+        ),
+        local_paths=_get(source, "heat", h, "local_paths", _string_list, d.local_paths),
+        os_collect_config_conf=_get(
+            source, "heat", h, "os_collect_config_conf", _string, d.os_collect_config_conf
+        ),
+        poll_min=_get(source, "heat", h, "poll_min", _positive, d.poll_min),
+        poll_max=_get(source, "heat", h, "poll_max", _positive, d.poll_max),
+        retry_max=_get(source, "heat", h, "retry_max", _positive, d.retry_max),
+        request_timeout=_get(source, "heat", h, "request_timeout", _positive, d.request_timeout),
+        hook_dirs=_get(source, "heat", h, "hook_dirs", _string_list, d.hook_dirs),
+        timeout=_get(source, "heat", h, "timeout", _positive, d.timeout),
+        signal_retry_max=_get(source, "heat", h, "signal_retry_max", _positive, d.signal_retry_max),
+    )
+    if out.poll_max < out.poll_min:
+        raise _fail(source, "heat.poll_max", "must be >= heat.poll_min")
+    return out
+
+
 def check_runnable(cfg: Config) -> None:
     """A daemon with nothing to apply would report "OK" forever while doing
     nothing: refuse it, as a config error, at start."""
-    if not cfg.puppet.manifests:
+    if not cfg.puppet.manifests and cfg.heat is None:
         raise _fail(
             cfg.source,
             "puppet.manifests",
-            "nothing to apply: list at least one manifest (an empty or comment-only config "
-            "gives the agent no work)",
+            "nothing to apply: list at least one manifest or configure heat: (an empty or "
+            "comment-only config gives the agent no work)",
         )
 
 
@@ -325,7 +398,7 @@ def load_config(path: str) -> Config:
         raise ConfigError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config: {exc}") from None
-    from mozagent.keys import InvalidValue, parse_yaml_text
+    from mozagent.desired.keys import InvalidValue, parse_yaml_text
 
     try:
         raw = parse_yaml_text(text)  # strict: a duplicated key is an error, not a silent override

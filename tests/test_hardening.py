@@ -19,10 +19,11 @@ import pytest
 import yaml
 from kazoo.client import KazooClient
 
-from mozagent import agent as agent_module
-from mozagent.agent import Agent
 from mozagent.config import load_config
-from mozagent.health import HEARTBEAT_FILE, Progress
+from mozagent.daemon import Daemon
+from mozagent.render import hieradata as hieradata_module
+from mozagent.report.health import HEARTBEAT_FILE, Progress, Worker
+from mozagent.report.status import StatusStore
 from mozagent.testing import ZooKeeperServer, text_of
 from tests.conftest import Sandbox, wait_for
 from tests.poison import POISON
@@ -204,18 +205,17 @@ def test_render_that_fails_midway_still_schedules_the_run(
     sandbox: Sandbox, zk: KazooClient, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     put(zk, app_path(sandbox, "greeting"), b"one")
-    agent = Agent(load_config(str(sandbox.config_path)), mode="once")
-    agent._snapshot = agent._initial_snapshot()
-    assert agent.zk is not None
-    agent.zk.client.start(timeout=15)
+    daemon = Daemon(load_config(str(sandbox.config_path)), mode="once")
+    source, executor, hiera = daemon.zookeeper, daemon.executor, daemon.hiera
+    assert source is not None
+    source.client.start(timeout=15)
     try:
-        assert agent.sync()
-        assert agent.apply()
+        assert source.sync() == (True, True)
+        assert executor.apply()
         assert "greeting=one" in sandbox.output()
-        with agent._cond:
-            agent.scheduler.started(time.monotonic())
-            agent.scheduler.finished(time.monotonic(), True)
-        assert not agent.scheduler.pending
+        executor.scheduler.started(time.monotonic())
+        executor.scheduler.finished(time.monotonic(), True)
+        assert not executor.scheduler.pending
 
         calls = {"n": 0}
 
@@ -225,27 +225,27 @@ def test_render_that_fails_midway_still_schedules_the_run(
                 raise OSError(errno.ENOSPC, "No space left on device (injected)")
 
         if where == "lastgood":
-            real_save = agent._save_lastgood
+            real_save = hiera.save_lastgood
 
             def save() -> None:
                 disk_full_once()
                 real_save()
 
-            monkeypatch.setattr(agent, "_save_lastgood", save)
+            monkeypatch.setattr(hiera, "save_lastgood", save)
         else:  # the facts file, written after the layer files
-            real_write = agent_module.write_if_changed
+            real_write = hieradata_module.write_if_changed
 
             def write(path: str, *args: object, **kwargs: object) -> bool:
-                if path == agent.cfg.facts_file:
+                if path == hiera.cfg.facts_file:
                     disk_full_once()
                 return real_write(path, *args, **kwargs)  # type: ignore[arg-type]
 
-            monkeypatch.setattr(agent_module, "write_if_changed", write)
+            monkeypatch.setattr(hieradata_module, "write_if_changed", write)
         zk.set(app_path(sandbox, "greeting"), b"two")
 
         def failed_once() -> bool:
             try:
-                agent.sync()
+                source.sync()
             except OSError:
                 return True
             return False
@@ -253,13 +253,12 @@ def test_render_that_fails_midway_still_schedules_the_run(
         wait_for(failed_once, timeout=10, what="the render to hit the full disk")
         if where == "facts":
             assert sandbox.layer_file("app") == {"greeting": "two"}  # written before it failed
-        agent.sync()  # the retry: same bytes on disk, and still a run to schedule
-        assert agent.scheduler.pending
-        assert agent.apply()
+        source.sync()  # the retry: same bytes on disk, and still a run to schedule
+        assert executor.scheduler.pending
+        assert executor.apply()
         assert "greeting=two" in sandbox.output()
     finally:
-        agent.zk.client.stop()
-        agent.zk.client.close()
+        source.close()
 
 
 # --- 5. status must not say healthy when the host is not ---------------------------
@@ -306,38 +305,29 @@ def test_stopped_daemon_is_not_reported_running(sandbox: Sandbox) -> None:
 def test_a_stuck_worker_stops_the_heartbeat_and_is_named(tmp_path: Path, puppet_bin: str) -> None:
     box = Sandbox(tmp_path, None, "/unused")
     box.write_config(app=None)
-    agent = Agent(load_config(str(box.config_path)))
     now = [1000.0]
-    agent.progress = Progress(clock=lambda: now[0])
-    agent.progress.beat("apply")
-    agent._threads = [_named("mozagent-apply")]
-    assert agent.healthy()
+    daemon = Daemon(load_config(str(box.config_path)), clock=lambda: now[0])
+    daemon.workers.add("apply")
+    daemon.progress.beat("apply")
+    assert daemon.healthy()
     now[0] += 200
-    assert not agent.healthy()
-    errors = agent.status.snapshot()["errors"]["agent.health"]
+    assert not daemon.healthy()
+    errors = daemon.status.snapshot()["errors"]["agent.health"]
     assert errors[0]["where"] == "agent (apply worker)" and "stuck" in errors[0]["message"]
-    agent.progress.beat("apply")
-    assert agent.healthy()
-    assert "agent.health" not in agent.status.snapshot()["errors"]
+    daemon.progress.beat("apply")
+    assert daemon.healthy()
+    assert "agent.health" not in daemon.status.snapshot()["errors"]
 
 
-class _named:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-
-def test_one_workers_recovery_does_not_hide_the_others_crash(
-    tmp_path: Path, puppet_bin: str
-) -> None:
-    box = Sandbox(tmp_path, None, "/unused")
-    box.write_config(app=None)
-    agent = Agent(load_config(str(box.config_path)))
-    agent._report_crash("apply", RuntimeError("apply blew up"))
-    agent._clear_crash("sync")  # a good sync a second later
-    errors = agent.status.snapshot()["errors"]
+def test_one_workers_recovery_does_not_hide_the_others_crash(tmp_path: Path) -> None:
+    status = StatusStore(str(tmp_path / "status.json"), {})
+    progress = Progress()
+    Worker("apply", progress, status).crashed(RuntimeError("apply blew up"))
+    Worker("sync", progress, status).recovered()  # a good sync a second later
+    errors = status.snapshot()["errors"]
     assert "apply blew up" in errors["agent.apply"][0]["message"]
-    agent._clear_crash("apply")
-    assert "agent.apply" not in agent.status.snapshot()["errors"]
+    Worker("apply", progress, status).recovered()
+    assert "agent.apply" not in status.snapshot()["errors"]
 
 
 # --- 6. nothing a run starts outlives it -------------------------------------------

@@ -8,7 +8,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mozagent.keys import MAX_VALUE_BYTES, InvalidValue, check_key, encode_value, parse_value
+from mozagent.desired.keys import (
+    MAX_VALUE_BYTES,
+    InvalidValue,
+    check_key,
+    encode_value,
+    parse_value,
+)
 from tests.poison import POISON
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mozagent.keys import Entry
-from mozagent.layers import LastGood, LayerView, ValueCache, layer_paths, resolve_layer
+from mozagent.desired.keys import Entry
+from mozagent.desired.layers import LastGood, LayerView, ValueCache, layer_paths, resolve_layer
 
 PATH = "/mozagent/apps/shop/data"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from mozagent.apply.puppet import ApplyItem, PuppetPaths, run_puppet
 from mozagent.config import PuppetConfig
-from mozagent.puppet import ApplyItem, PuppetPaths, run_puppet
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import json
 
 import yaml
 
-from mozagent.render import FactsInput, LayerRenderer, render_facts, render_hiera_config
+from mozagent.render.hiera import FactsInput, LayerRenderer, render_facts, render_hiera_config
 
 TRICKY = {
     "apache::vhost_name": "my.python.site.com",

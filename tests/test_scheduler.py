@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mozagent.scheduler import ApplyScheduler
+from mozagent.apply.scheduler import ApplyScheduler
 
 
 def sched(**kw: float) -> ApplyScheduler:

@@ -30,6 +30,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from mozagent.fileio import read_json, write_json
 
@@ -171,6 +172,37 @@ class Outcome:
     start_error: str | None = None
     tail: list[str] = field(default_factory=list)
     leftovers_killed: int = 0
+    # With ``split_stderr``: the end of each stream, at most ``keep_bytes`` each.
+    stdout: str = ""
+    stderr: str = ""
+    trimmed: bool = False
+
+
+class _Tail:
+    """The last ``limit`` characters of a stream, and whether more came before."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.parts: deque[str] = deque()
+        self.size = 0
+        self.trimmed = False
+
+    def add(self, text: str) -> None:
+        self.parts.append(text)
+        self.size += len(text)
+        while self.size > self.limit and self.parts:
+            extra = self.size - self.limit
+            head = self.parts[0]
+            if len(head) <= extra:
+                self.parts.popleft()
+                self.size -= len(head)
+            else:
+                self.parts[0] = head[extra:]
+                self.size -= extra
+            self.trimmed = True
+
+    def text(self) -> str:
+        return "".join(self.parts)
 
 
 def run_program(
@@ -183,12 +215,17 @@ def run_program(
     progress: Callable[[], None] | None = None,
     tail_lines: int = 40,
     cwd: str | None = None,
+    stdin_data: str | None = None,
+    split_stderr: bool = False,
+    keep_bytes: int = 400 * 1024,
 ) -> Outcome:
     """Run ``cmd`` to its end, a timeout, or ``cancel``; then clean up after it.
 
-    stdout and stderr are merged and kept as a tail of ``tail_lines`` lines.
-    ``progress`` is called while waiting, so that a supervisor can tell a long
-    run from a stuck agent.
+    stdout and stderr are merged and kept as a tail of ``tail_lines`` lines;
+    with ``split_stderr`` each stream is also kept apart, its last
+    ``keep_bytes`` characters (a Heat signal carries both, and errors are at
+    the end). ``progress`` is called while waiting, so that a supervisor can
+    tell a long run from a stuck agent.
     """
     mark = uuid.uuid4().hex
     full_env = dict(env)
@@ -200,8 +237,8 @@ def run_program(
             proc = subprocess.Popen(
                 list(cmd),
                 stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+                stderr=subprocess.PIPE if split_stderr else subprocess.STDOUT,
+                stdin=subprocess.DEVNULL if stdin_data is None else subprocess.PIPE,
                 env=full_env,
                 cwd=cwd,
                 start_new_session=True,
@@ -213,17 +250,29 @@ def run_program(
         except OSError as exc:  # not executable, not a program, out of memory...
             return Outcome(None, start_error=str(exc))
         tail: deque[str] = deque(maxlen=tail_lines)
+        streams = {"stdout": _Tail(keep_bytes), "stderr": _Tail(keep_bytes)}
 
-        def pump() -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                line = line.rstrip("\n")
+        def pump(stream: Any, kept: _Tail) -> None:
+            for raw in stream:
+                kept.add(raw)
+                line = raw.rstrip("\n")
                 tail.append(line)
                 if on_line is not None:
                     on_line(line)
 
-        reader = threading.Thread(target=pump, name="child-output", daemon=True)
-        reader.start()
+        assert proc.stdout is not None
+        readers = [
+            threading.Thread(target=pump, args=(proc.stdout, streams["stdout"]), daemon=True)
+        ]
+        if split_stderr:
+            assert proc.stderr is not None
+            readers.append(
+                threading.Thread(target=pump, args=(proc.stderr, streams["stderr"]), daemon=True)
+            )
+        for reader in readers:
+            reader.start()
+        if stdin_data is not None:
+            threading.Thread(target=_feed, args=(proc, stdin_data), daemon=True).start()
         deadline = time.monotonic() + timeout  # a clock step must not cut a run short
         stopped = None
         try:
@@ -245,11 +294,31 @@ def run_program(
             # Its children may hold the output pipe open: kill them before
             # waiting for the reader to see the end of it.
             killed = kill_leftovers(mark, spare=())
-            reader.join(timeout=5)
-        return Outcome(proc.returncode, stopped, None, list(tail), killed)
+            for reader in readers:
+                reader.join(timeout=5)
+        return Outcome(
+            proc.returncode,
+            stopped,
+            None,
+            list(tail),
+            killed,
+            streams["stdout"].text(),
+            streams["stderr"].text(),
+            streams["stdout"].trimmed or streams["stderr"].trimmed,
+        )
     finally:
         if ledger is not None:
             ledger.end()
+
+
+def _feed(proc: subprocess.Popen[str], data: str) -> None:
+    """Write stdin from a thread: a child that does not read it must not block us."""
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(data)
+        proc.stdin.close()
+    except (BrokenPipeError, OSError, ValueError):
+        pass
 
 
 def _terminate(proc: subprocess.Popen[str]) -> None:

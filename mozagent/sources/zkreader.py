@@ -24,9 +24,9 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException, NoNodeError
 from kazoo.protocol.states import EventType, WatchedEvent
 
-from mozagent.keys import Entry, InvalidValue, check_key
-from mozagent.layers import LayerView
-from mozagent.zkclient import CONNECTION_ERRORS
+from mozagent.desired.keys import Entry, InvalidValue, check_key
+from mozagent.desired.layers import LayerView
+from mozagent.sources.zkclient import CONNECTION_ERRORS
 
 
 @dataclass
@@ -48,7 +48,7 @@ class Connection:
         }
 
 
-class ZooKeeperSource:
+class ZooKeeperReader:
     def __init__(
         self,
         client: KazooClient,

@@ -45,6 +45,11 @@ class ApplyScheduler:
     def release(self) -> None:
         self._hold_until = None
 
+    def held(self, now: float) -> bool:
+        """Still waiting for the first read (Heat deployments wait for it too:
+        a puppet config's lookup() must see the app's data)."""
+        return self._hold_until is not None and now < self._hold_until
+
     def changed(self, now: float) -> None:
         """Rendered content changed (or a run was asked for).
 

@@ -13,11 +13,21 @@ Pure: contents only; the agent writes them.
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from mozagent.layers import LAYERS
-from mozagent.render import FactsInput, layer_filename, render_facts, render_hiera_config
+from mozagent.desired.layers import LAYERS
+from mozagent.render.hiera import (
+    DEPLOYMENT_LAYER,
+    FactsInput,
+    LayerRenderer,
+    layer_filename,
+    render_facts,
+    render_hiera_config,
+)
 
 
 @dataclass(frozen=True)
@@ -59,14 +69,34 @@ class RunLayout:
 
 
 def run_files(
-    snapshot: Snapshot, layout: RunLayout, app: str | None, node: str, puppet_ref: str | None
+    snapshot: Snapshot,
+    layout: RunLayout,
+    app: str | None,
+    node: str,
+    puppet_ref: str | None,
+    deployment: tuple[Mapping[str, Any], Mapping[str, Any]] | None = None,
 ) -> dict[str, bytes]:
-    """Every file of a run's copy, by absolute path."""
+    """Every file of a run's copy, by absolute path.
+
+    ``deployment`` is a Heat config's (Hiera data, facts): its inputs, for
+    this item of the run only. Without it the files say so (empty), so that
+    nothing of the previous item's inputs is seen.
+    """
     files = {
         os.path.join(layout.datadir, layer_filename(name)): content
         for name, content in snapshot.layers
     }
-    files[layout.hiera_config] = render_hiera_config(os.path.abspath(layout.datadir), app, node)
+    files[layout.hiera_config] = render_hiera_config(
+        os.path.abspath(layout.datadir), app, node, deployment=deployment is not None
+    )
     facts = FactsInput(app, node, snapshot.version, puppet_ref)
     files[os.path.join(layout.facts_dir, "mozagent.json")] = render_facts(facts)
+    hiera, inputs = deployment or ({}, {})
+    files[os.path.join(layout.datadir, layer_filename(DEPLOYMENT_LAYER))] = LayerRenderer().render(
+        DEPLOYMENT_LAYER, dict(hiera)
+    )
+    # Typed inputs as typed facts: facter keeps JSON types from a .json fact file.
+    files[os.path.join(layout.facts_dir, "heat_inputs.json")] = (
+        json.dumps(dict(inputs), sort_keys=True, indent=2) + "\n"
+    ).encode("utf-8")
     return files

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from mozagent.keys import Entry, InvalidValue, check_key, parse_value
+from mozagent.desired.keys import Entry, InvalidValue, check_key, parse_value
 
 # Most specific first: the order of Hiera's hierarchy.
 LAYERS: tuple[str, ...] = ("node", "app", "global")

@@ -21,7 +21,7 @@ from typing import Any
 
 from mozagent import __version__
 from mozagent.fileio import read_json, write_json
-from mozagent.health import HEARTBEAT_STALE
+from mozagent.report.health import HEARTBEAT_STALE
 
 EXIT_OK = 0
 EXIT_APPLY_FAILED = 1
@@ -94,6 +94,8 @@ _SECTIONS: dict[str, type | tuple[type, ...]] = {
     "last_apply": dict,
     "applying": dict,
     "errors": dict,
+    "deployments": list,
+    "heat": dict,
     "app": str,
     "node": str,
     "puppet_ref": str,
@@ -223,6 +225,11 @@ def exit_code(doc: dict[str, Any] | None) -> int:
     last = doc.get("last_apply")
     if last is not None and not last.get("ok") and not last.get("aborted"):
         return EXIT_APPLY_FAILED
+    if any(
+        isinstance(d, dict) and d.get("latest") and d.get("state") == "failed"
+        for d in doc.get("deployments") or []
+    ):
+        return EXIT_APPLY_FAILED
     if all_errors(doc):
         return EXIT_ERRORS
     return EXIT_OK
@@ -258,6 +265,36 @@ def format_last_apply(last: dict[str, Any] | None) -> list[str]:
         lines.append(
             f"    {res.get('name')}: {res.get('message')} "
             f"(exit {res.get('exit_code')}{counts}, {_dur(res)})"
+        )
+    return lines
+
+
+def format_heat(doc: dict[str, Any]) -> list[str]:
+    """The metadata source and the deployments, newest last."""
+    heat = doc.get("heat")
+    deployments = [d for d in doc.get("deployments") or [] if isinstance(d, dict)]
+    if not heat and not deployments:
+        return []
+    lines = []
+    if isinstance(heat, dict):
+        in_use = heat.get("in_use")
+        collectors = {c.get("collector"): c for c in heat.get("collectors") or []}
+        source = collectors.get(in_use) or {}
+        polling = ", ".join(heat.get("polling") or []) or "local metadata only"
+        lines.append(
+            f"  heat metadata: polling {polling}; last success "
+            f"{when(source.get('last_ok')) if source else '-'}"
+        )
+    if deployments:
+        lines.append("  deployments:")
+    for d in deployments[-10:]:
+        sig = d.get("signal") or {}
+        signal = sig.get("state", "-")
+        if signal == "pending" and sig.get("attempts"):
+            signal += f" ({sig['attempts']} attempts: {sig.get('last_error')})"
+        lines.append(
+            f"    {d.get('name')} [{d.get('group')} {d.get('action')}] {d.get('state')}"
+            f" — {d.get('message') or '-'}; signal {signal}  ({d.get('id')})"
         )
     return lines
 
@@ -304,6 +341,7 @@ def format_status(doc: dict[str, Any]) -> str:
                     f"{layer.get('keys', 0)} keys  {layer.get('path', '')}{extra}"
                 )
     lines.extend(format_last_apply(doc.get("last_apply")))
+    lines.extend(format_heat(doc))
     applying = doc.get("applying")
     if applying and alive:
         lines.append(

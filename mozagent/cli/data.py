@@ -21,7 +21,7 @@ import yaml
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
 
-from mozagent.keys import (
+from mozagent.desired.keys import (
     MAX_VALUE_BYTES,
     InvalidValue,
     check_key,
@@ -30,7 +30,7 @@ from mozagent.keys import (
     parse_value,
     parse_yaml_text,
 )
-from mozagent.layers import layer_paths
+from mozagent.desired.layers import layer_paths
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 # ZooKeeper refuses a request over jute.maxbuffer (1 MiB by default); keep margin.

@@ -18,8 +18,10 @@ from typing import Any
 
 import yaml
 
+from mozagent.apply.deployments import Outcome, read_outputs, safe_id
+from mozagent.apply.process import Ledger, run_program
 from mozagent.config import PuppetConfig
-from mozagent.process import Ledger, run_program
+from mozagent.desired.deployments import Deployment
 
 OUTPUT_TAIL_LINES = 40
 
@@ -37,6 +39,17 @@ class ApplyItem:
     manifest: str
     source: str = "config"
     env: Mapping[str, str] = field(default_factory=dict)
+    # A Heat deployment's inputs: Hiera data of its own level (above node) and
+    # typed external facts, both only for this item's run.
+    hiera: Mapping[str, Any] | None = None
+    facts: Mapping[str, Any] | None = None
+    # heat-config-puppet's options: modulepath, tags, enable_debug, enable_verbose.
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+def manifest_items(cfg: PuppetConfig) -> list[ApplyItem]:
+    """The manifests listed in the config file, applied in order."""
+    return [ApplyItem(name=os.path.basename(m), manifest=m, source="config") for m in cfg.manifests]
 
 
 @dataclass
@@ -53,9 +66,14 @@ class ApplyResult:
     failed: int | None = None
     total: int | None = None
     output_tail: list[str] = field(default_factory=list)
+    # The ends of puppet's stdout and stderr, kept apart for a Heat signal.
+    stdout: str = field(default="", repr=False)
+    stderr: str = field(default="", repr=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        doc = asdict(self)
+        del doc["stdout"], doc["stderr"]  # status shows the tail, not whole outputs
+        return doc
 
 
 @dataclass(frozen=True)
@@ -87,8 +105,21 @@ def build_command(
         "--lastrunfile",
         summary,
     ]
-    if cfg.modulepath:
-        cmd += ["--modulepath", ":".join(cfg.modulepath)]
+    modulepath = list(cfg.modulepath)
+    extra = item.options.get("modulepath")
+    if isinstance(extra, str) and extra:
+        modulepath = [*extra.split(":"), *modulepath]
+    if modulepath:
+        cmd += ["--modulepath", ":".join(modulepath)]
+    tags = item.options.get("tags")
+    if isinstance(tags, str) and tags:
+        cmd += ["--tags", tags]
+    elif isinstance(tags, list) and tags:
+        cmd += ["--tags", ",".join(str(t) for t in tags)]
+    if item.options.get("enable_debug") is True:
+        cmd.append("--debug")
+    if item.options.get("enable_verbose") is True:
+        cmd.append("--verbose")
     cmd += list(cfg.extra_args)
     cmd.append(item.manifest)
     return cmd
@@ -187,6 +218,7 @@ def run_puppet(
         on_line=on_line,
         progress=progress,
         tail_lines=OUTPUT_TAIL_LINES,
+        split_stderr=item.source == "heat",
     )
     if out.returncode is None:
         if out.start_error == "not found":
@@ -217,4 +249,63 @@ def run_puppet(
     counts = read_summary(summary)
     if ok and counts["failed"]:
         ok, message = False, f"failed: {counts['failed']} resources failed"
-    return _result(item, started, ok, message, out.returncode, tail, counts)
+    result = _result(item, started, ok, message, out.returncode, tail, counts)
+    result.stdout, result.stderr = out.stdout, out.stderr
+    return result
+
+
+def deployment_item(
+    name: str,
+    manifest: str,
+    outputs_path: str,
+    inputs: Mapping[str, Any],
+    options: Mapping[str, Any],
+) -> ApplyItem:
+    """A Heat ``group: puppet`` config as one item: its inputs as Hiera data of
+    its own level and as typed facts (heat-config-puppet's ``enable_hiera`` and
+    ``enable_facter`` turn either off), ``heat_outputs_path`` as
+    heat-config-puppet sets it, so existing manifests work."""
+    use_hiera = options.get("enable_hiera", True) is not False
+    use_facter = options.get("enable_facter", True) is not False
+    return ApplyItem(
+        name=f"heat:{name}",
+        manifest=manifest,
+        source="heat",
+        env={"FACTER_heat_outputs_path": outputs_path, "FACTER_deploy_config_name": name},
+        hiera=dict(inputs) if use_hiera else {},
+        facts=dict(inputs) if use_facter else {},
+        options=dict(options),
+    )
+
+
+class PuppetDeploymentApplier:
+    """``group: puppet``: the config is a manifest, run by the core's runner on
+    the current data snapshot, so ``lookup()`` of ZooKeeper data works in it."""
+
+    group = "puppet"
+
+    def __init__(self, work_dir: str, run_item: Callable[[ApplyItem], ApplyResult]) -> None:
+        self.work_dir = work_dir
+        self.run_item = run_item
+
+    def manifest_path(self, dep: Deployment) -> str:
+        return os.path.join(self.work_dir, "configs", f"{safe_id(dep.id)}.pp")
+
+    def run(self, dep: Deployment, outputs_path: str) -> Outcome:
+        if not isinstance(dep.config, str):
+            return Outcome(1, "", "mozagent: a puppet deployment's config must be a manifest", {})
+        path = self.manifest_path(dep)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(dep.config)
+        result = self.run_item(
+            deployment_item(dep.name, path, outputs_path, dep.inputs, dep.options)
+        )
+        stdout = result.stdout or "\n".join(result.output_tail)
+        stderr = result.stderr
+        code = 0
+        if not result.ok:
+            stderr = (stderr + "\n" if stderr else "") + f"mozagent: {result.message}"
+            code = result.exit_code if result.exit_code not in (None, 0, 2) else 1
+        return Outcome(code, stdout, stderr, read_outputs(outputs_path, dep))

@@ -15,6 +15,13 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Protocol
+
+
+class StatusSink(Protocol):
+    def set_errors(self, group: str, errors: list[dict[str, str]]) -> None: ...
+
 
 HEARTBEAT_FILE = "heartbeat"
 HEARTBEAT_INTERVAL = 5.0
@@ -72,3 +79,46 @@ def heartbeat_age(state_dir: str, now: float | None = None) -> float | None:
 def remove_heartbeat(state_dir: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(state_dir, HEARTBEAT_FILE))
+
+
+class Worker:
+    """One worker thread's health: its progress beats and its crash reports.
+
+    Each worker has its own error group in status, cleared only by its own next
+    success, so one worker's recovery never hides another's crash.
+    """
+
+    def __init__(self, name: str, progress: Progress, status: StatusSink) -> None:
+        self.name = name
+        self.progress = progress
+        self.status = status
+        self.crashes = 0
+
+    def beat(self) -> None:
+        self.progress.beat(self.name)
+
+    def crashed(self, exc: BaseException) -> None:
+        """Best effort: the status file may be what is failing (disk full)."""
+        self.crashes += 1
+        try:
+            self.status.set_errors(
+                f"agent.{self.name}",
+                [
+                    {
+                        "where": f"agent ({self.name} worker)",
+                        "message": f"crashed at {_utc(time.time())}: {exc!r} "
+                        f"({self.crashes} crash(es) since start; see the log)",
+                    }
+                ],
+            )
+        except Exception as again:
+            import structlog  # here, so that `mozagent status` needs no logging stack
+
+            structlog.get_logger("mozagent").error("status_write_failed", error=repr(again))
+
+    def recovered(self) -> None:
+        self.status.set_errors(f"agent.{self.name}", [])
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

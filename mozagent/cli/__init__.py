@@ -1,4 +1,5 @@
-"""The ``mozagent`` command line: daemon, status, apply, and operators' data commands.
+"""The ``mozagent`` command line: daemon, status, apply, and operators' data commands
+(``cli.data``).
 
 Options go anywhere: ``mozagent --config X status`` and ``mozagent data
 --zookeeper H set …`` work as well as options after the last word, because a
@@ -29,7 +30,7 @@ from mozagent.config import (
     parse_zk_hosts,
     parse_zk_root,
 )
-from mozagent.status import EXIT_ERRORS, EXIT_USAGE, exit_code, format_status, load_status
+from mozagent.report.status import EXIT_ERRORS, EXIT_USAGE, exit_code, format_status, load_status
 
 EPILOG_STATUS = """exit codes: 0 healthy; 1 last apply failed; 2 bad usage or config;
 3 current errors (bad data, ZooKeeper unreachable, agent not running or not responding);
@@ -180,15 +181,15 @@ def _load(args: argparse.Namespace, required: bool = True) -> Config | None:
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from mozagent.agent import Agent
     from mozagent.config import check_runnable
+    from mozagent.daemon import Daemon
     from mozagent.logs import setup_logging
 
     cfg = _load(args)
     assert cfg is not None
     check_runnable(cfg)
     setup_logging(cfg.log_level, cfg.log_format)
-    agent = Agent(cfg, mode="once" if args.once else "daemon")
+    agent = Daemon(cfg, mode="once" if args.once else "daemon")
     if not args.once:
         return agent.run_daemon()
     if not agent.acquire_lock(wait=False):
@@ -232,7 +233,7 @@ def _state_dir_of_broken(path: str) -> str:
 
 
 def _with_health(doc: dict[str, Any], state_dir: str) -> dict[str, Any]:
-    from mozagent.health import heartbeat_age
+    from mozagent.report.health import heartbeat_age
 
     doc = dict(doc)
     doc["heartbeat_age"] = heartbeat_age(state_dir)
@@ -240,7 +241,7 @@ def _with_health(doc: dict[str, Any], state_dir: str) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from mozagent.status import all_errors, pid_alive
+    from mozagent.report.status import all_errors, pid_alive
 
     state_dir, config_error = _state_dir(args)
     if config_error:
@@ -275,8 +276,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from mozagent.requests import RunRequests
-    from mozagent.status import format_last_apply, pid_alive
+    from mozagent.report.status import format_last_apply, pid_alive
+    from mozagent.sources.runrequests import RunRequests
 
     state_dir = args.state_dir
     if not state_dir:
@@ -373,8 +374,8 @@ def _data_target(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from mozagent import datacli
-    from mozagent.keys import InvalidValue, check_name
+    from mozagent.cli import data as datacli
+    from mozagent.desired.keys import InvalidValue, check_name
 
     cmd = args.data_command
     is_global = getattr(args, "is_global", False)

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from mozagent import __version__
-from mozagent.layers import LAYERS
+from mozagent.desired.layers import LAYERS
 
 try:  # libyaml's emitter is several times faster; PyYAML wheels ship it.
     _Dumper: type = yaml.CSafeDumper
@@ -82,17 +82,28 @@ def layer_filename(layer: str) -> str:
     return f"{layer}.yaml"
 
 
-def render_hiera_config(datadir: str, app: str | None, node: str) -> bytes:
-    """Hiera 5: node beats app beats global, so lookup() finds the most specific."""
+DEPLOYMENT_LAYER = "deployment"
+
+
+def render_hiera_config(
+    datadir: str, app: str | None, node: str, deployment: bool = False
+) -> bytes:
+    """Hiera 5: node beats app beats global, so lookup() finds the most specific.
+
+    A run of a Heat deployment's puppet config has one more level on top: the
+    deployment's own inputs, the most specific data of all for that config.
+    """
     labels = {
+        DEPLOYMENT_LAYER: "heat deployment inputs",
         "node": f"mozagent node layer ({node})",
         "app": f"mozagent app layer ({app or 'no app'})",
         "global": "mozagent global layer",
     }
+    levels = ([DEPLOYMENT_LAYER] if deployment else []) + list(LAYERS)
     doc = {
         "version": 5,
         "defaults": {"datadir": datadir, "data_hash": "yaml_data"},
-        "hierarchy": [{"name": labels[layer], "path": layer_filename(layer)} for layer in LAYERS],
+        "hierarchy": [{"name": labels[layer], "path": layer_filename(layer)} for layer in levels],
     }
     body = yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
     header = "# Managed by mozagent from its config file; changes here are overwritten.\n"

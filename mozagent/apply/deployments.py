@@ -1,0 +1,329 @@
+"""Heat deployments on the executor's side: each id run once, durably, signalled.
+
+The record of every deployment lives in ``<state_dir>/heat/deployments/<id>.json``
+(0600) and is written before and after every step: pending → running →
+done/failed. A deployment done or failed is never run again, across restarts
+and reboots; one found *running* at start was interrupted (crash, reboot) and
+is run again (configs are idempotent), then signalled, so nothing stays
+IN_PROGRESS in Heat. Puppet configs that completed become configs the core
+re-applies when data changes (``reapply.json``), without a new signal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from mozagent.desired.deployments import Deployment, SignalTarget
+from mozagent.fileio import read_json, write_json
+
+# Heat's API refuses bodies over 1 MiB (max_json_body_size); keep margin.
+MAX_SIGNAL_BYTES = 1_000_000
+MAX_OUTPUT_BYTES = 256 * 1024
+_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+
+def safe_id(dep_id: str) -> str:
+    """Deployment ids become file names: anything else is hashed into one."""
+    if _ID.fullmatch(dep_id) and dep_id not in (".", ".."):
+        return dep_id
+    import hashlib
+
+    return "id-" + hashlib.sha256(dep_id.encode()).hexdigest()[:32]
+
+
+@dataclass
+class Outcome:
+    """What a deployment's run gave: Heat's signal fields."""
+
+    status_code: int
+    stdout: str
+    stderr: str
+    outputs: dict[str, Any]
+
+    def body(self) -> dict[str, Any]:
+        return fit_body(
+            {
+                **self.outputs,
+                "deploy_stdout": self.stdout,
+                "deploy_stderr": self.stderr,
+                "deploy_status_code": self.status_code,
+            }
+        )
+
+
+def fit_body(body: dict[str, Any], limit: int = MAX_SIGNAL_BYTES) -> dict[str, Any]:
+    """Trim stdout, then stderr, from the front so the body fits: the end of an
+    output is where the errors are. Says so at the top of what was trimmed."""
+    body = dict(body)
+    for key in ("deploy_stdout", "deploy_stderr"):
+        size = len(json.dumps(body).encode("utf-8"))
+        if size <= limit:
+            break
+        text = body.get(key) or ""
+        if not isinstance(text, str) or not text:
+            continue
+        keep = max(len(text) - (size - limit) - 200, 0)
+        removed = len(text) - keep
+        body[key] = f"[mozagent: {removed} characters trimmed from the start]\n" + text[-keep:]
+    return body
+
+
+def read_outputs(path_prefix: str, dep: Deployment) -> dict[str, Any]:
+    """heat-config's convention: output NAME is the file ``<heat_outputs_path>.NAME``."""
+    out: dict[str, Any] = {}
+    for spec in dep.outputs:
+        name = spec["name"]
+        path = f"{path_prefix}.{name}"
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(MAX_OUTPUT_BYTES + 1)
+        except OSError:
+            continue
+        text = data[:MAX_OUTPUT_BYTES].decode("utf-8", errors="replace")
+        if len(data) > MAX_OUTPUT_BYTES:
+            text += "\n[mozagent: output trimmed at 256 KiB]"
+        out[name] = text
+    return out
+
+
+class Applier:
+    """The shape every deployment applier has: a group name and ``run``."""
+
+    group: str
+
+    def run(self, dep: Deployment, outputs_path: str) -> Outcome:  # pragma: no cover
+        raise NotImplementedError
+
+
+class DeploymentLog:
+    """Durable per-deployment records; the only writer is the executor."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.root = os.path.join(state_dir, "heat")
+        self.dir = os.path.join(self.root, "deployments")
+        self._lock = threading.Lock()
+
+    def _path(self, dep_id: str) -> str:
+        return os.path.join(self.dir, f"{safe_id(dep_id)}.json")
+
+    def get(self, dep_id: str) -> dict[str, Any] | None:
+        try:
+            doc = read_json(self._path(dep_id))
+        except (ValueError, OSError):
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def put(self, record: dict[str, Any]) -> None:
+        with self._lock:
+            write_json(self._path(record["id"]), record, 0o600, durable=True)
+
+    def records(self) -> list[dict[str, Any]]:
+        try:
+            names = sorted(os.listdir(self.dir))
+        except FileNotFoundError:
+            return []
+        out = []
+        for name in names:
+            if name.endswith(".json"):
+                try:
+                    doc = read_json(os.path.join(self.dir, name))
+                except (ValueError, OSError):
+                    continue
+                if isinstance(doc, dict) and "id" in doc:
+                    out.append(doc)
+        return out
+
+
+class Reapply:
+    """Puppet configs Heat deployed that the core runs again when data changes."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.path = os.path.join(state_dir, "heat", "reapply.json")
+        self._lock = threading.Lock()
+        try:
+            doc = read_json(self.path)
+        except (ValueError, OSError):
+            doc = None
+        self._items: dict[str, dict[str, Any]] = doc if isinstance(doc, dict) else {}
+
+    def _save(self) -> None:
+        write_json(self.path, self._items, 0o600, durable=True)
+
+    def keep(self, name: str, item: dict[str, Any]) -> None:
+        with self._lock:
+            self._items[name] = item
+            self._save()
+
+    def drop(self, names: set[str]) -> None:
+        with self._lock:
+            if names & set(self._items):
+                for name in names:
+                    self._items.pop(name, None)
+                self._save()
+
+    def retain(self, names: list[str]) -> None:
+        """Forget configs whose deployment left the metadata (stack deleted it)."""
+        with self._lock:
+            gone = set(self._items) - set(names)
+            if gone:
+                for name in gone:
+                    del self._items[name]
+                self._save()
+
+    def items(self, order: list[str]) -> list[dict[str, Any]]:
+        """In deployment (metadata) order."""
+        with self._lock:
+            rank = {name: i for i, name in enumerate(order)}
+            return [
+                self._items[n] for n in sorted(self._items, key=lambda n: rank.get(n, len(rank)))
+            ]
+
+
+class DeploymentQueue:
+    """The deployments still to run, from the latest metadata, in list order."""
+
+    def __init__(self, log: DeploymentLog, reapply: Reapply) -> None:
+        self.log = log
+        self.reapply = reapply
+        self._lock = threading.Lock()
+        self._pending: list[Deployment] = []
+        self.order: list[str] = []  # deployment names in metadata order
+
+    def offer(self, deployments: list[Deployment], now: Callable[[], float] = time.time) -> None:
+        pending = []
+        for dep in deployments:
+            record = self.log.get(dep.id)
+            if record is None:
+                self.log.put(_record(dep, "pending", now()))
+                pending.append(dep)
+            elif record.get("state") in ("pending", "running"):
+                pending.append(dep)  # new, or interrupted by a crash: run (again)
+        with self._lock:
+            self._pending = pending
+            self.order = [d.name for d in deployments]
+        self.reapply.retain(self.order)
+
+    def next(self) -> Deployment | None:
+        with self._lock:
+            return self._pending[0] if self._pending else None
+
+    def done(self, dep: Deployment) -> None:
+        with self._lock:
+            self._pending = [d for d in self._pending if d.id != dep.id]
+
+
+def _record(dep: Deployment, state: str, when: float) -> dict[str, Any]:
+    return {
+        "id": dep.id,
+        "name": dep.name,
+        "group": dep.group,
+        "action": dep.action,
+        "state": state,
+        "created": when,
+        "transport": dep.target.transport,
+    }
+
+
+def public_env(inputs: Mapping[str, Any]) -> dict[str, str]:
+    """Inputs as environment variables (script hook): strings as they are,
+    anything else as JSON, never a Python repr."""
+    out = {}
+    for name, value in inputs.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            continue
+        out[name] = value if isinstance(value, str) else json.dumps(value)
+    return out
+
+
+class Signals(Protocol):
+    def put(self, dep_id: str, target: SignalTarget, body: dict[str, Any]) -> None: ...
+
+
+class DeploymentRunner:
+    """Runs one deployment through its applier, durably, and queues its signal."""
+
+    def __init__(
+        self,
+        state_dir: str,
+        queue: DeploymentQueue,
+        appliers: dict[str, Applier],
+        fallback: Applier,
+        signals: Signals,
+        after: Callable[[], None],
+    ) -> None:
+        self.outputs_dir = os.path.join(state_dir, "heat", "outputs")
+        self.queue = queue
+        self.log = queue.log
+        self.appliers = appliers
+        self.fallback = fallback
+        self.signals = signals
+        self.after = after
+
+    def run(self, dep: Deployment) -> bool:
+        record = self.log.get(dep.id) or _record(dep, "pending", time.time())
+        record.update(state="running", started=time.time(), runs=int(record.get("runs", 0)) + 1)
+        self.log.put(record)  # before the run: a crash now means "run it again"
+        os.makedirs(self.outputs_dir, mode=0o700, exist_ok=True)
+        outputs_path = os.path.join(self.outputs_dir, safe_id(dep.id))
+        for stale in _output_files(outputs_path, dep):
+            os.unlink(stale)  # a re-run must not report a previous run's outputs
+        if dep.invalid:
+            outcome = Outcome(1, "", f"mozagent: the deployment is malformed: {dep.invalid}", {})
+        else:
+            applier = self.appliers.get(dep.group, self.fallback)
+            try:
+                outcome = applier.run(dep, outputs_path)
+            except Exception as exc:  # an applier bug must still end in a signal
+                outcome = Outcome(1, "", f"mozagent: the {dep.group} applier crashed: {exc!r}", {})
+        failed_outputs = [n for n in dep.error_outputs if outcome.outputs.get(n)]
+        ok = outcome.status_code == 0 and not failed_outputs
+        if dep.target.transport != "NO_SIGNAL":
+            self.signals.put(dep.id, dep.target, outcome.body())
+        record.update(
+            state="done" if ok else "failed",
+            ended=time.time(),
+            status_code=outcome.status_code,
+            message=_summary(outcome, failed_outputs),
+        )
+        self.log.put(record)
+        self.queue.done(dep)
+        self._remember(dep, ok, outputs_path)
+        self.after()
+        return ok
+
+    def _remember(self, dep: Deployment, ok: bool, outputs_path: str) -> None:
+        if dep.group != "puppet":
+            return
+        if dep.action == "DELETE":
+            self.queue.reapply.drop({dep.name})
+        elif ok:
+            self.queue.reapply.keep(
+                dep.name,
+                {
+                    "name": dep.name,
+                    "id": dep.id,
+                    "outputs_path": outputs_path,
+                    "inputs": dep.inputs,
+                    "options": dep.options,
+                },
+            )
+
+
+def _output_files(prefix: str, dep: Deployment) -> list[str]:
+    return [f"{prefix}.{o['name']}" for o in dep.outputs if os.path.exists(f"{prefix}.{o['name']}")]
+
+
+def _summary(outcome: Outcome, failed_outputs: list[str]) -> str:
+    if failed_outputs:
+        return f"failed: error output(s) {', '.join(failed_outputs)} set"
+    if outcome.status_code == 0:
+        return "ok"
+    last = [line for line in outcome.stderr.strip().splitlines() if line.strip()][-1:]
+    return f"failed: status {outcome.status_code}" + (f": {last[0][:300]}" if last else "")

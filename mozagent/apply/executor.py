@@ -1,0 +1,303 @@
+"""The executor: the one worker that changes the host, one job at a time.
+
+Sources hand it work and nothing else: the ZooKeeper source offers snapshots
+of the rendered data, the daemon forwards run requests (SIGHUP, ``mozagent
+apply``). Runs of the configs are coalesced by the scheduler (``scheduler``)
+and always apply one snapshot, copied to ``<state_dir>/run/`` so that nothing
+changes under puppet while it reads. Because only this thread runs appliers,
+two jobs never race, and each result goes to its sink (status here).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from mozagent.apply.deployments import DeploymentQueue, DeploymentRunner
+from mozagent.apply.process import Ledger
+from mozagent.apply.puppet import ApplyItem, ApplyResult, PuppetPaths, run_puppet
+from mozagent.apply.scheduler import ApplyScheduler
+from mozagent.config import Config
+from mozagent.desired.deployments import Deployment
+from mozagent.desired.snapshot import RunLayout, Snapshot, run_files
+from mozagent.fileio import write_if_changed
+from mozagent.render.hiera import FactsInput, facts_env
+from mozagent.report.health import Worker
+from mozagent.report.status import StatusStore
+
+log = structlog.get_logger("mozagent")
+
+ConfigProvider = Callable[[], list[ApplyItem]]
+
+
+class Executor:
+    worker = "apply"
+
+    def __init__(
+        self,
+        cfg: Config,
+        status: StatusStore,
+        health: Worker,
+        stopping: threading.Event,
+        providers: list[ConfigProvider],
+        ledger: Ledger,
+        puppet_ref: str | None,
+        initial: Snapshot,
+    ) -> None:
+        self.cfg = cfg
+        self.status = status
+        self.health = health
+        self.stopping = stopping
+        self.providers = providers
+        self.ledger = ledger
+        self.puppet_ref = puppet_ref
+        a = cfg.apply
+        self.scheduler = ApplyScheduler(
+            a.min_wait, a.max_wait, a.interval, a.retry_initial, a.retry_max
+        )
+        self._cond = threading.Condition()
+        self._snapshot = initial
+        self.deployments: DeploymentQueue | None = None
+        self._runner: DeploymentRunner | None = None
+        self._waiting_requests: list[str] = []
+        self._next_apply: float | None = None
+
+    # --- what sources call ------------------------------------------------------
+
+    @property
+    def data_version(self) -> int:
+        with self._cond:
+            return self._snapshot.version
+
+    def offer(self, snapshot: Snapshot, first_read: bool = False) -> None:
+        """A new render. Runs only when its data differs from the last one offered;
+        the first complete read releases the hold on runs placed at start."""
+        with self._cond:
+            if not snapshot.same_data(self._snapshot):
+                self.scheduler.changed(time.monotonic())
+            self._snapshot = snapshot
+            if first_read:
+                self.scheduler.release()
+            self._cond.notify_all()
+
+    def attach_deployments(self, queue: DeploymentQueue, runner: DeploymentRunner) -> None:
+        """Heat deployments: jobs by id, run before the next config run."""
+        self.deployments = queue
+        self._runner = runner
+
+    def offer_deployments(self, deployments: list[Deployment]) -> None:
+        """The Heat source's latest deployment list; new ids become jobs."""
+        assert self.deployments is not None
+        self.deployments.offer(deployments)
+        with self._cond:
+            self._cond.notify_all()
+
+    def run_deployments(self) -> int:
+        """Run every pending deployment now, in list order (``daemon --once``)."""
+        count = 0
+        while self.deployments is not None and not self.stopping.is_set():
+            dep = self.deployments.next()
+            if dep is None:
+                break
+            self._run_deployment(dep)
+            count += 1
+        return count
+
+    def _run_deployment(self, dep: Deployment) -> None:
+        assert self._runner is not None
+        log.info(
+            "deployment_started",
+            deployment=dep.id,
+            name=dep.name,
+            group=dep.group,
+            action=dep.action,
+        )
+        self.status.update(
+            applying={
+                "started": time.time(),
+                "configs": [f"deployment {dep.name}"],
+                "data_version": self.data_version,
+            }
+        )
+        ok = self._runner.run(dep)
+        self.status.update(applying=None)
+        (log.info if ok else log.error)(
+            "deployment_finished", deployment=dep.id, name=dep.name, ok=ok
+        )
+
+    def request_run(self, request_ids: list[str] | None = None) -> None:
+        """SIGHUP, ``mozagent apply``, start: run the configs soon, data change or not."""
+        with self._cond:
+            self._waiting_requests.extend(request_ids or [])
+            self.scheduler.changed(time.monotonic())
+            self._cond.notify_all()
+
+    def hold(self, seconds: float) -> None:
+        """Keep runs back while the first read is under way, but not for ever: with
+        ZooKeeper down the host still converges on the last good data."""
+        with self._cond:
+            self.scheduler.hold(time.monotonic() + seconds)
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    # --- the worker --------------------------------------------------------------
+
+    def run(self) -> None:
+        """The scheduler runs on the monotonic clock: a clock step at boot must not
+        delay runs or cut one short."""
+        while not self.stopping.is_set():
+            self.health.beat()
+            try:
+                if self.step():
+                    self.health.recovered()
+            except Exception as exc:  # never let the executor die
+                log.exception("apply_loop_failed", error=repr(exc))
+                self.health.crashed(exc)
+                self.stopping.wait(1.0)
+
+    def step(self) -> bool:
+        """Wait for the next run, or run it; True when a run was completed."""
+        with self._cond:
+            now = time.monotonic()
+            dep = None
+            if self.deployments is not None and not self.scheduler.held(now):
+                dep = self.deployments.next()
+        if dep is not None:
+            self._run_deployment(dep)
+            return True
+        with self._cond:
+            now = time.monotonic()
+            due = self.scheduler.due(now)
+            if due != self._next_apply:
+                self._next_apply = due
+                wall = None if due is None else time.time() + max(due - now, 0.0)
+                self.status.update(next_apply=wall)
+            if due is None or due > now:
+                self._cond.wait(timeout=1.0 if due is None else min(due - now, 1.0))
+                return False
+            self.scheduler.started(now)
+        ok = False
+        try:
+            ok = self.apply()
+        except Exception as exc:
+            log.exception("apply_crashed", error=repr(exc))
+            self._record(time.time(), self.data_version, [], 0, f"crashed: {exc!r}")
+            raise
+        finally:
+            with self._cond:
+                self.scheduler.finished(time.monotonic(), ok)
+        return True
+
+    def _prepare_run(
+        self, snapshot: Snapshot, item: ApplyItem
+    ) -> tuple[PuppetPaths, dict[str, str]]:
+        """Copy the snapshot (and a Heat item's inputs) where this item's run,
+        and only it, reads them."""
+        layout = RunLayout(os.path.join(self.cfg.state_dir, "run"))
+        deployment = None
+        if item.source == "heat":
+            deployment = (item.hiera or {}, item.facts or {})
+        for path, content in run_files(
+            snapshot, layout, self.cfg.app, self.cfg.node, self.puppet_ref, deployment
+        ).items():
+            # Rewritten before every run: a power loss cannot make it stale.
+            write_if_changed(path, content, 0o600, durable=False)
+        paths = PuppetPaths(
+            layout.hiera_config, layout.facts_dir, os.path.join(self.cfg.state_dir, "puppet")
+        )
+        facts = FactsInput(self.cfg.app, self.cfg.node, snapshot.version, self.puppet_ref)
+        return paths, facts_env(facts)
+
+    def run_item(self, item: ApplyItem, snapshot: Snapshot | None = None) -> ApplyResult:
+        """One puppet run of one config on one snapshot (the current one by default)."""
+        if snapshot is None:
+            with self._cond:
+                snapshot = self._snapshot
+        log.info(
+            "apply_started",
+            config=item.name,
+            manifest=item.manifest,
+            data_version=snapshot.version,
+        )
+        paths, env = self._prepare_run(snapshot, item)
+        return run_puppet(
+            self.cfg.puppet,
+            dataclasses.replace(item, env={**env, **item.env}),
+            paths,
+            self.stopping,
+            on_line=lambda line: log.debug("puppet", line=line),
+            ledger=self.ledger,
+            progress=self.health.beat,
+        )
+
+    def apply(self) -> bool:
+        """Run every config once, in order, on one snapshot; record and return the result."""
+        items = [item for provider in self.providers for item in provider()]
+        started = time.time()
+        with self._cond:
+            snapshot = self._snapshot
+            requests, self._waiting_requests = self._waiting_requests, []
+        version = snapshot.version
+        self.status.update(
+            applying={
+                "started": started,
+                "configs": [i.name for i in items],
+                "data_version": version,
+            }
+        )
+        results: list[ApplyResult] = []
+        for item in items:
+            if self.stopping.is_set():
+                break
+            result = self.run_item(item, snapshot)
+            level = log.info if result.ok else log.error
+            level(
+                "apply_finished",
+                config=item.name,
+                ok=result.ok,
+                exit_code=result.exit_code,
+                message=result.message,
+                changed=result.changed,
+                failed=result.failed,
+                seconds=round(result.ended - result.started, 2),
+                **({} if result.ok else {"output": result.output_tail[-10:]}),
+            )
+            results.append(result)
+        aborted = len(results) < len(items) or any(r.message.startswith("aborted") for r in results)
+        message = "aborted: the agent stopped" if aborted else None
+        return self._record(started, version, results, len(items), message, requests)
+
+    def _record(
+        self,
+        started: float,
+        version: int,
+        results: list[ApplyResult],
+        planned: int,
+        message: str | None = None,
+        requests: list[str] | None = None,
+    ) -> bool:
+        ok = message is None and all(r.ok for r in results) and len(results) == planned
+        if message is None:
+            message = "nothing to apply" if not planned else ("ok" if ok else "failed")
+        record: dict[str, Any] = {
+            "started": started,
+            "ended": time.time(),
+            "ok": ok,
+            # A run cut short by a clean stop is not a failure of the host's config.
+            "aborted": message.startswith("aborted"),
+            "data_version": version,
+            "results": [r.as_dict() for r in results],
+            "message": message,
+        }
+        if requests:
+            record["requests"] = requests  # `mozagent apply` waits for its id here
+        self.status.update(applying=None, last_apply=record)
+        return ok

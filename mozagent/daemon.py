@@ -1,0 +1,275 @@
+"""The daemon: a thin supervisor that wires sources → render → executor → report.
+
+It owns the lifecycle and the threads, nothing else: the lock on the state dir,
+recovery from a predecessor killed mid-run, one thread per source and one for
+the executor, and the main thread, which handles signals, pets systemd's
+watchdog and the heartbeat while every worker makes progress, and refreshes
+what status shows of each source. No component reaches into another's state;
+they talk through the executor's ``offer``/``request_run`` and the status store.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+import structlog
+
+from mozagent import __version__
+from mozagent.apply.executor import Executor
+from mozagent.apply.process import Ledger, become_subreaper
+from mozagent.apply.puppet import manifest_items
+from mozagent.config import Config
+from mozagent.fileio import lock_holder, try_lock
+from mozagent.render.hieradata import HieraData
+from mozagent.report.health import HEARTBEAT_INTERVAL, Progress, Worker, touch_heartbeat
+from mozagent.report.sdnotify import notify, watchdog_interval
+from mozagent.report.status import StatusStore, exit_code, load_status, when
+from mozagent.sources.runrequests import RunRequests
+from mozagent.sources.zookeeper import ZooKeeperSource
+
+log = structlog.get_logger("mozagent")
+
+
+def read_puppet_ref(path: str | None) -> str | None:
+    """The puppet tree's ref baked into the image, shown in status and facts."""
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
+class Daemon:
+    def __init__(
+        self, cfg: Config, mode: str = "daemon", clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.cfg = cfg
+        self.mode = mode
+        self.stopping = threading.Event()
+        self.puppet_ref = read_puppet_ref(cfg.puppet.tree_ref_file)
+        previous = load_status(cfg.status_file) or {}
+        last_apply = previous.get("last_apply")
+        self.status = StatusStore(
+            cfg.status_file,
+            {
+                "app": cfg.app,
+                "node": cfg.node,
+                "puppet_ref": self.puppet_ref,
+                "config_file": cfg.source,
+                # A restart must not make a failed run look healthy until the next one.
+                "last_apply": last_apply if isinstance(last_apply, dict) else None,
+            },
+        )
+        self.progress = Progress(clock)
+        self.workers: set[str] = set()  # the threads whose progress health requires
+        self.ledger = Ledger(os.path.join(cfg.state_dir, "running.json"))
+        self.requests = RunRequests(cfg.state_dir)
+        self.hiera = HieraData(cfg, self.puppet_ref)
+        self._initial = self.hiera.initial_snapshot()
+        self.executor = Executor(
+            cfg,
+            self.status,
+            Worker("apply", self.progress, self.status),
+            self.stopping,
+            [lambda: manifest_items(cfg.puppet)],
+            self.ledger,
+            self.puppet_ref,
+            self._initial,
+        )
+        self.zookeeper: ZooKeeperSource | None = None
+        if cfg.zookeeper is not None and cfg.app is not None:
+            self.zookeeper = ZooKeeperSource(
+                cfg,
+                self.hiera,
+                self.executor.offer,
+                lambda: self.executor.data_version,
+                self.status,
+                Worker("sync", self.progress, self.status),
+                self.stopping,
+            )
+        self._threads: list[threading.Thread] = []
+        self._started = time.time()
+        self._lock_fd: int | None = None
+        self._run_requested = threading.Event()
+
+    # --- lock and lifecycle records ---------------------------------------------
+
+    @property
+    def lock_file(self) -> str:
+        return os.path.join(self.cfg.state_dir, "lock")
+
+    def acquire_lock(self, wait: bool) -> bool:
+        """One agent per state dir: two would run puppet concurrently and
+        overwrite each other's status. The daemon waits; ``--once`` gives up."""
+        announced = False
+        while True:
+            fd = try_lock(self.lock_file)
+            if fd is not None:
+                self._lock_fd = fd
+                return True
+            if not wait:
+                return False
+            if not announced:
+                log.warning(
+                    "waiting_for_lock", lock=self.lock_file, holder=lock_holder(self.lock_file)
+                )
+                announced = True
+            if self.stopping.wait(1.0):
+                return False
+
+    def _announce(self) -> None:
+        """Record who runs, so status can tell a live daemon from a dead one."""
+        self.status.update(
+            agent={
+                "version": __version__,
+                "pid": os.getpid(),
+                "started": self._started,
+                "mode": self.mode,
+                "stopped": None,
+            }
+        )
+
+    def _mark_stopped(self) -> None:
+        agent = self.status.snapshot()["agent"]
+        agent["stopped"] = time.time()
+        self.status.update(agent=agent, next_apply=None, applying=None)
+
+    def _recover_previous_run(self) -> None:
+        """A previous agent killed mid-run may have left puppet running: stop it
+        before this one starts a run of its own."""
+        become_subreaper()
+        what, killed = self.ledger.recover()
+        if what is not None:
+            log.warning("previous_run_interrupted", command=what, processes_killed=killed)
+
+    # --- threads -----------------------------------------------------------------
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        self.workers.add(name)
+        self.progress.beat(name)
+        thread = threading.Thread(target=target, name=f"mozagent-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def start(self) -> None:
+        self._recover_previous_run()
+        self._announce()
+        touch_heartbeat(self.cfg.state_dir)
+        self.hiera.publish(self._initial)
+        self.executor.request_run(self.requests.take())  # converge the host once at start
+        if self.zookeeper is not None:
+            assert self.cfg.zookeeper is not None
+            self.executor.hold(self.cfg.zookeeper.connect_timeout)
+            self.zookeeper.start()
+            self._spawn(self.zookeeper.worker, self.zookeeper.run)
+        self._spawn(self.executor.worker, self.executor.run)
+        log.info(
+            "started",
+            version=__version__,
+            app=self.cfg.app,
+            node=self.cfg.node,
+            zookeeper=self.cfg.zookeeper.hosts if self.cfg.zookeeper else None,
+            puppet_ref=self.puppet_ref,
+        )
+
+    def stop(self) -> None:
+        log.info("stopping")
+        self.stopping.set()
+        if self.zookeeper is not None:
+            self.zookeeper.wake()
+        self.executor.wake()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        if self.zookeeper is not None:
+            self.zookeeper.close()
+            self.status.update(
+                zookeeper={
+                    "state": "closed",
+                    "since": time.time(),
+                    "hosts": self.cfg.zookeeper.hosts if self.cfg.zookeeper else None,
+                }
+            )
+            self.status.set_errors("zookeeper", [])
+        self._mark_stopped()
+        log.info("stopped")
+
+    def healthy(self) -> bool:
+        """Every worker made progress recently: the condition for the watchdog
+        and the heartbeat alike. Stuck workers are named in status."""
+        stalled = {w: age for w, age in self.progress.stalled().items() if w in self.workers}
+        errors = [
+            {
+                "where": f"agent ({worker} worker)",
+                "message": f"no progress since {when(time.time() - age)}: the worker is stuck; "
+                "systemd's watchdog will restart the agent",
+            }
+            for worker, age in sorted(stalled.items())
+        ]
+        self.status.set_errors("agent.health", errors)
+        return not stalled
+
+    # --- modes -------------------------------------------------------------------
+
+    def run_daemon(self) -> int:
+        """Run until SIGTERM or SIGINT; SIGHUP asks for a run."""
+        signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+        # Handlers only set events: taking a lock in a handler can deadlock.
+        signal.signal(signal.SIGHUP, lambda *_: self._run_requested.set())
+        if not self.acquire_lock(wait=True):
+            return 0  # asked to stop while waiting for the lock
+        self.start()
+        notify(f"READY=1\nSTATUS=mozagent {__version__} running\nMAINPID={os.getpid()}")
+        ping = watchdog_interval()
+        tick = min(ping or 1.0, 1.0)
+        last_ping = last_beat = 0.0
+        while not self.stopping.wait(tick):
+            if self._run_requested.is_set():
+                self._run_requested.clear()
+                self.executor.request_run(self.requests.take())
+            if self.zookeeper is not None:
+                self.zookeeper.report()
+            now = time.monotonic()
+            due_ping = bool(ping) and now - last_ping >= (ping or 0)
+            if not (due_ping or now - last_beat >= HEARTBEAT_INTERVAL):
+                continue
+            # Pet the watchdog and the heartbeat only while every worker makes
+            # progress: a stuck agent must be restarted, and shown as stuck.
+            if self.healthy():
+                if due_ping:
+                    notify("WATCHDOG=1")
+                touch_heartbeat(self.cfg.state_dir)
+            last_beat = now
+            if due_ping:
+                last_ping = now
+        notify("STOPPING=1")
+        self.stop()
+        return 0
+
+    def run_once(self) -> int:
+        """One full cycle: read ZooKeeper, render, apply. Exit code as ``mozagent status``."""
+        signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
+        self._recover_previous_run()
+        self._announce()
+        ok = False
+        try:
+            self.hiera.publish(self._initial)
+            if self.zookeeper is not None:
+                self.zookeeper.read_once()
+            ok = self.executor.apply()
+        finally:
+            if self.zookeeper is not None:
+                self.zookeeper.close()
+                zk = self.status.snapshot()["zookeeper"]
+                if zk.get("state") == "connected":
+                    self.status.update(zookeeper={**zk, "state": "closed", "since": time.time()})
+            self._mark_stopped()
+        code = exit_code(self.status.snapshot())
+        log.info("once_finished", ok=ok, exit_code=code)
+        return code

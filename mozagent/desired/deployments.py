@@ -1,0 +1,259 @@
+"""Heat SoftwareDeployments: what the metadata asks for, validated, and kept apart
+from the credentials that come with it.
+
+Pure: metadata (already-parsed JSON) in, ``Deployment`` objects and problems
+out. Heat metadata is untrusted input like ZooKeeper data: anything malformed
+becomes a problem naming the entry, never an exception, and an entry that can
+still be signalled is kept so that Heat hears it FAILED instead of waiting for a
+timeout.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from mozagent.desired.layers import Problem
+
+# Inputs Heat adds that carry credentials or where to signal: they reach the
+# signal sender (through the 0600 state) and nothing else: no facts, no Hiera,
+# no script environment, no log, no status.
+SECRET_INPUTS = frozenset(
+    {
+        "deploy_signal_id",
+        "deploy_auth_url",
+        "deploy_username",
+        "deploy_user_id",
+        "deploy_password",
+        "deploy_project_id",
+        "deploy_region_name",
+        "deploy_queue_id",
+    }
+)
+TRANSPORTS = ("CFN_SIGNAL", "TEMP_URL_SIGNAL", "HEAT_SIGNAL", "ZAQAR_SIGNAL", "NO_SIGNAL")
+INPUT_TYPES = ("String", "Number", "CommaDelimitedList", "Json", "Boolean")
+MAX_DEPLOYMENTS = 1000
+
+
+@dataclass(frozen=True)
+class SignalTarget:
+    """Where and how to report one deployment. Holds credentials: never log it."""
+
+    transport: str
+    url: str | None = None
+    verb: str = "POST"
+    auth_url: str | None = None
+    username: str | None = None
+    user_id: str | None = None
+    password: str | None = None
+    project_id: str | None = None
+    region_name: str | None = None
+    queue_id: str | None = None
+    stack_id: str | None = None  # "name/id"
+    resource_name: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> SignalTarget:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in doc.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Deployment:
+    id: str
+    name: str
+    group: str
+    config: Any
+    action: str
+    inputs: dict[str, Any]  # public inputs, typed
+    outputs: tuple[dict[str, Any], ...]
+    options: dict[str, Any]
+    target: SignalTarget
+    creation_time: str | None = None
+    # Set when the entry is malformed but can still be signalled as FAILED.
+    invalid: str | None = None
+
+    def hook_input(self) -> dict[str, Any]:
+        """The JSON a heat-config hook reads on stdin, without the credentials."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "group": self.group,
+            "config": self.config,
+            "creation_time": self.creation_time,
+            "options": self.options,
+            "outputs": list(self.outputs),
+            "inputs": [{"name": k, "value": v} for k, v in self.inputs.items()],
+        }
+
+    @property
+    def error_outputs(self) -> list[str]:
+        return [o["name"] for o in self.outputs if o.get("error_output")]
+
+
+def typed_value(kind: str, value: Any) -> Any:
+    """A Heat input's value with its declared type, never a Python repr.
+
+    Heat sends typed JSON most of the time, but strings for some types in some
+    paths (a Number as "8", a list as "a,b"); both forms give the same value.
+    """
+    if kind == "Number" and isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return int(number) if number.is_integer() and "." not in value else number
+    if kind == "Boolean" and isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("true", "t", "yes", "y", "on", "1"):
+            return True
+        if lowered in ("false", "f", "no", "n", "off", "0", ""):
+            return False
+        return value
+    if kind == "CommaDelimitedList" and isinstance(value, str):
+        return [part.strip() for part in value.split(",")] if value else []
+    if kind == "Json" and isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _string(entry: dict[str, Any], key: str) -> str | None:
+    value = entry.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def _inputs(raw: Any, where: str) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """Public inputs (typed), Heat's own deploy_* inputs, and what was wrong."""
+    public: dict[str, Any] = {}
+    heat: dict[str, Any] = {}
+    wrong: list[str] = []
+    if raw is None:
+        return public, heat, wrong
+    if not isinstance(raw, list):
+        return public, heat, [f"{where}: inputs is not a list"]
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            wrong.append(f"{where}: input {i} has no name")
+            continue
+        name = item["name"]
+        kind = item.get("type", "String")
+        value = item.get("value", item.get("default"))
+        if name in SECRET_INPUTS or name in ("deploy_signal_verb", "deploy_signal_transport"):
+            heat[name] = value
+            continue
+        if kind not in INPUT_TYPES:
+            wrong.append(f"{where}: input {name!r} has unknown type {kind!r}")
+        public[name] = typed_value(kind, value)
+    return public, heat, wrong
+
+
+def parse_deployments(
+    metadata: Any, where: str = "metadata"
+) -> tuple[list[Deployment], list[Problem]]:
+    """Every deployment Heat asks for, in list order; each id once."""
+    problems: list[Problem] = []
+    if not isinstance(metadata, dict):
+        return [], [Problem(where, f"metadata is a {type(metadata).__name__}, not a mapping")]
+    raw = metadata.get("deployments")
+    if raw is None:
+        return [], []
+    if not isinstance(raw, list):
+        return [], [Problem(f"{where}.deployments", "is not a list")]
+    if len(raw) > MAX_DEPLOYMENTS:
+        problems.append(
+            Problem(
+                f"{where}.deployments",
+                f"{len(raw)} entries: only the first {MAX_DEPLOYMENTS} are used",
+            )
+        )
+        raw = raw[:MAX_DEPLOYMENTS]
+    out: list[Deployment] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(raw):
+        here = f"{where}.deployments[{i}]"
+        if not isinstance(entry, dict):
+            problems.append(Problem(here, f"is a {type(entry).__name__}, not a mapping"))
+            continue
+        dep_id = _string(entry, "id")
+        if dep_id is None:
+            problems.append(Problem(here, "has no id: it cannot be run or signalled"))
+            continue
+        here = f"{where}.deployments[{dep_id}]"
+        if dep_id in seen:
+            problems.append(Problem(here, "duplicate id: only its first entry is used"))
+            continue
+        seen.add(dep_id)
+        public, heat, wrong = _inputs(entry.get("inputs"), here)
+        target = _target(heat, public)
+        name = _string(entry, "name") or dep_id
+        group = _string(entry, "group")
+        if group is None:
+            wrong.append(f"{here}: has no group")
+        if "config" not in entry:
+            wrong.append(f"{here}: has no config")
+        outputs = entry.get("outputs") or []
+        if not isinstance(outputs, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
+        ):
+            wrong.append(f"{here}: outputs is not a list of named outputs")
+            outputs = []
+        options = entry.get("options") or {}
+        if not isinstance(options, dict):
+            wrong.append(f"{here}: options is not a mapping")
+            options = {}
+        if target.transport not in TRANSPORTS:
+            wrong.append(f"{here}: unknown signal transport {target.transport!r}")
+        action = public.get("deploy_action")
+        out.append(
+            Deployment(
+                id=dep_id,
+                name=name,
+                group=group or "",
+                config=entry.get("config"),
+                action=action if isinstance(action, str) else "CREATE",
+                inputs=public,
+                outputs=tuple(outputs),
+                options=options,
+                target=target,
+                creation_time=_string(entry, "creation_time"),
+                invalid="; ".join(wrong) or None,
+            )
+        )
+        for why in wrong:
+            problems.append(Problem(here, why.removeprefix(f"{here}: ")))
+    return out, problems
+
+
+def _target(heat: dict[str, Any], public: dict[str, Any]) -> SignalTarget:
+    def s(key: str) -> str | None:
+        value = heat.get(key)
+        return value if isinstance(value, str) and value else None
+
+    transport = heat.get("deploy_signal_transport") or public.get("deploy_signal_transport")
+    if not isinstance(transport, str) or not transport:
+        # Heat always says; without it a URL means CFN, nothing means no signal.
+        transport = "CFN_SIGNAL" if s("deploy_signal_id") else "NO_SIGNAL"
+    verb = s("deploy_signal_verb") or ("PUT" if transport == "TEMP_URL_SIGNAL" else "POST")
+    stack = public.get("deploy_stack_id")
+    resource = public.get("deploy_resource_name")
+    return SignalTarget(
+        transport=transport,
+        url=s("deploy_signal_id"),
+        verb=verb.upper(),
+        auth_url=s("deploy_auth_url"),
+        username=s("deploy_username"),
+        user_id=s("deploy_user_id"),
+        password=s("deploy_password"),
+        project_id=s("deploy_project_id"),
+        region_name=s("deploy_region_name"),
+        queue_id=s("deploy_queue_id"),
+        stack_id=stack if isinstance(stack, str) else None,
+        resource_name=resource if isinstance(resource, str) else None,
+    )

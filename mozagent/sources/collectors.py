@@ -1,0 +1,181 @@
+"""os-collect-config's collectors, used as a library, with its global settings
+confined to this module.
+
+os-collect-config keeps every setting in oslo.config's process-global ``CONF``;
+nothing else in mozagent touches it. Collector modules are imported lazily and
+one by one (a ZooKeeper-only host never loads oslo; a Heat host loads only the
+collectors its metadata names), because the whole package costs ~22 MiB here.
+Each collector keeps its own object between polls (the ``request`` collector
+remembers Last-Modified, so an unchanged metadata costs a HEAD).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import time
+from typing import Any
+
+KNOWN = ("heat_local", "local", "request", "heat", "cfn", "ec2", "zaqar")
+LOCAL = ("heat_local", "local")
+# A metadata document over this size is refused: Heat's own API stops at 1 MiB
+# per request body, and a deployment list this large is an attack or a bug.
+MAX_METADATA_BYTES = 16 * 1024 * 1024
+
+
+class NotConfigured(Exception):
+    """The collector has no settings (yet): not an error at bootstrap."""
+
+
+class Unavailable(Exception):
+    """The collector is configured but failed this time; str() says why."""
+
+
+class NotModified(Exception):
+    """The source answered that nothing changed (``request``: Last-Modified)."""
+
+
+def _request_impl() -> Any:
+    """The ``requests`` the request collector is built with (its own injection
+    point): records that a HEAD was answered, because the collector raises the
+    same exception for "not modified" as for a failure."""
+    import requests
+
+    class Session(requests.Session):
+        head_answered = 0.0
+
+        def head(self, *args: Any, **kwargs: Any) -> Any:
+            response = super().head(*args, **kwargs)
+            self.head_answered = time.monotonic()
+            return response
+
+    class Impl:
+        exceptions = requests.exceptions
+
+    Impl.Session = Session  # type: ignore[attr-defined]
+    return Impl
+
+
+def _heat_clients(timeout: float) -> dict[str, Any]:
+    """keystone and heat clients with a timeout on every request (the heat
+    collector's injection points): a hung API must not hang the source."""
+    from heatclient import client as heatclient
+    from keystoneclient.v3 import client as keystoneclient
+
+    class Keystone:
+        @staticmethod
+        def Client(*args: Any, **kwargs: Any) -> Any:
+            kwargs.setdefault("timeout", timeout)
+            return keystoneclient.Client(*args, **kwargs)
+
+    class Heat:
+        @staticmethod
+        def Client(*args: Any, **kwargs: Any) -> Any:
+            kwargs.setdefault("timeout", timeout)
+            return heatclient.Client(*args, **kwargs)
+
+    return {"keystoneclient": Keystone, "heatclient": Heat}
+
+
+class Collectors:
+    def __init__(self, state_dir: str, conf_file: str | None, timeout: float = 10.0) -> None:
+        self._state_dir = state_dir
+        self._timeout = timeout
+        self._conf_file = conf_file
+        self._cfg: Any = None
+        self._instances: dict[str, Any] = {}
+        self._settings: dict[str, dict[str, Any]] = {}
+
+    def _conf(self) -> Any:
+        """oslo's CONF, set up once: our cache dirs, then the operator's
+        /etc/os-collect-config.conf when present (its values win over defaults)."""
+        if self._cfg is not None:
+            return self._cfg
+        from oslo_config import cfg
+
+        conf = cfg.CONF
+        conf.register_opts(
+            [cfg.MultiStrOpt("deployment-key", default=["deployments"])]
+        )  # read by os-collect-config's merger
+        files = [self._conf_file] if self._conf_file and os.path.exists(self._conf_file) else []
+        conf(args=[], project="os-collect-config", default_config_files=files)
+        self._cfg = conf
+        self._register("keystone")
+        cache = os.path.join(self._state_dir, "heat", "keystone-cache")
+        conf.set_override("cache_dir", cache, group="keystone")
+        return conf
+
+    def _register(self, name: str) -> Any:
+        from oslo_config import cfg
+
+        module = importlib.import_module(f"os_collect_config.{name}")
+        conf = self._cfg
+        if name not in conf:
+            conf.register_group(cfg.OptGroup(name=name))
+        conf.register_opts(module.opts, group=name)
+        return module
+
+    def configure(self, name: str, settings: dict[str, Any]) -> list[str]:
+        """Apply one collector's settings (from the metadata's ``os-collect-config``
+        section, or mozagent's own config); returns what was refused, and why."""
+        if name not in KNOWN:
+            return [f"unknown collector {name!r}"]
+        if self._settings.get(name) == settings:
+            return []
+        conf = self._conf()
+        self._register(name)
+        group = getattr(conf, name)
+        refused = []
+        for key, value in settings.items():
+            opt = str(key).replace("-", "_")
+            if opt not in group:
+                refused.append(f"{name}.{key}: unknown setting")
+                continue
+            try:
+                conf.set_override(opt, value, group=name)
+            except (ValueError, TypeError) as exc:
+                refused.append(f"{name}.{key}: {exc}")
+        self._settings[name] = dict(settings)
+        self._instances.pop(name, None)  # new settings, new collector object
+        return refused
+
+    def collect(self, name: str) -> dict[str, Any]:
+        """One poll of one collector: its metadata document."""
+        if name not in KNOWN:
+            raise NotConfigured(f"unknown collector {name!r}")
+        self._conf()
+        collector = self._instances.get(name)
+        if collector is None:
+            module = self._register(name)
+            kwargs: dict[str, Any] = {}
+            if name == "request":
+                kwargs["requests_impl"] = _request_impl()
+                self._cfg.set_override("timeout", self._timeout, group="request")
+            elif name == "heat":
+                kwargs.update(_heat_clients(self._timeout))
+            collector = self._instances[name] = module.Collector(**kwargs)
+        from os_collect_config import exc
+
+        asked = time.monotonic()
+        try:
+            content = collector.collect()
+        except exc.SourceNotConfigured as err:
+            raise NotConfigured(f"{name}: not configured") from err
+        except exc.SourceNotAvailable as err:
+            session = getattr(collector, "_session", None)
+            if getattr(session, "head_answered", 0.0) >= asked and collector.last_modified:
+                raise NotModified(name) from err
+            raise Unavailable(f"{name}: unavailable ({type(err).__name__})") from err
+        except Exception as err:  # the library must not take the source down
+            raise Unavailable(f"{name}: {type(err).__name__}: {err}") from err
+        document = dict(content).get(name)
+        if not isinstance(document, dict):
+            raise Unavailable(f"{name}: metadata is a {type(document).__name__}, not a mapping")
+        try:
+            size = len(json.dumps(document))
+        except (TypeError, ValueError, RecursionError) as err:
+            raise Unavailable(f"{name}: metadata cannot be used ({err})") from err
+        if size > MAX_METADATA_BYTES:
+            raise Unavailable(f"{name}: metadata is {size} bytes, over the 16 MiB limit")
+        return document
