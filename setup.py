@@ -27,6 +27,9 @@ setup(
         "structlog>=23.1",
     ],
     extras_require={
+        # Heat SoftwareDeployments: os-collect-config's collectors (a library
+        # here, imported lazily), keystoneauth1 for HEAT_SIGNAL/ZAQAR_SIGNAL.
+        "heat": ["os-collect-config>=14.1", "keystoneauth1>=5.0", "requests>=2.28"],
         "test": ["pytest>=7.4", "pytest-timeout>=2.2", "ruff>=0.4", "hypothesis>=6.80"],
     },
     entry_points={"console_scripts": ["mozagent = mozagent.cli:main"]},

@@ -19,15 +19,33 @@ from collections.abc import Callable
 import structlog
 
 from mozagent import __version__
+from mozagent.apply.deployments import (
+    Applier,
+    DeploymentLog,
+    DeploymentQueue,
+    DeploymentRunner,
+    Reapply,
+    safe_id,
+)
 from mozagent.apply.executor import Executor
+from mozagent.apply.hook import HookApplier
 from mozagent.apply.process import Ledger, become_subreaper
-from mozagent.apply.puppet import manifest_items
-from mozagent.config import Config
+from mozagent.apply.puppet import (
+    ApplyItem,
+    PuppetDeploymentApplier,
+    deployment_item,
+    manifest_items,
+)
+from mozagent.apply.script import ScriptApplier
+from mozagent.config import Config, HeatConfig
 from mozagent.fileio import lock_holder, try_lock
 from mozagent.render.hieradata import HieraData
 from mozagent.report.health import HEARTBEAT_INTERVAL, Progress, Worker, touch_heartbeat
+from mozagent.report.heat import HeatReport
 from mozagent.report.sdnotify import notify, watchdog_interval
+from mozagent.report.signals import Outbox, Sender
 from mozagent.report.status import StatusStore, exit_code, load_status, when
+from mozagent.sources.heat import HeatSource
 from mozagent.sources.runrequests import RunRequests
 from mozagent.sources.zookeeper import ZooKeeperSource
 
@@ -82,6 +100,11 @@ class Daemon:
             self.puppet_ref,
             self._initial,
         )
+        self.heat: HeatSource | None = None
+        self.sender: Sender | None = None
+        self.heat_report: HeatReport | None = None
+        if cfg.heat is not None:
+            self._wire_heat(cfg, cfg.heat)
         self.zookeeper: ZooKeeperSource | None = None
         if cfg.zookeeper is not None and cfg.app is not None:
             self.zookeeper = ZooKeeperSource(
@@ -97,6 +120,57 @@ class Daemon:
         self._started = time.time()
         self._lock_fd: int | None = None
         self._run_requested = threading.Event()
+
+    def _wire_heat(self, cfg: Config, h: HeatConfig) -> None:
+        """Heat deployments: metadata source → executor jobs → appliers → outbox → sender."""
+        work = os.path.join(cfg.state_dir, "heat")
+        log_ = DeploymentLog(cfg.state_dir)
+        queue = DeploymentQueue(log_, Reapply(cfg.state_dir))
+        outbox = Outbox(cfg.state_dir)
+        report = self.heat_report = HeatReport(self.status, log_, outbox)
+        beat = self.executor.health.beat
+        puppet = PuppetDeploymentApplier(work, self.executor.run_item)
+        appliers: dict[str, Applier] = {
+            "puppet": puppet,
+            "script": ScriptApplier(work, h.timeout, self.stopping, self.ledger, beat),
+        }
+        hooks = HookApplier(h.hook_dirs, h.timeout, self.stopping, self.ledger, beat)
+        sender = self.sender = Sender(
+            outbox,
+            Worker("signals", self.progress, self.status),
+            self.stopping,
+            h.signal_retry_max,
+            h.request_timeout,
+            report.refresh,
+        )
+
+        def after() -> None:
+            report.refresh()
+            sender.wake()
+
+        runner = DeploymentRunner(cfg.state_dir, queue, appliers, hooks, outbox, after)
+        self.executor.attach_deployments(queue, runner)
+
+        def reapplied() -> list[ApplyItem]:
+            return [
+                deployment_item(
+                    i["name"],
+                    os.path.join(work, "configs", f"{safe_id(i['id'])}.pp"),
+                    i["outputs_path"],
+                    i.get("inputs") or {},
+                    i.get("options") or {},
+                )
+                for i in queue.reapply.items(queue.order)
+            ]
+
+        self.executor.providers.append(reapplied)
+        self.heat = HeatSource(
+            cfg,
+            self.executor.offer_deployments,
+            self.status,
+            Worker("heat", self.progress, self.status),
+            self.stopping,
+        )
 
     # --- lock and lifecycle records ---------------------------------------------
 
@@ -168,6 +242,11 @@ class Daemon:
             self.executor.hold(self.cfg.zookeeper.connect_timeout)
             self.zookeeper.start()
             self._spawn(self.zookeeper.worker, self.zookeeper.run)
+        if self.heat is not None and self.sender is not None:
+            assert self.heat_report is not None
+            self.heat_report.refresh()
+            self._spawn(self.heat.worker, self.heat.run)
+            self._spawn(self.sender.worker, self.sender.run)
         self._spawn(self.executor.worker, self.executor.run)
         log.info(
             "started",
@@ -175,14 +254,16 @@ class Daemon:
             app=self.cfg.app,
             node=self.cfg.node,
             zookeeper=self.cfg.zookeeper.hosts if self.cfg.zookeeper else None,
+            heat=self.heat is not None,
             puppet_ref=self.puppet_ref,
         )
 
     def stop(self) -> None:
         log.info("stopping")
         self.stopping.set()
-        if self.zookeeper is not None:
-            self.zookeeper.wake()
+        for component in (self.zookeeper, self.heat, self.sender):
+            if component is not None:
+                component.wake()
         self.executor.wake()
         for thread in self._threads:
             thread.join(timeout=30)
@@ -262,7 +343,12 @@ class Daemon:
             self.hiera.publish(self._initial)
             if self.zookeeper is not None:
                 self.zookeeper.read_once()
+            if self.heat is not None:
+                self.heat.poll()
+                self.executor.run_deployments()
             ok = self.executor.apply()
+            if self.sender is not None:
+                self.sender.run_once()
         finally:
             if self.zookeeper is not None:
                 self.zookeeper.close()

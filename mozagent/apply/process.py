@@ -202,7 +202,12 @@ class _Tail:
             self.trimmed = True
 
     def text(self) -> str:
-        return "".join(self.parts)
+        body = "".join(self.parts)
+        if self.trimmed:
+            return (
+                f"[mozagent: output trimmed: only its last {self.limit} characters kept]\n" + body
+            )
+        return body
 
 
 def run_program(

@@ -271,21 +271,25 @@ class Sender:
             log.info("signal_sent", deployment=dep_id, transport=target.transport, status=code)
         self.on_change()
 
+    def run_once(self) -> None:
+        """Deliver every signal that is due, oldest first."""
+        now = time.time()
+        due = [
+            e
+            for e in self.outbox.entries()
+            if e.get("state") == "pending" and float(e.get("next_try") or 0) <= now
+        ]
+        for entry in sorted(due, key=lambda e: e.get("created") or 0):
+            if self.stopping.is_set():
+                break
+            self.health.beat()
+            self.deliver(entry)
+
     def run(self) -> None:
         while not self.stopping.is_set():
             self.health.beat()
             try:
-                now = time.time()
-                due = [
-                    e
-                    for e in self.outbox.entries()
-                    if e.get("state") == "pending" and float(e.get("next_try") or 0) <= now
-                ]
-                for entry in sorted(due, key=lambda e: e.get("created") or 0):
-                    if self.stopping.is_set():
-                        break
-                    self.health.beat()
-                    self.deliver(entry)
+                self.run_once()
                 self.health.recovered()
             except Exception as exc:  # a bad file or a library bug must not stop signals
                 log.exception("signal_loop_failed", error=repr(exc))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import locale
 import os
 import time
 from typing import Any
@@ -38,17 +39,23 @@ class NotModified(Exception):
 
 def _request_impl() -> Any:
     """The ``requests`` the request collector is built with (its own injection
-    point): records that a HEAD was answered, because the collector raises the
-    same exception for "not modified" as for a failure."""
+    point): records that a HEAD was answered and whether a GET followed,
+    because the collector raises the same exception for "not modified" as for
+    a failure or a document that is not JSON."""
     import requests
 
     class Session(requests.Session):
         head_answered = 0.0
+        get_called = 0.0
 
         def head(self, *args: Any, **kwargs: Any) -> Any:
             response = super().head(*args, **kwargs)
             self.head_answered = time.monotonic()
             return response
+
+        def get(self, *args: Any, **kwargs: Any) -> Any:
+            self.get_called = time.monotonic()
+            return super().get(*args, **kwargs)
 
     class Impl:
         exceptions = requests.exceptions
@@ -78,6 +85,19 @@ def _heat_clients(timeout: float) -> dict[str, Any]:
     return {"keystoneclient": Keystone, "heatclient": Heat}
 
 
+def _in_c_locale(collect: Any) -> Any:
+    """The local collector sorts under the C locale and then restores what
+    ``locale.getlocale()`` reported, which on Python 3.11 under C.UTF-8 is
+    en_US.UTF-8, often not installed ("unsupported locale setting"). Entering
+    it from plain C makes that restore a no-op; ours puts the real one back."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        locale.setlocale(locale.LC_ALL, "C")
+        return collect()
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
 class Collectors:
     def __init__(self, state_dir: str, conf_file: str | None, timeout: float = 10.0) -> None:
         self._state_dir = state_dir
@@ -95,9 +115,11 @@ class Collectors:
         from oslo_config import cfg
 
         conf = cfg.CONF
-        conf.register_opts(
-            [cfg.MultiStrOpt("deployment-key", default=["deployments"])]
-        )  # read by os-collect-config's merger
+        # Read by os-collect-config's merger, which "explodes" ungrouped
+        # deployments into keys of their own (for os-apply-config) and raises
+        # KeyError on an entry without a config. We read the deployments list
+        # ourselves, validated, so nothing is exploded.
+        conf.register_opts([cfg.MultiStrOpt("deployment-key", default=[])])
         files = [self._conf_file] if self._conf_file and os.path.exists(self._conf_file) else []
         conf(args=[], project="os-collect-config", default_config_files=files)
         self._cfg = conf
@@ -159,17 +181,27 @@ class Collectors:
 
         asked = time.monotonic()
         try:
-            content = collector.collect()
+            content = _in_c_locale(collector.collect) if name == "local" else collector.collect()
         except exc.SourceNotConfigured as err:
             raise NotConfigured(f"{name}: not configured") from err
         except exc.SourceNotAvailable as err:
             session = getattr(collector, "_session", None)
-            if getattr(session, "head_answered", 0.0) >= asked and collector.last_modified:
+            answered = getattr(session, "head_answered", 0.0) >= asked
+            fetched = getattr(session, "get_called", 0.0) >= asked
+            if answered and not fetched and collector.last_modified:
                 raise NotModified(name) from err
             raise Unavailable(f"{name}: unavailable ({type(err).__name__})") from err
         except Exception as err:  # the library must not take the source down
             raise Unavailable(f"{name}: {type(err).__name__}: {err}") from err
-        document = dict(content).get(name)
+        if name == "local":
+            # One (file name, document) pair per file, in C-locale order: the
+            # later file wins, as os-apply-config merges them.
+            document: Any = {}
+            for _, doc in content:
+                if isinstance(doc, dict):
+                    document.update(doc)
+        else:
+            document = dict(content).get(name)
         if not isinstance(document, dict):
             raise Unavailable(f"{name}: metadata is a {type(document).__name__}, not a mapping")
         try:

@@ -126,6 +126,10 @@ class HeatSource:
             state.update(error=None, configured=False)
             return None, False
         except Unavailable as exc:
+            if name in LOCAL:
+                # No local metadata is what a server not booted by Heat has.
+                state.update(error=None, configured=False)
+                return self._cached(name), False
             cached = self._cached(name)
             first = state.get("error") is None
             state.update(error=str(exc), failed_since=state.get("failed_since") or time.time())

@@ -1,0 +1,128 @@
+"""A local server that follows Heat's instance-facing contract, for fast tests.
+
+It plays what a POLL_TEMP_URL / CFN_SIGNAL / TEMP_URL_SIGNAL server sees from
+an instance: the metadata document at ``/metadata`` (HEAD and GET, with
+Last-Modified, as Swift serves a TempURL), signals as ``PUT /tempurl/<id>`` and
+``POST /cfn/<id>`` (recorded, in order). It can fail its first N signal
+requests, to prove retries. Listens on 127.0.0.1 only; stop it with ``stop()``.
+The real Heat is exercised by the real-Heat tests; this is the contract only.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class HeatStub:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.metadata: Any = {}
+        self.raw: bytes | None = None  # serve these bytes instead of the JSON
+        self._modified = int(time.time()) - 10
+        self.signals: list[tuple[str, str, Any]] = []  # (verb, deployment id, body)
+        self.fail_signals = 0  # answer 503 to this many signal requests first
+        self.failed = 0
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _metadata(self, body: bool) -> None:
+                with stub._lock:
+                    data = stub.raw if stub.raw is not None else json.dumps(stub.metadata).encode()
+                    modified = stub._modified
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Last-Modified", formatdate(modified, usegmt=True))
+                self.end_headers()
+                if body:
+                    self.wfile.write(data)
+
+            def do_HEAD(self) -> None:
+                self._metadata(False)
+
+            def do_GET(self) -> None:
+                self._metadata(True)
+
+            def _signal(self, verb: str) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                data = self.rfile.read(length)
+                with stub._lock:
+                    if stub.failed < stub.fail_signals:
+                        stub.failed += 1
+                        code = 503
+                    else:
+                        code = 200
+                        try:
+                            body: Any = json.loads(data)
+                        except ValueError:
+                            body = data.decode(errors="replace")
+                        ident = self.path.split("?")[0].rsplit("/", 1)[-1]
+                        stub.signals.append((verb, ident, body))
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_PUT(self) -> None:
+                self._signal("PUT")
+
+            def do_POST(self) -> None:
+                self._signal("POST")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> HeatStub:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def set_metadata(self, doc: Any) -> None:
+        """Replace the document; Last-Modified moves on by at least a second, as a
+        new object in Swift would."""
+        with self._lock:
+            self.metadata = doc
+            self.raw = None
+            self._modified = max(self._modified + 1, int(time.time()))
+
+    def set_raw(self, data: bytes) -> None:
+        with self._lock:
+            self.raw = data
+            self._modified = max(self._modified + 1, int(time.time()))
+
+    def signals_for(self, dep_id: str) -> list[Any]:
+        with self._lock:
+            return [body for _, ident, body in self.signals if ident == dep_id]
+
+
+def inputs(transport: str, url: str, dep_id: str, action: str = "CREATE", **extra: Any) -> list:
+    """The inputs Heat adds to a deployment, for a URL transport."""
+    verb = "PUT" if transport == "TEMP_URL_SIGNAL" else "POST"
+    path = "tempurl" if transport == "TEMP_URL_SIGNAL" else "cfn"
+    items = [
+        {"name": "deploy_server_id", "value": "server-1"},
+        {"name": "deploy_action", "value": action},
+        {"name": "deploy_stack_id", "value": "stack/abc"},
+        {"name": "deploy_resource_name", "value": f"res-{dep_id}"},
+        {"name": "deploy_signal_transport", "value": transport},
+        {"name": "deploy_signal_id", "value": f"{url}/{path}/{dep_id}?signature=s3cr3t-{dep_id}"},
+        {"name": "deploy_signal_verb", "value": verb},
+    ]
+    for name, (kind, value) in extra.items():
+        items.append({"name": name, "type": kind, "value": value})
+    return items
