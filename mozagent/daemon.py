@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -45,9 +46,11 @@ from mozagent.report.heat import HeatReport
 from mozagent.report.sdnotify import notify, watchdog_interval
 from mozagent.report.signals import Outbox, Sender
 from mozagent.report.status import StatusStore, exit_code, load_status, when
-from mozagent.sources.heat import HeatSource
 from mozagent.sources.runrequests import RunRequests
-from mozagent.sources.zookeeper import ZooKeeperSource
+
+if TYPE_CHECKING:
+    from mozagent.sources.heat import HeatSource
+    from mozagent.sources.zookeeper import ZooKeeperSource
 
 log = structlog.get_logger("mozagent")
 
@@ -107,6 +110,9 @@ class Daemon:
             self._wire_heat(cfg, cfg.heat)
         self.zookeeper: ZooKeeperSource | None = None
         if cfg.zookeeper is not None and cfg.app is not None:
+            # Imported here: a host without ZooKeeper never loads kazoo.
+            from mozagent.sources.zookeeper import ZooKeeperSource
+
             self.zookeeper = ZooKeeperSource(
                 cfg,
                 self.hiera,
@@ -123,6 +129,8 @@ class Daemon:
 
     def _wire_heat(self, cfg: Config, h: HeatConfig) -> None:
         """Heat deployments: metadata source → executor jobs → appliers → outbox → sender."""
+        from mozagent.sources.heat import HeatSource
+
         work = os.path.join(cfg.state_dir, "heat")
         log_ = DeploymentLog(cfg.state_dir)
         queue = DeploymentQueue(log_, Reapply(cfg.state_dir))

@@ -27,6 +27,8 @@ class HeatStub:
         self.signals: list[tuple[str, str, Any]] = []  # (verb, deployment id, body)
         self.fail_signals = 0  # answer 503 to this many signal requests first
         self.failed = 0
+        self.delay_signals = 0.0  # seconds to sit on a signal before answering
+        self.received = 0  # signal requests seen, answered or not
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -54,6 +56,11 @@ class HeatStub:
             def _signal(self, verb: str) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 data = self.rfile.read(length)
+                with stub._lock:
+                    stub.received += 1
+                    delay = stub.delay_signals
+                if delay:
+                    time.sleep(delay)
                 with stub._lock:
                     if stub.failed < stub.fail_signals:
                         stub.failed += 1

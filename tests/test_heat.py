@@ -321,3 +321,60 @@ def test_heat_puppet_config_is_reapplied_when_data_changes(
         assert len(stub.signals) == 1  # no new signal
     finally:
         box.stop_daemons()
+
+
+def test_kill_at_every_step_still_signals_each_deployment_as_its_run_ended(
+    heat: HeatBox,
+) -> None:
+    box, stub = heat.box, heat.stub
+    marker = box.root / "slow-runs"
+    slow = f"#!/bin/sh\necho run >> {marker}\nsleep 3\necho slow-done\n"
+    stub.set_metadata(
+        {
+            "deployments": [
+                heat.deployment("k-slow", "script", slow),
+                heat.deployment("k-quick", "script", "#!/bin/sh\necho quick\nexit 4\n"),
+                heat.deployment("k-send", "script", "#!/bin/sh\necho sent-late\n"),
+            ]
+        }
+    )
+    # During a run (and so before the next one's): kill -9, restart.
+    first = box.start_daemon()
+    wait_for(lambda: text_of(marker), timeout=60, what="the slow run to start")
+    first.kill()
+    first.wait(timeout=10)
+    assert stub.signals == []
+    # After the runs, before the signals reach Heat: the server refuses them.
+    stub.fail_signals = 10_000
+    second = box.start_daemon()
+    wait_for(lambda: stub.failed >= 3, timeout=90, what="signals tried and refused")
+    second.kill()
+    second.wait(timeout=10)
+    assert text_of(marker).count("run") == 2  # the interrupted run ran again
+    # During a send: the server sits on the request while the agent dies.
+    stub.fail_signals = 0
+    stub.delay_signals = 2.0
+    third = box.start_daemon()
+    wait_for(lambda: stub.received > stub.failed, timeout=60, what="a send under way")
+    third.kill()
+    third.wait(timeout=10)
+    stub.delay_signals = 0.0
+    box.start_daemon()
+    wait_for(
+        lambda: all(stub.signals_for(d) for d in ("k-slow", "k-quick", "k-send")),
+        timeout=90,
+        what="every deployment signalled",
+    )
+    assert text_of(marker).count("run") == 2  # never a third time
+    for dep_id, code in (("k-slow", 0), ("k-quick", 4), ("k-send", 0)):
+        bodies = stub.signals_for(dep_id)
+        # At most the one cut short by the kill is repeated; Heat ignores repeats.
+        assert len(bodies) <= 2 and all(b == bodies[0] for b in bodies), bodies
+        assert bodies[0]["deploy_status_code"] == code
+    assert "slow-done" in stub.signals_for("k-slow")[0]["deploy_stdout"]
+    wait_for(
+        lambda: all(
+            d["signal"]["state"] == "sent" for d in (box.status_doc() or {}).get("deployments", [])
+        ),
+        what="all sent in status",
+    )

@@ -123,16 +123,18 @@ class Collectors:
         files = [self._conf_file] if self._conf_file and os.path.exists(self._conf_file) else []
         conf(args=[], project="os-collect-config", default_config_files=files)
         self._cfg = conf
-        self._register("keystone")
-        cache = os.path.join(self._state_dir, "heat", "keystone-cache")
-        conf.set_override("cache_dir", cache, group="keystone")
         return conf
 
     def _register(self, name: str) -> Any:
         from oslo_config import cfg
 
-        module = importlib.import_module(f"os_collect_config.{name}")
         conf = self._cfg
+        if name in ("heat", "zaqar") and "keystone" not in conf:
+            # Their token cache (keystoneclient) lives under our state dir.
+            self._register("keystone")
+            cache = os.path.join(self._state_dir, "heat", "keystone-cache")
+            conf.set_override("cache_dir", cache, group="keystone")
+        module = importlib.import_module(f"os_collect_config.{name}")
         if name not in conf:
             conf.register_group(cfg.OptGroup(name=name))
         conf.register_opts(module.opts, group=name)
