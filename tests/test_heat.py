@@ -17,7 +17,7 @@ import pytest
 
 from mozagent.testing import text_of
 from tests.conftest import Sandbox, wait_for
-from tests.heatstub import HeatStub, inputs
+from mozagent.heatstub import HeatStub, inputs
 
 PUPPET_CONFIG = """\
 file {{ '{out}':

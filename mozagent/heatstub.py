@@ -1,4 +1,5 @@
-"""A local server that follows Heat's instance-facing contract, for fast tests.
+"""A local server that follows Heat's instance-facing contract, for fast tests,
+the Heat bench and demos (kept in the package, like ``mozagent.testing``).
 
 It plays what a POLL_TEMP_URL / CFN_SIGNAL / TEMP_URL_SIGNAL server sees from
 an instance: the metadata document at ``/metadata`` (HEAD and GET, with
