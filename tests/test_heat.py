@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
+from mozagent.heatstub import HeatStub, inputs
 from mozagent.testing import text_of
 from tests.conftest import Sandbox, wait_for
-from mozagent.heatstub import HeatStub, inputs
 
 PUPPET_CONFIG = """\
 file {{ '{out}':
