@@ -378,3 +378,20 @@ def test_kill_at_every_step_still_signals_each_deployment_as_its_run_ended(
         ),
         what="all sent in status",
     )
+
+
+def test_etc_os_collect_config_conf_is_honoured(heat: HeatBox) -> None:
+    """A host set up for the old chain keeps working: its os-collect-config.conf
+    names the collector and its settings, with no os-collect-config section in
+    the local metadata."""
+    box, stub = heat.box, heat.stub
+    heat.local.write_text("{}")
+    conf = box.root / "os-collect-config.conf"
+    conf.write_text(
+        f"[DEFAULT]\ncollectors = request\n\n[request]\nmetadata_url = {stub.url}/metadata\n"
+    )
+    heat.heat_settings["os_collect_config_conf"] = str(conf)
+    heat.write()
+    stub.set_metadata({"deployments": [heat.deployment("conf-1", "script", "#!/bin/sh\n")]})
+    box.start_daemon()
+    wait_for(lambda: stub.signals_for("conf-1"), timeout=60, what="signal via the conf file")

@@ -119,7 +119,13 @@ class Collectors:
         # deployments into keys of their own (for os-apply-config) and raises
         # KeyError on an entry without a config. We read the deployments list
         # ourselves, validated, so nothing is exploded.
-        conf.register_opts([cfg.MultiStrOpt("deployment-key", default=[])])
+        conf.register_opts(
+            [
+                cfg.MultiStrOpt("deployment-key", default=[]),
+                # What /etc/os-collect-config.conf says to poll, when it says.
+                cfg.MultiStrOpt("collectors", default=[]),
+            ]
+        )
         files = [self._conf_file] if self._conf_file and os.path.exists(self._conf_file) else []
         conf(args=[], project="os-collect-config", default_config_files=files)
         self._cfg = conf
@@ -139,6 +145,10 @@ class Collectors:
             conf.register_group(cfg.OptGroup(name=name))
         conf.register_opts(module.opts, group=name)
         return module
+
+    def from_conf_file(self) -> list[str]:
+        """The collectors named in /etc/os-collect-config.conf, if any."""
+        return [c for c in self._conf().collectors if c in KNOWN]
 
     def configure(self, name: str, settings: dict[str, Any]) -> list[str]:
         """Apply one collector's settings (from the metadata's ``os-collect-config``

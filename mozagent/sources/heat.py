@@ -160,9 +160,12 @@ class HeatSource:
                             "message": "os-collect-config is not a mapping",
                         }
                     )
-        remote = list(self.h.collectors) or [
-            c for c in section.get("collectors") or [] if isinstance(c, str) and c not in LOCAL
+        # Which remote collectors: mozagent's config, else what the local
+        # metadata says, else /etc/os-collect-config.conf.
+        named = list(self.h.collectors) or [
+            c for c in section.get("collectors") or [] if isinstance(c, str)
         ]
+        remote = [c for c in named or self.collectors.from_conf_file() if c not in LOCAL]
         for name in remote:
             settings = section.get(name)
             if isinstance(settings, dict):
