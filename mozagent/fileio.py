@@ -78,6 +78,30 @@ def read_json(path: str) -> Any:
     return json.loads(data)
 
 
+def read_json_object(path: str) -> dict[str, Any] | None:
+    """A JSON object from a state file; None when absent, unreadable or not an object."""
+    try:
+        doc = read_json(path)
+    except (ValueError, OSError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def read_json_dir(directory: str, required: str = "id") -> list[dict[str, Any]]:
+    """Every ``*.json`` object in a directory that has ``required``, by file name."""
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        if name.endswith(".json"):
+            doc = read_json_object(os.path.join(directory, name))
+            if doc is not None and required in doc:
+                out.append(doc)
+    return out
+
+
 def try_lock(path: str) -> int | None:
     """Take an exclusive flock on ``path`` (created if missing) and write our pid in it.
 

@@ -27,21 +27,11 @@ from mozagent.report.status import StatusStore
 from mozagent.testing import ZooKeeperServer, text_of
 from tests.conftest import Sandbox, wait_for
 from tests.poison import POISON
-
-
-def app_path(box: Sandbox, key: str = "") -> str:
-    return f"{box.zk_root}/apps/shop/data" + (f"/{key}" if key else "")
+from tests.test_agent import app_path, put
 
 
 def node_path(box: Sandbox, key: str = "") -> str:
     return f"{box.zk_root}/apps/shop/nodes/web1/data" + (f"/{key}" if key else "")
-
-
-def put(zk: KazooClient, path: str, value: bytes) -> None:
-    if zk.exists(path):
-        zk.set(path, value)
-    else:
-        zk.create(path, value, makepath=True)
 
 
 def idle(box: Sandbox) -> bool:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mozagent.desired.deployments import Deployment, SignalTarget
-from mozagent.fileio import read_json, write_json
+from mozagent.fileio import read_json_dir, read_json_object, write_json
 
 # Heat's API refuses bodies over 1 MiB (max_json_body_size); keep margin.
 MAX_SIGNAL_BYTES = 1_000_000
@@ -114,31 +114,14 @@ class DeploymentLog:
         return os.path.join(self.dir, f"{safe_id(dep_id)}.json")
 
     def get(self, dep_id: str) -> dict[str, Any] | None:
-        try:
-            doc = read_json(self._path(dep_id))
-        except (ValueError, OSError):
-            return None
-        return doc if isinstance(doc, dict) else None
+        return read_json_object(self._path(dep_id))
 
     def put(self, record: dict[str, Any]) -> None:
         with self._lock:
             write_json(self._path(record["id"]), record, 0o600, durable=True)
 
     def records(self) -> list[dict[str, Any]]:
-        try:
-            names = sorted(os.listdir(self.dir))
-        except FileNotFoundError:
-            return []
-        out = []
-        for name in names:
-            if name.endswith(".json"):
-                try:
-                    doc = read_json(os.path.join(self.dir, name))
-                except (ValueError, OSError):
-                    continue
-                if isinstance(doc, dict) and "id" in doc:
-                    out.append(doc)
-        return out
+        return read_json_dir(self.dir)
 
 
 class Reapply:
@@ -147,11 +130,7 @@ class Reapply:
     def __init__(self, state_dir: str) -> None:
         self.path = os.path.join(state_dir, "heat", "reapply.json")
         self._lock = threading.Lock()
-        try:
-            doc = read_json(self.path)
-        except (ValueError, OSError):
-            doc = None
-        self._items: dict[str, dict[str, Any]] = doc if isinstance(doc, dict) else {}
+        self._items: dict[str, dict[str, Any]] = read_json_object(self.path) or {}
 
     def _save(self) -> None:
         write_json(self.path, self._items, 0o600, durable=True)

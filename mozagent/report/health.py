@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class StatusSink(Protocol):
@@ -118,6 +118,22 @@ class Worker:
 
     def recovered(self) -> None:
         self.status.set_errors(f"agent.{self.name}", [])
+
+    def guarded(self, step: Callable[[], Any]) -> tuple[bool, Any]:
+        """One step of a worker's loop: a beat, then the step; an exception (a
+        bug, a full disk, a library's surprise) is logged and reported, never
+        allowed to end the worker. Returns (it succeeded, what it returned)."""
+        self.beat()
+        try:
+            result = step()
+        except Exception as exc:
+            import structlog  # here, so that `mozagent status` needs no logging stack
+
+            structlog.get_logger("mozagent").exception(f"{self.name}_failed", error=repr(exc))
+            self.crashed(exc)
+            return False, None
+        self.recovered()
+        return True, result
 
 
 def _utc(ts: float) -> str:

@@ -29,7 +29,7 @@ from tenacity import (
 
 from mozagent.apply.deployments import safe_id
 from mozagent.desired.deployments import SignalTarget
-from mozagent.fileio import read_json, write_json
+from mozagent.fileio import read_json_dir, read_json_object, write_json
 from mozagent.report.health import Worker
 
 log = structlog.get_logger("mozagent")
@@ -144,11 +144,8 @@ class Outbox:
         return os.path.join(self.dir, f"{safe_id(dep_id)}.json")
 
     def _read(self, path: str) -> dict[str, Any] | None:
-        try:
-            doc = read_json(path)
-        except (ValueError, OSError):
-            return None
-        return doc if isinstance(doc, dict) and "id" in doc else None
+        doc = read_json_object(path)
+        return doc if doc is not None and "id" in doc else None
 
     def put(self, dep_id: str, target: SignalTarget, body: dict[str, Any]) -> None:
         """Durable before anything is sent: a crash after this still signals."""
@@ -177,17 +174,7 @@ class Outbox:
             write_json(self._path(dep_id), entry, 0o600, durable=True)
 
     def entries(self) -> list[dict[str, Any]]:
-        try:
-            names = sorted(os.listdir(self.dir))
-        except FileNotFoundError:
-            return []
-        out = []
-        for name in names:
-            if name.endswith(".json"):
-                entry = self._read(os.path.join(self.dir, name))
-                if entry is not None:
-                    out.append(entry)
-        return out
+        return read_json_dir(self.dir)
 
     def states(self) -> dict[str, dict[str, Any]]:
         """What status shows of each signal: no target, no body."""
@@ -287,12 +274,6 @@ class Sender:
 
     def run(self) -> None:
         while not self.stopping.is_set():
-            self.health.beat()
-            try:
-                self.run_once()
-                self.health.recovered()
-            except Exception as exc:  # a bad file or a library bug must not stop signals
-                log.exception("signal_loop_failed", error=repr(exc))
-                self.health.crashed(exc)
+            self.health.guarded(self.run_once)
             self._wake.wait(1.0)
             self._wake.clear()

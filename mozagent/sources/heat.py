@@ -225,15 +225,8 @@ class HeatSource:
 
     def run(self) -> None:
         while not self.stopping.is_set():
-            self.health.beat()
-            changed = failed = False
-            try:
-                changed, failed = self.poll()
-                self.health.recovered()
-            except Exception as exc:  # bad metadata or a library bug must not kill it
-                log.exception("heat_poll_failed", error=repr(exc))
-                self.health.crashed(exc)
-                failed = True
+            ok, result = self.health.guarded(self.poll)
+            changed, failed = result if ok else (False, True)
             delay = self.timer.next_delay(changed, failed)
             self._wake.wait(delay)
             self._wake.clear()

@@ -189,12 +189,8 @@ class ZooKeeperSource:
                 break
             if resync and self.reader.synced and time.monotonic() - self.reader.last_full > resync:
                 self.reader.request_full()
-            try:
-                self.sync()
-                self.health.recovered()
-            except Exception as exc:  # a bug or a full disk must not kill the worker
-                log.exception("sync_failed", error=repr(exc))
-                self.health.crashed(exc)
+            ok, _ = self.health.guarded(self.sync)
+            if not ok:
                 self.stopping.wait(1.0)
 
     def wake(self) -> None:
