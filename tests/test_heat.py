@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from mozagent.heatstub import HeatStub, inputs
-from mozagent.testing import text_of
+from mozagent.testing import free_port, text_of
 from tests.conftest import Sandbox, wait_for
 
 PUPPET_CONFIG = """\
@@ -183,9 +183,14 @@ def test_puppet_script_and_unknown_group_are_run_and_signalled_once(heat: HeatBo
 def test_credentials_reach_only_the_0600_state(heat: HeatBox) -> None:
     box, stub = heat.box, heat.stub
     out = box.root / "puppet-out.txt"
+    dead = heat.deployment("c-dead", "script", "#!/bin/sh\n", "CFN_SIGNAL")
+    for item in dead["inputs"]:
+        if item["name"] == "deploy_signal_id":  # nobody listens there: errors quote the URL
+            item["value"] = f"http://127.0.0.1:{free_port()}/cfn/c-dead?signature=s3cr3t-dead"
     deps = [
         heat.deployment("c-puppet", "puppet", PUPPET_CONFIG.format(out=out), extra=TYPED),
         heat.deployment("c-script", "script", SCRIPT_CONFIG.format(env_dump=box.root / "e")),
+        dead,
     ]
     for dep in deps:
         dep["inputs"].append({"name": "deploy_password", "value": "hunter2-password"})
@@ -193,6 +198,12 @@ def test_credentials_reach_only_the_0600_state(heat: HeatBox) -> None:
     stub.set_metadata({"deployments": deps})
     box.start_daemon()
     wait_for(lambda: len(stub.signals) == 2, timeout=90, what="two signals")
+    wait_for(
+        lambda: (box.status_doc() or {}).get("errors", {}).get("signals"),
+        timeout=60,
+        what="the dead signal reported",
+    )
+    assert "ConnectionError" in box.status_doc()["errors"]["signals"][0]["message"]
     status_text = box.cli("status").stdout + box.cli("status", "--json").stdout
     secrets = ("hunter2-password", "s3cr3t")
     assert not any(s in status_text for s in secrets)
@@ -205,9 +216,12 @@ def test_credentials_reach_only_the_0600_state(heat: HeatBox) -> None:
             if any(s.encode() in data for s in secrets):
                 holders.append(path)
                 assert oct(path.stat().st_mode & 0o777) == "0o600", path
-    # Only the cached metadata holds them; sent signals drop their target.
+    # Only the cached metadata and the unsent signal hold them; sent ones drop it.
     names = {p.relative_to(box.root).as_posix() for p in holders}
-    assert names <= {"state/heat/metadata/request.json", "cfn-init-data"}, names
+    assert names <= {
+        "state/heat/metadata/request.json",
+        "state/heat/signals/c-dead.json",
+    }, names
 
 
 def test_signals_survive_a_failing_server(heat: HeatBox) -> None:

@@ -11,6 +11,7 @@ timeout.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,16 @@ SECRET_INPUTS = frozenset(
 TRANSPORTS = ("CFN_SIGNAL", "TEMP_URL_SIGNAL", "HEAT_SIGNAL", "ZAQAR_SIGNAL", "NO_SIGNAL")
 INPUT_TYPES = ("String", "Number", "CommaDelimitedList", "Json", "Boolean")
 MAX_DEPLOYMENTS = 1000
+_URL_SECRET = re.compile(r"(?P<keep>(?:https?://|/)[^\s?'\"]*)\?[^\s'\")]*")
+_AUTH = re.compile(r"(?i)(password|token|secret|signature)([=:]\s*)[^\s&'\",)]+")
+
+
+def redact(text: str) -> str:
+    """An error message fit for logs and status: a pre-signed URL's query (its
+    signature) and anything that looks like a password or token are cut out.
+    Library errors quote the URL they failed on, credentials included."""
+    text = _URL_SECRET.sub(lambda m: m.group("keep") + "?[redacted]", text)
+    return _AUTH.sub(lambda m: m.group(1) + m.group(2) + "[redacted]", text)
 
 
 @dataclass(frozen=True)

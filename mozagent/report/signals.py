@@ -28,7 +28,7 @@ from tenacity import (
 )
 
 from mozagent.apply.deployments import safe_id
-from mozagent.desired.deployments import SignalTarget
+from mozagent.desired.deployments import SignalTarget, redact
 from mozagent.fileio import read_json_dir, read_json_object, write_json
 from mozagent.report.health import Worker
 
@@ -39,10 +39,11 @@ GIVE_UP_AFTER = 5
 
 
 class SendError(Exception):
-    """A try that did not reach a 2xx; ``status`` is the HTTP status if any."""
+    """A try that did not reach a 2xx; ``status`` is the HTTP status if any.
+    The message is redacted: it goes to logs and status."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
+        super().__init__(redact(message))
         self.status = status
 
 

@@ -14,9 +14,12 @@ from __future__ import annotations
 import importlib
 import json
 import locale
+import logging
 import os
 import time
 from typing import Any
+
+from mozagent.desired.deployments import redact
 
 KNOWN = ("heat_local", "local", "request", "heat", "cfn", "ec2", "zaqar")
 LOCAL = ("heat_local", "local")
@@ -129,6 +132,10 @@ class Collectors:
         files = [self._conf_file] if self._conf_file and os.path.exists(self._conf_file) else []
         conf(args=[], project="os-collect-config", default_config_files=files)
         self._cfg = conf
+        # The collectors log their failures with the URL they polled: a Swift
+        # TempURL's signature or Heat's credentials would reach our log. Our
+        # own messages (redacted) say what failed.
+        logging.getLogger("os_collect_config").setLevel(logging.ERROR)
         return conf
 
     def _register(self, name: str) -> Any:
@@ -204,7 +211,7 @@ class Collectors:
                 raise NotModified(name) from err
             raise Unavailable(f"{name}: unavailable ({type(err).__name__})") from err
         except Exception as err:  # the library must not take the source down
-            raise Unavailable(f"{name}: {type(err).__name__}: {err}") from err
+            raise Unavailable(redact(f"{name}: {type(err).__name__}: {err}")) from err
         if name == "local":
             # One (file name, document) pair per file, in C-locale order: the
             # later file wins, as os-apply-config merges them.
