@@ -20,14 +20,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from mozagent import __version__
-from mozagent.apply.deployments import (
-    Applier,
-    DeploymentLog,
-    DeploymentQueue,
-    DeploymentRunner,
-    Reapply,
-    safe_id,
-)
+from mozagent.apply.deployments import Applier, DeploymentQueue, DeploymentRunner, Reapply
 from mozagent.apply.executor import Executor
 from mozagent.apply.hook import HookApplier
 from mozagent.apply.process import Ledger, become_subreaper
@@ -39,10 +32,11 @@ from mozagent.apply.puppet import (
 )
 from mozagent.apply.script import ScriptApplier
 from mozagent.config import Config, HeatConfig
+from mozagent.desired.deployments import safe_id
 from mozagent.fileio import lock_holder, try_lock
 from mozagent.render.hieradata import HieraData
 from mozagent.report.health import HEARTBEAT_INTERVAL, Progress, Worker, touch_heartbeat
-from mozagent.report.heat import HeatReport
+from mozagent.report.heat import DeploymentLog, HeatReport
 from mozagent.report.sdnotify import notify, watchdog_interval
 from mozagent.report.signals import Outbox, Sender
 from mozagent.report.status import StatusStore, exit_code, load_status, when

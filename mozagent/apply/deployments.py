@@ -20,22 +20,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from mozagent.desired.deployments import Deployment, SignalTarget
-from mozagent.fileio import read_json_dir, read_json_object, write_json
+from mozagent.desired.deployments import Deployment, SignalTarget, safe_id
+from mozagent.fileio import read_json_object, write_json
+from mozagent.report.heat import DeploymentLog
 
 # Heat's API refuses bodies over 1 MiB (max_json_body_size); keep margin.
 MAX_SIGNAL_BYTES = 1_000_000
 MAX_OUTPUT_BYTES = 256 * 1024
-_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
-
-
-def safe_id(dep_id: str) -> str:
-    """Deployment ids become file names: anything else is hashed into one."""
-    if _ID.fullmatch(dep_id) and dep_id not in (".", ".."):
-        return dep_id
-    import hashlib
-
-    return "id-" + hashlib.sha256(dep_id.encode()).hexdigest()[:32]
 
 
 @dataclass
@@ -100,28 +91,6 @@ class Applier:
 
     def run(self, dep: Deployment, outputs_path: str) -> Outcome:  # pragma: no cover
         raise NotImplementedError
-
-
-class DeploymentLog:
-    """Durable per-deployment records; the only writer is the executor."""
-
-    def __init__(self, state_dir: str) -> None:
-        self.root = os.path.join(state_dir, "heat")
-        self.dir = os.path.join(self.root, "deployments")
-        self._lock = threading.Lock()
-
-    def _path(self, dep_id: str) -> str:
-        return os.path.join(self.dir, f"{safe_id(dep_id)}.json")
-
-    def get(self, dep_id: str) -> dict[str, Any] | None:
-        return read_json_object(self._path(dep_id))
-
-    def put(self, record: dict[str, Any]) -> None:
-        with self._lock:
-            write_json(self._path(record["id"]), record, 0o600, durable=True)
-
-    def records(self) -> list[dict[str, Any]]:
-        return read_json_dir(self.dir)
 
 
 class Reapply:

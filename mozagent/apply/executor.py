@@ -25,9 +25,9 @@ from mozagent.apply.puppet import ApplyItem, ApplyResult, PuppetPaths, run_puppe
 from mozagent.apply.scheduler import ApplyScheduler
 from mozagent.config import Config
 from mozagent.desired.deployments import Deployment
-from mozagent.desired.snapshot import RunLayout, Snapshot, run_files
 from mozagent.fileio import write_if_changed
 from mozagent.render.hiera import FactsInput, facts_env
+from mozagent.render.snapshot import RunLayout, Snapshot, run_files
 from mozagent.report.health import Worker
 from mozagent.report.status import StatusStore
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import yaml
 
-from mozagent.apply.deployments import Outcome, read_outputs, safe_id
+from mozagent.apply.deployments import Outcome, read_outputs
 from mozagent.apply.process import Ledger, run_program
 from mozagent.config import PuppetConfig
-from mozagent.desired.deployments import Deployment
+from mozagent.desired.deployments import Deployment, safe_id
 
 OUTPUT_TAIL_LINES = 40
 

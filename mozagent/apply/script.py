@@ -13,9 +13,9 @@ import os
 import threading
 from collections.abc import Callable
 
-from mozagent.apply.deployments import Outcome, public_env, read_outputs, safe_id
+from mozagent.apply.deployments import Outcome, public_env, read_outputs
 from mozagent.apply.process import Ledger, run_program
-from mozagent.desired.deployments import Deployment
+from mozagent.desired.deployments import Deployment, safe_id
 
 BASE_ENV = ("PATH", "LANG", "LC_ALL", "HOME", "TZ")
 

@@ -10,6 +10,7 @@ timeout.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -35,8 +36,16 @@ SECRET_INPUTS = frozenset(
 TRANSPORTS = ("CFN_SIGNAL", "TEMP_URL_SIGNAL", "HEAT_SIGNAL", "ZAQAR_SIGNAL", "NO_SIGNAL")
 INPUT_TYPES = ("String", "Number", "CommaDelimitedList", "Json", "Boolean")
 MAX_DEPLOYMENTS = 1000
+_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _URL_SECRET = re.compile(r"(?P<keep>(?:https?://|/)[^\s?'\"]*)\?[^\s'\")]*")
 _AUTH = re.compile(r"(?i)(password|token|secret|signature)([=:]\s*)[^\s&'\",)]+")
+
+
+def safe_id(dep_id: str) -> str:
+    """Deployment ids become file names: anything else is hashed into one."""
+    if _ID.fullmatch(dep_id) and dep_id not in (".", ".."):
+        return dep_id
+    return "id-" + hashlib.sha256(dep_id.encode()).hexdigest()[:32]
 
 
 def redact(text: str) -> str:

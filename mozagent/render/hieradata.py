@@ -22,7 +22,6 @@ from mozagent.desired.layers import (
     ValueCache,
     resolve_layer,
 )
-from mozagent.desired.snapshot import Snapshot, make_snapshot
 from mozagent.fileio import read_bytes, read_json, write_if_changed, write_json
 from mozagent.render.hiera import (
     FactsInput,
@@ -31,6 +30,7 @@ from mozagent.render.hiera import (
     render_facts,
     render_hiera_config,
 )
+from mozagent.render.snapshot import Snapshot, make_snapshot
 
 log = structlog.get_logger("mozagent")
 

@@ -8,15 +8,39 @@ succeeded clears the failure of the CREATE before it.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
-from mozagent.apply.deployments import DeploymentLog
+from mozagent.desired.deployments import safe_id
+from mozagent.fileio import read_json_dir, read_json_object, write_json
 from mozagent.report.signals import Outbox
 from mozagent.report.status import StatusStore
 
 SHOWN = 50
 STUCK_ATTEMPTS = 3
+
+
+class DeploymentLog:
+    """Durable per-deployment records; the only writer is the executor."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.root = os.path.join(state_dir, "heat")
+        self.dir = os.path.join(self.root, "deployments")
+        self._lock = threading.Lock()
+
+    def _path(self, dep_id: str) -> str:
+        return os.path.join(self.dir, f"{safe_id(dep_id)}.json")
+
+    def get(self, dep_id: str) -> dict[str, Any] | None:
+        return read_json_object(self._path(dep_id))
+
+    def put(self, record: dict[str, Any]) -> None:
+        with self._lock:
+            write_json(self._path(record["id"]), record, 0o600, durable=True)
+
+    def records(self) -> list[dict[str, Any]]:
+        return read_json_dir(self.dir)
 
 
 class HeatReport:

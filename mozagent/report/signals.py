@@ -27,8 +27,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from mozagent.apply.deployments import safe_id
-from mozagent.desired.deployments import SignalTarget, redact
+from mozagent.desired.deployments import SignalTarget, redact, safe_id
 from mozagent.fileio import read_json_dir, read_json_object, write_json
 from mozagent.report.health import Worker
 

@@ -24,8 +24,8 @@ from tenacity.stop import stop_base
 
 from mozagent.config import Config, ZooKeeperConfig
 from mozagent.desired.layers import ResolvedLayer, layer_paths
-from mozagent.desired.snapshot import Snapshot
 from mozagent.render.hieradata import HieraData
+from mozagent.render.snapshot import Snapshot
 from mozagent.report.health import Worker
 from mozagent.report.status import StatusStore, when
 from mozagent.sources.zkclient import CONNECTION_ERRORS, make_client
