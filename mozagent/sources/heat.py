@@ -192,6 +192,10 @@ class HeatSource:
                     }
                 )
         self._report(remote, problems)
+        if not isinstance(metadata.get("deployments", []), list):
+            # Unusable as a whole: keep what the executor has (the last good
+            # list, and the configs it re-applies); the problem is in status.
+            return False, True
         digest = hashlib.sha256(
             json.dumps(
                 [d.id for d in deployments] + [d.invalid or "" for d in deployments]
