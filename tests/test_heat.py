@@ -409,3 +409,17 @@ def test_etc_os_collect_config_conf_is_honoured(heat: HeatBox) -> None:
     stub.set_metadata({"deployments": [heat.deployment("conf-1", "script", "#!/bin/sh\n")]})
     box.start_daemon()
     wait_for(lambda: stub.signals_for("conf-1"), timeout=60, what="signal via the conf file")
+
+
+def test_idle_polling_does_not_rewrite_status(heat: HeatBox) -> None:
+    """Polling every 0.2 to 0.5 s must not mean a status.json write every poll."""
+    box, stub = heat.box, heat.stub
+    stub.set_metadata({"deployments": [heat.deployment("i-1", "script", "#!/bin/sh\n")]})
+    box.start_daemon()
+    wait_for(lambda: stub.signals_for("i-1"), timeout=60, what="signal")
+    status = box.state / "status.json"
+    wait_for(lambda: time.time() % 30 < 20, timeout=30, what="away from a 30 s boundary")
+    time.sleep(1)
+    before = status.read_bytes()
+    time.sleep(4)
+    assert status.read_bytes() == before

@@ -209,9 +209,17 @@ class HeatSource:
 
     def _report(self, remote: list[str], problems: list[dict[str, str]]) -> None:
         in_use = next((n for n in remote if self._state.get(n, {}).get("last_ok")), None)
+        # last_ok on a 30 s grid: status.json is rewritten when something
+        # happens, not at every poll.
+        collectors = []
+        for state in self._state.values():
+            shown = dict(state)
+            if shown.get("last_ok"):
+                shown["last_ok"] = shown["last_ok"] // 30 * 30
+            collectors.append(shown)
         self.status.update(
             heat={
-                "collectors": [{k: v for k, v in self._state[n].items()} for n in self._state],
+                "collectors": collectors,
                 "polling": list(remote),
                 "in_use": in_use,
             }
