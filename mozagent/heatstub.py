@@ -30,6 +30,7 @@ class HeatStub:
         self.failed = 0
         self.delay_signals = 0.0  # seconds to sit on a signal before answering
         self.received = 0  # signal requests seen, answered or not
+        self.served: list[tuple[float, int]] = []  # (when, Last-Modified) of each GET
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -47,6 +48,8 @@ class HeatStub:
                 self.end_headers()
                 if body:
                     self.wfile.write(data)
+                    with stub._lock:
+                        stub.served.append((time.time(), modified))
 
             def do_HEAD(self) -> None:
                 self._metadata(False)
@@ -100,13 +103,16 @@ class HeatStub:
         self.server.shutdown()
         self.server.server_close()
 
-    def set_metadata(self, doc: Any) -> None:
-        """Replace the document; Last-Modified moves on by at least a second, as a
-        new object in Swift would."""
+    def set_metadata(self, doc: Any, bump: bool = True) -> int:
+        """Replace the document; returns its Last-Modified. With ``bump``,
+        Last-Modified moves on by at least a second; without, it is the current
+        second, as in Swift, where two writes in one second share it."""
         with self._lock:
             self.metadata = doc
             self.raw = None
-            self._modified = max(self._modified + 1, int(time.time()))
+            now = int(time.time())
+            self._modified = max(self._modified + 1, now) if bump else now
+            return self._modified
 
     def set_raw(self, data: bytes) -> None:
         with self._lock:

@@ -423,3 +423,24 @@ def test_idle_polling_does_not_rewrite_status(heat: HeatBox) -> None:
     before = status.read_bytes()
     time.sleep(4)
     assert status.read_bytes() == before
+
+
+def test_a_change_in_the_same_second_as_the_last_fetch_is_seen(heat: HeatBox) -> None:
+    """Swift's Last-Modified has whole seconds: a second write in the second of
+    the one just fetched keeps it. The deployment it adds must still run."""
+    box, stub = heat.box, heat.stub
+    box.start_daemon()
+    for attempt in range(5):
+        first, second = f"s{attempt}-a", f"s{attempt}-b"
+        a = heat.deployment(first, "script", "#!/bin/sh\n")
+        b = heat.deployment(second, "script", "#!/bin/sh\n")
+        wait_for(lambda: time.time() % 1 < 0.05, timeout=3, what="the start of a second")
+        modified = stub.set_metadata({"deployments": [a]}, bump=False)
+        wait_for(
+            lambda m=modified: any(lm == m for _, lm in stub.served), timeout=5, what="fetched"
+        )
+        if stub.set_metadata({"deployments": [a, b]}, bump=False) == modified:
+            break  # both writes in one second: the case under test
+    else:
+        pytest.skip("could not make two writes within one second")
+    wait_for(lambda: stub.signals_for(second), timeout=30, what="the second write's deployment")

@@ -50,6 +50,7 @@ def _request_impl() -> Any:
     class Session(requests.Session):
         head_answered = 0.0
         get_called = 0.0
+        fresh = False
 
         def head(self, *args: Any, **kwargs: Any) -> Any:
             response = super().head(*args, **kwargs)
@@ -58,13 +59,32 @@ def _request_impl() -> Any:
 
         def get(self, *args: Any, **kwargs: Any) -> Any:
             self.get_called = time.monotonic()
-            return super().get(*args, **kwargs)
+            response = super().get(*args, **kwargs)
+            self.fresh = _written_recently(response.headers)
+            return response
 
     class Impl:
         exceptions = requests.exceptions
 
     Impl.Session = Session  # type: ignore[attr-defined]
     return Impl
+
+
+def _written_recently(headers: Any) -> bool:
+    """Whether the document may still change within its Last-Modified second.
+
+    Last-Modified has whole seconds: a write later in the same second as the
+    one we fetched keeps it, and the collector's HEAD check would then call it
+    unchanged for ever. Until the server's clock (Date) is two seconds past it,
+    the document is fetched again at every poll."""
+    from email.utils import parsedate_to_datetime
+
+    try:
+        modified = parsedate_to_datetime(headers["Last-Modified"])
+        served = parsedate_to_datetime(headers["Date"])
+    except (KeyError, TypeError, ValueError):
+        return True
+    return (served - modified).total_seconds() < 2
 
 
 def _heat_clients(timeout: float) -> dict[str, Any]:
@@ -212,6 +232,9 @@ class Collectors:
             raise Unavailable(f"{name}: unavailable ({type(err).__name__})") from err
         except Exception as err:  # the library must not take the source down
             raise Unavailable(redact(f"{name}: {type(err).__name__}: {err}")) from err
+        session = getattr(collector, "_session", None)
+        if getattr(session, "fresh", False):
+            collector.last_modified = None  # fetch again next poll (see _written_recently)
         if name == "local":
             # One (file name, document) pair per file, in C-locale order: the
             # later file wins, as os-apply-config merges them.
