@@ -36,11 +36,12 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
+from benchlib import code_version, to_json
 
 from mozagent import __version__
 from mozagent.heatstub import HeatStub, inputs
@@ -731,6 +732,7 @@ def read_cpu_seconds(pid: int) -> float:
 
 @dataclass
 class Sample:
+    json_extra: ClassVar[tuple[str, ...]] = ("minus_puppet_s", "own_cost_s")
     dep_id: str
     pause_s: float
     signal_s: float | None = None  # metadata set → signal stored by the stub
@@ -1311,46 +1313,6 @@ def format_report(result: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def to_json(value: Any) -> Any:
-    """Dataclasses (with their computed figures) and NaN made JSON-safe."""
-    if isinstance(value, Sample):
-        return {
-            **to_json(asdict(value)),
-            "minus_puppet_s": value.minus_puppet_s,
-            "own_cost_s": value.own_cost_s,
-        }
-    if hasattr(value, "__dataclass_fields__"):
-        return {k: to_json(getattr(value, k)) for k in value.__dataclass_fields__}
-    if isinstance(value, dict):
-        return {k: to_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_json(v) for v in value]
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
-
-
-def code_version() -> str:
-    """The commit measured (and whether mozagent/ had local changes): figures drift with code."""
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--", "mozagent"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{head or 'unknown'}{' + local changes' if dirty else ''}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,11 +33,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from benchlib import code_version, to_json
 from kazoo.client import KazooClient
 
 from mozagent import __version__
@@ -820,40 +821,6 @@ def format_report(result: dict[str, Any]) -> str:
         )
     lines += ["", f"total runtime {result['runtime_s']:.1f} s", ""]
     return "\n".join(lines)
-
-
-def to_json(value: Any) -> Any:
-    """Dataclasses and NaN made JSON-safe (NaN → null)."""
-    if hasattr(value, "__dataclass_fields__"):
-        return to_json(asdict(value))
-    if isinstance(value, dict):
-        return {k: to_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [to_json(v) for v in value]
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
-
-
-def code_version() -> str:
-    """The commit measured (and whether mozagent/ had local changes): figures drift with code."""
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--", "mozagent"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{head or 'unknown'}{' + local changes' if dirty else ''}"
 
 
 def run_all(opts: Options) -> dict[str, Any]:
