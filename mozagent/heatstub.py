@@ -140,3 +140,48 @@ def inputs(transport: str, url: str, dep_id: str, action: str = "CREATE", **extr
     for name, (kind, value) in extra.items():
         items.append({"name": name, "type": kind, "value": value})
     return items
+
+
+def serve_directory(directory: str) -> None:
+    """``python -m mozagent.heatstub DIR`` (the demo): serve ``DIR/metadata.json``
+    (re-read on every request) and store each signal as ``DIR/signals/<id>.json``.
+    Writes its URL to ``DIR/url`` and serves until killed."""
+    import os
+    import signal as signals
+
+    stub = HeatStub()
+    meta = os.path.join(directory, "metadata.json")
+    out = os.path.join(directory, "signals")
+    os.makedirs(out, exist_ok=True)
+    seen = {"mtime": 0.0}
+
+    def refresh() -> None:
+        try:
+            mtime = os.stat(meta).st_mtime
+        except FileNotFoundError:
+            return
+        if mtime != seen["mtime"]:
+            seen["mtime"] = mtime
+            with open(meta, encoding="utf-8") as fh:
+                stub.set_metadata(json.load(fh))
+
+    stub.start()
+    with open(os.path.join(directory, "url"), "w", encoding="ascii") as fh:
+        fh.write(stub.url)
+    signals.signal(signals.SIGTERM, lambda *_: (stub.stop(), os._exit(0)))
+    written = 0
+    while True:
+        refresh()
+        with stub._lock:
+            new = stub.signals[written:]
+            written = len(stub.signals)
+        for _, ident, body in new:
+            with open(os.path.join(out, f"{ident}.json"), "w", encoding="utf-8") as fh:
+                json.dump(body, fh, indent=2)
+        time.sleep(0.1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    serve_directory(sys.argv[1])
