@@ -444,3 +444,25 @@ def test_a_change_in_the_same_second_as_the_last_fetch_is_seen(heat: HeatBox) ->
     else:
         pytest.skip("could not make two writes within one second")
     wait_for(lambda: stub.signals_for(second), timeout=30, what="the second write's deployment")
+
+
+def test_one_value_heat_gives_for_a_multi_valued_collector_setting_is_a_list(
+    tmp_path: Path,
+) -> None:
+    """Heat's os_collect_config names cfn's ``path`` as one string; the option is
+    multi-valued, and as a string the collector would read its characters as
+    paths (found against a real Heat, tests/test_realheat.py)."""
+    from oslo_config import cfg
+
+    from mozagent.sources.collectors import Collectors
+
+    collectors = Collectors(str(tmp_path), None)
+    settings = {
+        "metadata_url": "http://127.0.0.1:1/v1/",
+        "stack_name": "s",
+        "path": "server.Metadata",
+        "access_key_id": "a",
+        "secret_access_key": "b",
+    }
+    assert collectors.configure("cfn", settings) == []
+    assert list(cfg.CONF.cfn.path) == ["server.Metadata"]

@@ -185,7 +185,8 @@ class Collectors:
         if self._settings.get(name) == settings:
             return []
         conf = self._conf()
-        self._register(name)
+        module = self._register(name)
+        multi = {o.dest for o in module.opts if getattr(o, "multi", False)}
         group = getattr(conf, name)
         refused = []
         for key, value in settings.items():
@@ -193,6 +194,11 @@ class Collectors:
             if opt not in group:
                 refused.append(f"{name}.{key}: unknown setting")
                 continue
+            if opt in multi and isinstance(value, str):
+                # Heat gives one value (cfn's "path": "server.Metadata") where
+                # the option takes several; set as a string, the collector
+                # would iterate over its characters.
+                value = [value]
             try:
                 conf.set_override(opt, value, group=name)
             except (ValueError, TypeError) as exc:
@@ -213,6 +219,8 @@ class Collectors:
             if name == "request":
                 kwargs["requests_impl"] = _request_impl()
                 self._cfg.set_override("timeout", self._timeout, group="request")
+            elif name == "cfn":
+                self._cfg.set_override("timeout", self._timeout, group="cfn")
             elif name == "heat":
                 kwargs.update(_heat_clients(self._timeout))
             collector = self._instances[name] = module.Collector(**kwargs)

@@ -12,11 +12,19 @@ keeps images in a file store under the state directory.
     cloud.credentials()    # OS_* variables for the admin user
     cloud.stop()
 
+``LocalCloud(tmp_dir, glance=False)`` is Keystone alone; tests/realheat/cloud.py
+builds Heat on it (``_start_services`` is where a subclass adds its servers,
+``service_user`` and ``register_service`` what it needs in Keystone).
+
 What it needs to work here:
   * sqlite: WAL journal mode and check_same_thread=False (Keystone fails
     with "database is locked" without them; Glance gets the same settings);
   * Keystone under waitress (see keystone_server.py), an in-process cache
     and cheap password hashing (a few ms per request instead of ~250 ms);
+    the cache pickles what it keeps (memory_pickle): with plain ``memory``
+    Keystone decrypts a cached credential in place and the next read of it
+    fails (KeyError 'encrypted_blob'; seen as HTTP 500 when Heat deletes the
+    EC2 credentials of a CFN-signalled deployment);
   * glance-api with workers = 0: one process, no forked children.
 """
 
@@ -57,12 +65,15 @@ class CloudError(RuntimeError):
     """Keystone or Glance did not come up."""
 
 
-def missing() -> list[str]:
+def missing(
+    files: tuple[str, ...] = REQUIRED_FILES,
+    modules: tuple[str, ...] = ("keystone", "glance", "openstack", "waitress"),
+) -> list[str]:
     """The executables and Python modules the fixture needs but lacks."""
-    lacking = [path for path in REQUIRED_FILES if not os.access(path, os.X_OK)]
+    lacking = [path for path in files if not os.access(path, os.X_OK)]
     if os.access(PYTHON, os.X_OK):
         probe = subprocess.run(
-            [PYTHON, "-c", "import keystone, glance, openstack, waitress"],
+            [PYTHON, "-c", f"import {', '.join(modules)}"],
             capture_output=True,
             text=True,
             timeout=60,
@@ -156,20 +167,29 @@ class Server:
             return ""
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 class LocalCloud:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, glance: bool = True):
         self.root = Path(root)
         self.etc = self.root / "etc"
         self.logs = self.root / "log"
         self.images = self.root / "images"
-        self.keystone_port = free_port()
-        self.glance_port = free_port()
-        while self.glance_port == self.keystone_port:
-            self.glance_port = free_port()
+        self.with_glance = glance
+        self.keystone_port, self.glance_port = free_ports(2)
         self.auth_url = f"http://{HOST}:{self.keystone_port}/v3"
         self.glance_url = f"http://{HOST}:{self.glance_port}"
         self.servers: list[Server] = []
         self._token: tuple[str, float] | None = None
+        self._service_project: str | None = None
 
     # --- the admin's view --------------------------------------------------------
 
@@ -244,11 +264,16 @@ class LocalCloud:
         deadline = time.monotonic() + timeout
         try:
             self._start_keystone(deadline)
-            self._bootstrap_catalog()
-            self._start_glance(deadline)
+            if self.with_glance:
+                self._bootstrap_catalog()
+                self._start_glance(deadline)
+            self._start_services(deadline)
         except BaseException:
             self.stop()
             raise
+
+    def _start_services(self, deadline: float) -> None:
+        """What a subclass starts after Keystone (and Glance)."""
 
     def stop(self) -> None:
         errors = []
@@ -335,7 +360,7 @@ key_repository = {self.etc / "fernet-keys"}
 key_repository = {self.etc / "credential-keys"}
 [cache]
 enabled = true
-backend = dogpile.cache.memory
+backend = dogpile.cache.memory_pickle
 [oslo_policy]
 policy_file = {self.etc / "keystone-policy.yaml"}
 """
@@ -380,35 +405,57 @@ policy_file = {self.etc / "keystone-policy.yaml"}
         self.servers.append(server)
         self._wait_http(server, self.auth_url, deadline)
 
-    def _bootstrap_catalog(self) -> None:
-        """A service project, Glance's service user and the image endpoints."""
+    def service_project(self) -> str:
+        """The id of the ``service`` project (created once)."""
+        if self._service_project is None:
+            project = call(
+                "POST",
+                f"{self.auth_url}/projects",
+                {"project": {"name": SERVICE_PROJECT, "domain_id": "default"}},
+                self.token(),
+            )["project"]
+            self._service_project = project["id"]
+        return self._service_project
+
+    def role_id(self, name: str) -> str:
+        """The id of role ``name``, created when Keystone has none."""
         ks, token = self.auth_url, self.token()
-        project = call(
-            "POST",
-            f"{ks}/projects",
-            {"project": {"name": SERVICE_PROJECT, "domain_id": "default"}},
-            token,
-        )["project"]
+        roles = call("GET", f"{ks}/roles?name={urllib.parse.quote(name)}", token=token)["roles"]
+        if roles:
+            return roles[0]["id"]
+        return call("POST", f"{ks}/roles", {"role": {"name": name}}, token)["role"]["id"]
+
+    def service_user(self, name: str, password: str, domain_id: str = "default") -> str:
+        """A user of ``domain_id`` with the admin role on the service project; its id."""
+        ks, token = self.auth_url, self.token()
         user = call(
             "POST",
             f"{ks}/users",
-            {"user": {"name": GLANCE_USER, "password": GLANCE_PASSWORD, "domain_id": "default"}},
+            {"user": {"name": name, "password": password, "domain_id": domain_id}},
             token,
         )["user"]
-        role = call("GET", f"{ks}/roles?name=admin", token=token)["roles"][0]
-        grant = f"{ks}/projects/{project['id']}/users/{user['id']}/roles/{role['id']}"
-        call("PUT", grant, None, token)
-        service = call(
-            "POST", f"{ks}/services", {"service": {"name": "glance", "type": "image"}}, token
-        )["service"]
+        grant = f"{ks}/projects/{self.service_project()}/users/{user['id']}/roles/"
+        call("PUT", grant + self.role_id("admin"), None, token)
+        return user["id"]
+
+    def register_service(self, name: str, kind: str, url: str) -> None:
+        """A catalog entry: public, internal and admin endpoints at ``url``."""
+        ks, token = self.auth_url, self.token()
+        body = {"service": {"name": name, "type": kind}}
+        service = call("POST", f"{ks}/services", body, token)["service"]
         for interface in ("public", "internal", "admin"):
             endpoint = {
                 "service_id": service["id"],
                 "interface": interface,
                 "region_id": REGION,
-                "url": self.glance_url,
+                "url": url,
             }
             call("POST", f"{ks}/endpoints", {"endpoint": endpoint}, token)
+
+    def _bootstrap_catalog(self) -> None:
+        """A service project, Glance's service user and the image endpoints."""
+        self.service_user(GLANCE_USER, GLANCE_PASSWORD)
+        self.register_service("glance", "image", self.glance_url)
 
     def _start_glance(self, deadline: float) -> None:
         conf = self.etc / "glance-api.conf"
