@@ -4,10 +4,35 @@ how its figures become JSON."""
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
+
+
+class BenchError(RuntimeError):
+    """A benchmark cannot go on: a bounded wait expired, a process died, setup failed."""
+
+
+def read_rss_mib(pid: int) -> float:
+    """VmRSS from /proc: what the process holds resident now (not its children)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    raise BenchError(f"no VmRSS for pid {pid}")
+
+
+def read_cpu_seconds(pid: int) -> float:
+    """utime+stime of the process (its own threads only), to show what a phase cost."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        raise BenchError(f"no /proc/{pid}/stat") from None
+    ticks = int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def to_json(value: Any) -> Any:

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
-from benchlib import code_version, to_json
+from benchlib import BenchError, code_version, read_cpu_seconds, read_rss_mib, to_json
 
 from mozagent import __version__
 from mozagent.heatstub import HeatStub, inputs
@@ -125,10 +125,6 @@ OUTSIDE_PATHS = (
     "/var/lib/heat-cfntools",
     "/var/lib/mozagent",
 )
-
-
-class BenchError(RuntimeError):
-    """The bench cannot go on: a bounded wait expired, a process died, setup failed."""
 
 
 def say(text: str) -> None:
@@ -713,21 +709,6 @@ class Chain(AgentBase):
 
 
 # --- measuring ----------------------------------------------------------------------------
-
-
-def read_rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    raise BenchError(f"no VmRSS for pid {pid}")
-
-
-def read_cpu_seconds(pid: int) -> float:
-    fields = proc_stat(pid)
-    if fields is None:
-        raise BenchError(f"no /proc/{pid}/stat")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from benchlib import code_version, to_json
+from benchlib import BenchError, code_version, read_cpu_seconds, read_rss_mib, to_json
 from kazoo.client import KazooClient
 
 from mozagent import __version__
@@ -68,10 +68,6 @@ exec {{ 'count-runs':
 """
 
 
-class BenchError(RuntimeError):
-    """A benchmark could not run to the end (a bounded wait expired, a process died)."""
-
-
 # --- small utilities ----------------------------------------------------------
 
 
@@ -96,23 +92,6 @@ def percentile(sorted_values: list[float], pct: float) -> float:
         return math.nan
     rank = max(1, math.ceil(pct / 100.0 * len(sorted_values)))
     return sorted_values[rank - 1]
-
-
-def read_rss_mib(pid: int) -> float:
-    """VmRSS from /proc: what the daemon holds resident right now (not its puppet children)."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    raise BenchError(f"no VmRSS for pid {pid}")
-
-
-def read_cpu_seconds(pid: int) -> float:
-    """utime+stime of the daemon (its own threads only), to show what a phase cost it."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 # --- watching the rendered file -----------------------------------------------
