@@ -43,6 +43,7 @@ from mozagent.report.status import StatusStore, exit_code, load_status, when
 from mozagent.sources.runrequests import RunRequests
 
 if TYPE_CHECKING:
+    from mozagent.sources import Source
     from mozagent.sources.heat import HeatSource
     from mozagent.sources.zookeeper import ZooKeeperSource
 
@@ -116,6 +117,9 @@ class Daemon:
                 Worker("sync", self.progress, self.status),
                 self.stopping,
             )
+        # Every source has the same shape (sources.Source): started, run on a
+        # thread of its own, reported, woken and closed alike.
+        self.sources: list[Source] = [s for s in (self.zookeeper, self.heat) if s is not None]
         self._threads: list[threading.Thread] = []
         self._started = time.time()
         self._lock_fd: int | None = None
@@ -239,15 +243,13 @@ class Daemon:
         touch_heartbeat(self.cfg.state_dir)
         self.hiera.publish(self._initial)
         self.executor.request_run(self.requests.take())  # converge the host once at start
-        if self.zookeeper is not None:
-            assert self.cfg.zookeeper is not None
+        if self.cfg.zookeeper is not None:
             self.executor.hold(self.cfg.zookeeper.connect_timeout)
-            self.zookeeper.start()
-            self._spawn(self.zookeeper.worker, self.zookeeper.run)
-        if self.heat is not None and self.sender is not None:
-            assert self.heat_report is not None
+        for source in self.sources:
+            source.start()
+            self._spawn(source.worker, source.run)
+        if self.sender is not None and self.heat_report is not None:
             self.heat_report.refresh()
-            self._spawn(self.heat.worker, self.heat.run)
             self._spawn(self.sender.worker, self.sender.run)
         self._spawn(self.executor.worker, self.executor.run)
         log.info(
@@ -263,22 +265,15 @@ class Daemon:
     def stop(self) -> None:
         log.info("stopping")
         self.stopping.set()
-        for component in (self.zookeeper, self.heat, self.sender):
-            if component is not None:
-                component.wake()
+        for source in self.sources:
+            source.wake()
+        if self.sender is not None:
+            self.sender.wake()
         self.executor.wake()
         for thread in self._threads:
             thread.join(timeout=30)
-        if self.zookeeper is not None:
-            self.zookeeper.close()
-            self.status.update(
-                zookeeper={
-                    "state": "closed",
-                    "since": time.time(),
-                    "hosts": self.cfg.zookeeper.hosts if self.cfg.zookeeper else None,
-                }
-            )
-            self.status.set_errors("zookeeper", [])
+        for source in self.sources:
+            source.close()
         self._mark_stopped()
         log.info("stopped")
 
@@ -316,8 +311,8 @@ class Daemon:
             if self._run_requested.is_set():
                 self._run_requested.clear()
                 self.executor.request_run(self.requests.take())
-            if self.zookeeper is not None:
-                self.zookeeper.report()
+            for source in self.sources:
+                source.report()
             now = time.monotonic()
             due_ping = bool(ping) and now - last_ping >= (ping or 0)
             if not (due_ping or now - last_beat >= HEARTBEAT_INTERVAL):
@@ -343,20 +338,15 @@ class Daemon:
         ok = False
         try:
             self.hiera.publish(self._initial)
-            if self.zookeeper is not None:
-                self.zookeeper.read_once()
-            if self.heat is not None:
-                self.heat.poll()
-                self.executor.run_deployments()
+            for source in self.sources:
+                source.once()
+            self.executor.run_deployments()
             ok = self.executor.apply()
             if self.sender is not None:
                 self.sender.run_once()
         finally:
-            if self.zookeeper is not None:
-                self.zookeeper.close()
-                zk = self.status.snapshot()["zookeeper"]
-                if zk.get("state") == "connected":
-                    self.status.update(zookeeper={**zk, "state": "closed", "since": time.time()})
+            for source in self.sources:
+                source.close()
             self._mark_stopped()
         code = exit_code(self.status.snapshot())
         log.info("once_finished", ok=ok, exit_code=code)

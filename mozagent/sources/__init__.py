@@ -12,8 +12,10 @@ from typing import Protocol
 
 
 class Source(Protocol):
-    """``worker`` names the thread and its health beats; ``run`` loops until the
-    daemon's stop event is set; ``close`` releases connections after it."""
+    """``worker`` names the thread and its health beats; ``start`` connects
+    (without waiting); ``run`` loops until the daemon's stop event is set;
+    ``once`` reads once, bounded, for ``daemon --once``; ``wake`` cuts a wait
+    short; ``close`` releases what ``start`` opened and says so in status."""
 
     worker: str
 
@@ -21,7 +23,11 @@ class Source(Protocol):
 
     def run(self) -> None: ...
 
+    def once(self) -> None: ...
+
     def report(self) -> None:
-        """Refresh what status shows of this source (called by the main loop)."""
+        """Refresh what status shows of this source (the main loop calls it)."""
+
+    def wake(self) -> None: ...
 
     def close(self) -> None: ...

@@ -233,7 +233,7 @@ class HeatSource:
     # --- the worker --------------------------------------------------------------------
 
     def start(self) -> None:
-        pass
+        """Nothing to open: collectors connect per poll."""
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -243,11 +243,14 @@ class HeatSource:
             self._wake.wait(delay)
             self._wake.clear()
 
+    def once(self) -> None:
+        self.poll()
+
     def report(self) -> None:
-        pass
+        """Each poll reports; nothing changes between polls."""
 
     def wake(self) -> None:
         self._wake.set()
 
     def close(self) -> None:
-        pass
+        """Nothing held open between polls."""

@@ -196,7 +196,7 @@ class ZooKeeperSource:
     def wake(self) -> None:
         self._wake.set()
 
-    def read_once(self) -> None:
+    def once(self) -> None:
         """``daemon --once``: read within connect_timeout; on failure say so and go
         on with the last good data, as the daemon would."""
         z = self.z
@@ -216,9 +216,15 @@ class ZooKeeperSource:
             message = f"{why}; applied the last good data"
             self.status.set_errors("zookeeper", [{"where": "zookeeper", "message": message}])
 
-    def close(self, final_state: str = "closed") -> None:
+    def close(self) -> None:
         try:
             self.reader.client.stop()
             self.reader.client.close()
         except Exception as exc:  # closing a dead connection must not block shutdown
             log.warning("zookeeper_close_failed", error=repr(exc))
+        state = self.reader.connection.state
+        if state != "unreachable":  # `--once` keeps saying it could not read
+            self.status.update(
+                zookeeper={"state": "closed", "since": time.time(), "hosts": self.z.hosts}
+            )
+            self.status.set_errors("zookeeper", [])
