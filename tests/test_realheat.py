@@ -235,8 +235,11 @@ def agent_for(agents: list[Agent], root: Path, occ: dict[str, Any], **kw: Any) -
 
 def explain(stacks: Stacks, stack_id: str, *agents: Agent) -> str:
     """What to look at when a wait fails: the stack, the daemons' last lines."""
-    stack = stacks.get(stack_id)
-    lines = [f"stack {stack_id}: {stack.stack_status} {stack.stack_status_reason}"]
+    try:
+        stack = stacks.get(stack_id)
+        lines = [f"stack {stack_id}: {stack.stack_status} {stack.stack_status_reason}"]
+    except Exception as exc:  # the explanation must not hide the failure
+        lines = [f"stack {stack_id}: {exc}"]
     for agent in agents:
         lines.append(f"--- {agent.box.root}/daemon.log")
         lines += agent.log().splitlines()[-25:]
@@ -489,7 +492,7 @@ def test_update_and_delete_run_their_actions(
     wait_stack(stacks, stack_id, "CREATE_COMPLETE", agent)
     assert out.read_text() == "first CREATE\n"
     assert log.read_text() == "CREATE first\n"
-    created = {stacks.deployment(stack_id, r).config_id for r in ("puppet_deployment",)}
+    created = stacks.deployment(stack_id, "puppet_deployment").config_id
 
     stacks.update(stack_id, message="second")
     wait_stack(stacks, stack_id, "UPDATE_COMPLETE", agent)
@@ -499,7 +502,7 @@ def test_update_and_delete_run_their_actions(
     assert log.read_text() == "CREATE first\nUPDATE second\n"
     puppet = stacks.deployment(stack_id, "puppet_deployment")
     assert (puppet.action, puppet.status) == ("UPDATE", "COMPLETE")
-    assert puppet.config_id not in created  # a new deployment of the config, for UPDATE
+    assert puppet.config_id != created  # a new derived config: a new deployment to run
     actions = sorted(
         (r["group"], r["action"], r["state"], r["signal"]["state"])
         for r in agent.box.status_doc()["deployments"]
@@ -814,12 +817,11 @@ def test_two_deployed_servers_each_with_its_own_agent(
     }
     assert stacks.output(stack_id, "who_a") == f"a on {servers['a']}"
     assert stacks.output(stack_id, "who_b") == f"b on {servers['b']}"
-    # Each agent ran only its own server's deployment.
-    for agent, x in zip(pair, "ab", strict=True):
+    # Each agent ran its own server's deployment, and only that one.
+    for agent in pair:
         records = list(agent.deployments().values())
         assert len(records) == 1 and records[0]["state"] == "done", records
         assert [s["state"] for s in agent.signals()] == ["sent"]
-        assert agent.box.state != pair[0 if x == "b" else 1].box.state
 
 
 # --- 8. Heat away while a signal waits --------------------------------------------------------
