@@ -61,6 +61,21 @@ PACKAGES = ("python3-keystone", "python3-glance", "python3-openstacksdk", "pytho
 REQUIRED_FILES = (PYTHON, KEYSTONE_MANAGE)
 
 
+def authtoken_section(auth_url: str, user: str, password: str) -> str:
+    """The [keystone_authtoken] section every service on this Keystone needs."""
+    return f"""[keystone_authtoken]
+www_authenticate_uri = {auth_url}
+auth_url = {auth_url}
+auth_type = password
+username = {user}
+password = {password}
+user_domain_name = Default
+project_name = {SERVICE_PROJECT}
+project_domain_name = Default
+region_name = {REGION}
+"""
+
+
 class CloudError(RuntimeError):
     """Keystone or Glance did not come up."""
 
@@ -517,17 +532,7 @@ policy_file = {self.etc / "glance-policy.yaml"}
 [paste_deploy]
 flavor = keystone
 config_file = {paste}
-[keystone_authtoken]
-www_authenticate_uri = {self.auth_url}
-auth_url = {self.auth_url}
-auth_type = password
-username = {GLANCE_USER}
-password = {GLANCE_PASSWORD}
-user_domain_name = Default
-project_name = {SERVICE_PROJECT}
-project_domain_name = Default
-region_name = {REGION}
-"""
+{authtoken_section(self.auth_url, GLANCE_USER, GLANCE_PASSWORD)}"""
         )
         self._run("glance-manage db_sync", [*GLANCE_MANAGE, "--config-file", str(conf), "db_sync"])
         self._wal(db)

@@ -66,6 +66,7 @@ from tests.glance.cloud import (
     CloudError,
     LocalCloud,
     Server,
+    authtoken_section,
     call,
     free_ports,
     missing,
@@ -350,17 +351,7 @@ driver = noop
 policy_file = {self.etc / "heat-policy.yaml"}
 [paste_deploy]
 api_paste_config = /etc/heat/api-paste.ini
-[keystone_authtoken]
-www_authenticate_uri = {self.auth_url}
-auth_url = {self.auth_url}
-auth_type = password
-username = {HEAT_USER}
-password = {HEAT_PASSWORD}
-user_domain_name = Default
-project_name = {SERVICE_PROJECT}
-project_domain_name = Default
-region_name = {REGION}
-[trustee]
+{authtoken_section(self.auth_url, HEAT_USER, HEAT_PASSWORD)}[trustee]
 auth_type = password
 auth_url = {self.auth_url}
 username = {HEAT_USER}
