@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mozagent.apply.runas import RunAs
 from mozagent.fileio import read_json, write_json
 
 MARK_ENV = "MOZAGENT_RUN"
@@ -225,6 +226,7 @@ def run_program(
     stdin_data: str | None = None,
     split_stderr: bool = False,
     keep_bytes: int = 400 * 1024,
+    run_as: RunAs | None = None,
 ) -> Outcome:
     """Run ``cmd`` to its end, a timeout, or ``cancel``; then clean up after it.
 
@@ -232,7 +234,8 @@ def run_program(
     with ``split_stderr`` each stream is also kept apart, its last
     ``keep_bytes`` characters (a Heat signal carries both, and errors are at
     the end). ``progress`` is called while waiting, so that a supervisor can
-    tell a long run from a stuck agent.
+    tell a long run from a stuck agent. ``run_as`` drops to an unprivileged
+    user (an app's install script and orders never run as root).
     """
     mark = uuid.uuid4().hex
     full_env = dict(env)
@@ -251,6 +254,7 @@ def run_program(
                 start_new_session=True,
                 text=True,
                 errors="replace",
+                **(run_as.popen_args() if run_as is not None else {}),
             )
         except FileNotFoundError:
             return Outcome(None, start_error="not found")
