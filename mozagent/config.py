@@ -78,6 +78,26 @@ class HeatConfig:
 
 
 @dataclass(frozen=True)
+class ReleasesConfig:
+    """App code: where releases live and how their install script runs."""
+
+    apps_dir: str = "/srv/apps"
+    keep: int = 3  # releases kept on disk, the current one included
+    user: str | None = None  # default: a user named like the app, else nobody
+    timeout: float = 1800.0  # the install script
+    fetch_timeout: float = 600.0  # git fetching the ref
+
+
+@dataclass(frozen=True)
+class OrdersConfig:
+    """Commands pushed to the app's hosts (what Shove did)."""
+
+    max_age: float = 3600.0  # an agent that comes back later than this skips (expires) the order
+    retention: float = 7 * 86400.0  # orders (znodes and local records) older than this are removed
+    timeout: float = 3600.0  # one command
+
+
+@dataclass(frozen=True)
 class Config:
     app: str | None
     node: str
@@ -89,6 +109,8 @@ class Config:
     apply: ApplyConfig
     zookeeper: ZooKeeperConfig | None = None
     heat: HeatConfig | None = None
+    releases: ReleasesConfig = field(default_factory=ReleasesConfig)
+    orders: OrdersConfig = field(default_factory=OrdersConfig)
     log_level: str = "info"
     log_format: str = "auto"
     source: str = field(default="<defaults>", compare=False)
@@ -230,6 +252,8 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
         "facts",
         "puppet",
         "apply",
+        "releases",
+        "orders",
         "log",
     }
     _check_keys(source, "", raw, top)
@@ -308,6 +332,7 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
     log = _section(source, raw, "log")
     _check_keys(source, "log", log, {"level", "format"})
     heat = _heat(source, raw) if raw.get("heat") is not None or "heat" in raw else None
+    releases, orders = _releases(source, raw), _orders(source, raw)
 
     return Config(
         app=app,
@@ -331,6 +356,8 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
         apply=apply,
         zookeeper=zookeeper,
         heat=heat,
+        releases=releases,
+        orders=orders,
         log_level=_get(source, "log", log, "level", _choice(LOG_LEVELS), "info"),
         log_format=_get(source, "log", log, "format", _choice(LOG_FORMATS), "auto"),
         source=source,
@@ -374,14 +401,46 @@ def _heat(source: str, raw: dict[str, Any]) -> HeatConfig:
     return out
 
 
+def _count(source: str, key: str, value: Any) -> int:
+    """A number of things kept: at least the one in use."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _fail(source, key, f"must be a whole number >= 1, got {value!r}")
+    return value
+
+
+def _releases(source: str, raw: dict[str, Any]) -> ReleasesConfig:
+    r = _section(source, raw, "releases")
+    d = ReleasesConfig()
+    _check_keys(source, "releases", r, set(ReleasesConfig.__dataclass_fields__))
+    return ReleasesConfig(
+        apps_dir=_get(source, "releases", r, "apps_dir", _string, d.apps_dir),
+        keep=_get(source, "releases", r, "keep", _count, d.keep),
+        user=_get(source, "releases", r, "user", _app_name, d.user),
+        timeout=_get(source, "releases", r, "timeout", _positive, d.timeout),
+        fetch_timeout=_get(source, "releases", r, "fetch_timeout", _positive, d.fetch_timeout),
+    )
+
+
+def _orders(source: str, raw: dict[str, Any]) -> OrdersConfig:
+    o = _section(source, raw, "orders")
+    d = OrdersConfig()
+    _check_keys(source, "orders", o, set(OrdersConfig.__dataclass_fields__))
+    return OrdersConfig(
+        max_age=_get(source, "orders", o, "max_age", _positive, d.max_age),
+        retention=_get(source, "orders", o, "retention", _positive, d.retention),
+        timeout=_get(source, "orders", o, "timeout", _positive, d.timeout),
+    )
+
+
 def check_runnable(cfg: Config) -> None:
     """A daemon with nothing to apply would report "OK" forever while doing
     nothing: refuse it, as a config error, at start."""
-    if not cfg.puppet.manifests and cfg.heat is None:
+    if not cfg.puppet.manifests and cfg.heat is None and cfg.zookeeper is None:
         raise _fail(
             cfg.source,
             "puppet.manifests",
-            "nothing to apply: list at least one manifest or configure heat: (an empty or "
+            "nothing to apply: list at least one manifest, configure heat:, or zookeeper: "
+            "(an app's releases and orders) (an empty or "
             "comment-only config gives the agent no work)",
         )
 

@@ -43,6 +43,8 @@ from mozagent.report.status import StatusStore, exit_code, load_status, when
 from mozagent.sources.runrequests import RunRequests
 
 if TYPE_CHECKING:
+    from mozagent.apply.orders import OrderBook
+    from mozagent.report.fleet import FleetReport
     from mozagent.sources import Source
     from mozagent.sources.heat import HeatSource
     from mozagent.sources.zookeeper import ZooKeeperSource
@@ -117,9 +119,17 @@ class Daemon:
                 Worker("sync", self.progress, self.status),
                 self.stopping,
             )
+        self.fleet: FleetReport | None = None
+        self.order_book: OrderBook | None = None
+        app_sources: list[Source] = []
+        if self.zookeeper is not None:
+            app_sources = self._wire_app(cfg, self.zookeeper)
         # Every source has the same shape (sources.Source): started, run on a
-        # thread of its own, reported, woken and closed alike.
-        self.sources: list[Source] = [s for s in (self.zookeeper, self.heat) if s is not None]
+        # thread of its own, reported, woken and closed alike. The ZooKeeper
+        # source owns the shared session, so it starts first and closes last.
+        self.sources: list[Source] = [
+            s for s in (self.zookeeper, *app_sources, self.heat) if s is not None
+        ]
         self._threads: list[threading.Thread] = []
         self._started = time.time()
         self._lock_fd: int | None = None
@@ -178,6 +188,54 @@ class Daemon:
             self.stopping,
         )
 
+    def _wire_app(self, cfg: Config, zk: ZooKeeperSource) -> list[Source]:
+        """The app's code: releases and orders sources (on the data source's
+        session) → executor jobs → installer and order runner → status and the
+        fleet report (presence, order results)."""
+        from mozagent.apply.appcode import NOBODY, OrderQueue, ReleaseJob
+        from mozagent.apply.orders import OrderBook, OrderRunner
+        from mozagent.apply.release import ReleaseInstaller
+        from mozagent.apply.runas import RunAs
+        from mozagent.report.fleet import FleetReport
+        from mozagent.sources.orders import OrderSource
+        from mozagent.sources.releases import ReleaseSource
+
+        assert cfg.zookeeper is not None and cfg.app is not None
+        app, node, z, r, o = cfg.app, cfg.node, cfg.zookeeper, cfg.releases, cfg.orders
+        beat = self.executor.health.beat
+
+        def installer(run_as: RunAs) -> ReleaseInstaller:
+            return ReleaseInstaller(
+                r.apps_dir, app, node, r.keep, run_as, r.timeout, r.fetch_timeout,
+                self.stopping, self.ledger, beat,
+            )  # fmt: skip
+
+        book = self.order_book = OrderBook(cfg.state_dir)
+
+        def runner(run_as: RunAs) -> OrderRunner:
+            return OrderRunner(book, app, node, run_as, o.timeout, self.stopping, self.ledger, beat)
+
+        reader = installer(NOBODY)  # reads what is installed; never runs anything
+        release = ReleaseJob(installer, r.user, app, self.status, reader.installed)
+        orders = OrderQueue(runner, r.user, app, o.max_age, reader.current_dir, self.status)
+        self.executor.attach_app(release, orders)
+        self.fleet = FleetReport(
+            zk.client, z.root, app, node, self.status, book,
+            Worker("presence", self.progress, self.status), self.stopping, z.session_timeout,
+        )  # fmt: skip
+        self.executor.listeners.append(self.fleet.wake)
+        common = (z.session_timeout, z.resync_interval)
+        return [
+            ReleaseSource(
+                zk.client, z.root, app, node, self.executor.offer_release,
+                Worker("releases", self.progress, self.status), self.stopping, *common,
+            ),
+            OrderSource(
+                zk.client, z.root, app, book.seen, self.executor.offer_order, o.retention,
+                Worker("orders", self.progress, self.status), self.stopping, *common,
+            ),
+        ]  # fmt: skip
+
     # --- lock and lifecycle records ---------------------------------------------
 
     @property
@@ -227,6 +285,11 @@ class Daemon:
         what, killed = self.ledger.recover()
         if what is not None:
             log.warning("previous_run_interrupted", command=what, processes_killed=killed)
+        if self.order_book is not None:
+            # An order it was running is failed, never run again; its result is published.
+            for result in self.order_book.recover():
+                log.warning("order_interrupted", order=result.order, command=result.command)
+            self.order_book.prune(self.cfg.orders.retention)
 
     # --- threads -----------------------------------------------------------------
 
@@ -251,6 +314,8 @@ class Daemon:
         if self.sender is not None and self.heat_report is not None:
             self.heat_report.refresh()
             self._spawn(self.sender.worker, self.sender.run)
+        if self.fleet is not None:
+            self._spawn(self.fleet.worker, self.fleet.run)
         self._spawn(self.executor.worker, self.executor.run)
         log.info(
             "started",
@@ -270,9 +335,13 @@ class Daemon:
         if self.sender is not None:
             self.sender.wake()
         self.executor.wake()
+        if self.fleet is not None:
+            self.fleet.wake()
         for thread in self._threads:
             thread.join(timeout=30)
-        for source in self.sources:
+        if self.fleet is not None:
+            self.fleet.close()
+        for source in reversed(self.sources):
             source.close()
         self._mark_stopped()
         log.info("stopped")
@@ -342,10 +411,13 @@ class Daemon:
                 source.once()
             self.executor.run_deployments()
             ok = self.executor.apply()
+            self.executor.run_app_jobs()
             if self.sender is not None:
                 self.sender.run_once()
+            if self.fleet is not None:
+                self.fleet.once()  # order results; the presence goes with the session
         finally:
-            for source in self.sources:
+            for source in reversed(self.sources):
                 source.close()
             self._mark_stopped()
         code = exit_code(self.status.snapshot())

@@ -19,12 +19,14 @@ from typing import Any
 
 import structlog
 
+from mozagent.apply.appcode import OrderQueue, ReleaseJob
 from mozagent.apply.deployments import DeploymentQueue, DeploymentRunner
 from mozagent.apply.process import Ledger
 from mozagent.apply.puppet import ApplyItem, ApplyResult, PuppetPaths, run_puppet
 from mozagent.apply.scheduler import ApplyScheduler
 from mozagent.config import Config
 from mozagent.desired.deployments import Deployment
+from mozagent.desired.fleet import DesiredRelease, PushedOrder
 from mozagent.fileio import write_if_changed
 from mozagent.render.hiera import FactsInput, facts_env
 from mozagent.render.snapshot import RunLayout, Snapshot, run_files
@@ -67,6 +69,14 @@ class Executor:
         self._runner: DeploymentRunner | None = None
         self._waiting_requests: list[str] = []
         self._next_apply: float | None = None
+        self.release: ReleaseJob | None = None
+        self.orders: OrderQueue | None = None
+        # The data of the last successful run: an offer with the same bytes is
+        # applied already, whatever its version (a value set to what it was).
+        self._applied: Snapshot | None = None
+        self.applied_version: int | None = None
+        # Called after every job: the fleet report publishes what changed.
+        self.listeners: list[Callable[[], None]] = []
 
     # --- what sources call ------------------------------------------------------
 
@@ -82,6 +92,8 @@ class Executor:
             if not snapshot.same_data(self._snapshot):
                 self.scheduler.changed(time.monotonic())
             self._snapshot = snapshot
+            if snapshot.same_data(self._applied) and not self.scheduler.pending:
+                self._mark_applied(snapshot.version)
             if first_read:
                 self.scheduler.release()
             self._cond.notify_all()
@@ -97,6 +109,73 @@ class Executor:
         self.deployments.offer(deployments)
         with self._cond:
             self._cond.notify_all()
+
+    def attach_app(self, release: ReleaseJob, orders: OrderQueue) -> None:
+        """The app's code: release installs and orders, run after puppet."""
+        self.release = release
+        self.orders = orders
+
+    def offer_release(self, desired: DesiredRelease) -> None:
+        assert self.release is not None
+        with self._cond:
+            self.release.offer(desired)
+            self._cond.notify_all()
+
+    def offer_order(self, order: PushedOrder) -> None:
+        assert self.orders is not None
+        with self._cond:
+            self.orders.offer(order)
+            self._cond.notify_all()
+
+    def _mark_applied(self, version: int) -> None:
+        """Called with the lock held."""
+        if self.applied_version is None or version > self.applied_version:
+            self.applied_version = version
+            self.status.update(applied_data_version=version)
+            self._notify()
+
+    def _notify(self) -> None:
+        for listener in self.listeners:
+            listener()
+
+    def _app_job(self) -> Callable[[], bool] | None:
+        """The next release install or order, once puppet has nothing waiting:
+        puppet prepares the host for the code (lock held)."""
+        now = time.monotonic()
+        if self.scheduler.held(now) or self.scheduler.pending or self.scheduler.in_flight:
+            return None
+        if self.release is not None and self.release.pending:
+            release, snapshot = self.release, self._snapshot
+            return lambda: self._run_release(release, snapshot)
+        if self.orders is not None and self.orders.pending:
+            return self.orders.run_next
+        return None
+
+    def _run_release(self, job: ReleaseJob, snapshot: Snapshot) -> bool:
+        self.status.update(
+            applying={
+                "started": time.time(),
+                "configs": ["release install"],
+                "data_version": snapshot.version,
+            }
+        )
+        try:
+            return job.run(snapshot.merged)
+        finally:
+            self.status.update(applying=None)
+
+    def run_app_jobs(self) -> int:
+        """Every pending release install and order now (``daemon --once``)."""
+        count = 0
+        while not self.stopping.is_set():
+            with self._cond:
+                job = self._app_job()
+            if job is None:
+                break
+            job()
+            self._notify()
+            count += 1
+        return count
 
     def run_deployments(self) -> int:
         """Run every pending deployment now, in list order (``daemon --once``)."""
@@ -172,6 +251,13 @@ class Executor:
                 dep = self.deployments.next()
         if dep is not None:
             self._run_deployment(dep)
+            self._notify()
+            return True
+        with self._cond:
+            job = self._app_job()
+        if job is not None:
+            job()
+            self._notify()
             return True
         with self._cond:
             now = time.monotonic()
@@ -194,6 +280,7 @@ class Executor:
         finally:
             with self._cond:
                 self.scheduler.finished(time.monotonic(), ok)
+            self._notify()
         return True
 
     def _prepare_run(
@@ -273,7 +360,12 @@ class Executor:
             results.append(result)
         aborted = len(results) < len(items) or any(r.message.startswith("aborted") for r in results)
         message = "aborted: the agent stopped" if aborted else None
-        return self._record(started, version, results, len(items), message, requests)
+        ok = self._record(started, version, results, len(items), message, requests)
+        if ok:
+            with self._cond:
+                self._applied = snapshot
+                self._mark_applied(version)
+        return ok
 
     def _record(
         self,

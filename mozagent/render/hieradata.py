@@ -99,7 +99,8 @@ class HieraData:
             existing = None if lg else read_bytes(self._layer_file(layer))
             rendered[layer] = existing or self._renderer.render(layer, lg.values if lg else {})
         version = max((lg.version for lg in self.lastgood.values()), default=0)
-        return make_snapshot(version, rendered)
+        values = {layer: lg.values for layer, lg in self.lastgood.items()}
+        return make_snapshot(version, rendered, values)
 
     def render(
         self, views: dict[str, LayerView], previous_version: int
@@ -111,7 +112,7 @@ class HieraData:
         rendered = {r.name: self._renderer.render(r.name, r.values) for r in resolved}
         # Monotonic: a deleted layer has no version of its own to report.
         version = max([previous_version, *(r.version for r in resolved)])
-        snapshot = make_snapshot(version, rendered)
+        snapshot = make_snapshot(version, rendered, {r.name: r.values for r in resolved})
         self._update_lastgood(resolved)
         self.publish(snapshot)
         return snapshot, resolved

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mozagent.desired.layers import LAYERS
@@ -36,6 +36,9 @@ class Snapshot:
 
     version: int
     layers: tuple[tuple[str, bytes], ...]
+    # The app's data merged as Hiera's first-found lookup sees it (node > app >
+    # global, key by key): what an app's install script reads (MOZAGENT_DATA).
+    merged: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def same_data(self, other: Snapshot | None) -> bool:
         """Identical bytes mean puppet would see nothing new: no run is needed."""
@@ -45,8 +48,21 @@ class Snapshot:
         return dict(self.layers)[name]
 
 
-def make_snapshot(version: int, rendered: dict[str, bytes]) -> Snapshot:
-    return Snapshot(version, tuple((name, rendered[name]) for name in LAYERS))
+def make_snapshot(
+    version: int, rendered: dict[str, bytes], values: Mapping[str, Mapping[str, Any]] | None = None
+) -> Snapshot:
+    return Snapshot(
+        version, tuple((name, rendered[name]) for name in LAYERS), merge_layers(values or {})
+    )
+
+
+def merge_layers(values: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """``LAYERS`` is in hierarchy order, most specific first: the first layer
+    that has a key wins."""
+    merged: dict[str, Any] = {}
+    for name in reversed(LAYERS):
+        merged.update(values.get(name) or {})
+    return merged
 
 
 @dataclass(frozen=True)

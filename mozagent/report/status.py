@@ -96,6 +96,9 @@ _SECTIONS: dict[str, type | tuple[type, ...]] = {
     "errors": dict,
     "deployments": list,
     "heat": dict,
+    "release": dict,
+    "orders": list,
+    "applied_data_version": int,
     "app": str,
     "node": str,
     "puppet_ref": str,
@@ -299,6 +302,52 @@ def format_heat(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _release_line(label: str, rel: Any) -> str:
+    if not isinstance(rel, dict) or not rel.get("ref"):
+        return f"    {label}: none"
+    commit = str(rel.get("commit") or "")[:12]
+    return (
+        f"    {label}: {rel.get('ref')}"
+        + (f" ({commit})" if commit else "")
+        + (f" from {rel['source']}" if rel.get("source") else "")
+    )
+
+
+def format_release(doc: dict[str, Any]) -> list[str]:
+    """The app's code: what should run, what runs, and how the last install went."""
+    release = doc.get("release")
+    orders = [o for o in doc.get("orders") or [] if isinstance(o, dict)]
+    lines: list[str] = []
+    if isinstance(release, dict):
+        lines.append("  release:")
+        desired = release.get("desired")
+        lines.append(_release_line("desired", desired))
+        if isinstance(desired, dict) and desired.get("path"):
+            lines[-1] += f"  [{desired['path']}]"
+        installed = release.get("installed")
+        lines.append(_release_line("installed", installed))
+        if isinstance(installed, dict) and installed.get("installed"):
+            lines[-1] += f" at {when(installed['installed'])}"
+        last = release.get("last_install")
+        if isinstance(last, dict):
+            verdict = "OK" if last.get("ok") else "FAILED"
+            lines.append(
+                f"    last install: {verdict} {last.get('ref') or '-'} at "
+                f"{when(last.get('ended'))} ({_dur(last)}): {last.get('message') or '-'}"
+            )
+            if last.get("log"):
+                lines.append(f"      log: {last['log']}")
+    if orders:
+        lines.append("  orders (newest first):")
+        for o in orders[:5]:
+            rc = "" if o.get("returncode") is None else f" rc {o['returncode']}"
+            lines.append(
+                f"    {o.get('order')} {o.get('command')}: {o.get('state')}{rc} at "
+                f"{when(o.get('ended') or o.get('started'))} — {o.get('message') or '-'}"
+            )
+    return lines
+
+
 def format_status(doc: dict[str, Any]) -> str:
     """The human form: short, like a ``puppet agent --test`` summary."""
     agent = doc.get("agent") or {}
@@ -341,6 +390,7 @@ def format_status(doc: dict[str, Any]) -> str:
                     f"{layer.get('keys', 0)} keys  {layer.get('path', '')}{extra}"
                 )
     lines.extend(format_last_apply(doc.get("last_apply")))
+    lines.extend(format_release(doc))
     lines.extend(format_heat(doc))
     applying = doc.get("applying")
     if applying and alive:

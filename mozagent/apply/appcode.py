@@ -1,0 +1,175 @@
+"""The app's own code as executor jobs: installing its release, running its orders.
+
+Both sources only hand work over (a ``DesiredRelease``, an ``Order``); the
+executor runs these jobs on its one thread, after puppet, so that puppet has
+prepared the host (packages, vhost, the app's user) before code lands or runs.
+Each job's result goes to its sinks: status (``mozagent status``) and the
+fleet report (presence and order results in ZooKeeper).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import structlog
+
+from mozagent.apply.orders import OrderRunner
+from mozagent.apply.release import ReleaseInstaller
+from mozagent.apply.runas import NoSuchUser, RunAs, resolve_user
+from mozagent.desired.fleet import DesiredRelease, PushedOrder
+from mozagent.report.status import StatusStore
+
+log = structlog.get_logger("mozagent")
+
+# Stands in for a user that does not exist, only to record the refusal.
+NOBODY = RunAs("-", -1, -1, "/")
+
+
+class ReleaseJob:
+    """Installs what the releases source last offered, once per offer.
+
+    A failed install is not retried on its own (the install script would fail
+    the same way, every few seconds, for ever); a new offer (another deploy, a
+    fixed znode) or a restart tries again. Pure bookkeeping plus the installer.
+    """
+
+    def __init__(
+        self,
+        installer: Callable[[RunAs], ReleaseInstaller],
+        user: str | None,
+        app: str,
+        status: StatusStore,
+        installed: Callable[[], dict[str, Any] | None],
+    ) -> None:
+        self._installer = installer
+        self._installed = installed
+        self.user = user
+        self.app = app
+        self.status = status
+        self.desired: DesiredRelease | None = None
+        self._done: DesiredRelease | None = None
+        self.last_install: dict[str, Any] | None = None
+        self._show()  # what is installed, before anything is desired
+
+    def offer(self, desired: DesiredRelease) -> None:
+        self.desired = desired
+        self._show()
+
+    @property
+    def pending(self) -> bool:
+        return self.desired is not None and self.desired != self._done
+
+    def _show(self) -> None:
+        errors = []
+        if self.desired is not None and self.desired.error:
+            errors.append({"where": self.desired.path, "message": self.desired.error})
+        elif self.last_install is not None and not self.last_install["ok"]:
+            errors.append(
+                {
+                    "where": f"release {self.last_install.get('ref')}",
+                    "message": f"install failed: {self.last_install['message']}",
+                }
+            )
+        section: dict[str, Any] = {
+            "desired": self.desired.as_dict() if self.desired else None,
+            "installed": self._installed(),
+            "last_install": self.last_install,
+        }
+        self.status.update(release=section)
+        self.status.set_errors("release", errors)
+
+    def _failed(self, desired: DesiredRelease, message: str) -> dict[str, Any]:
+        now = time.time()
+        rel = desired.release
+        return {
+            "ok": False,
+            "message": message,
+            "ref": rel.ref if rel else None,
+            "source": rel.source if rel else None,
+            "commit": None,
+            "started": now,
+            "ended": now,
+        }
+
+    def run(self, data: Mapping[str, Any]) -> bool:
+        desired = self.desired
+        assert desired is not None
+        self._done = desired
+        if desired.release is None and desired.error is None:
+            self._show()  # nothing desired: whatever is installed stays
+            return True
+        if desired.error is not None:
+            result = self._failed(desired, desired.error)
+        else:
+            assert desired.release is not None
+            try:
+                # Resolved at each install: puppet may have just created the user.
+                installer = self._installer(resolve_user(self.user, self.app))
+            except NoSuchUser as exc:
+                result = self._failed(desired, f"cannot run the install script: {exc}")
+            else:
+                log.info("release_install_started", **desired.as_dict())
+                result = installer.install(desired.release, data).as_dict()
+        # ``version`` is what `mozagent deploy --wait` compares with the znode it wrote.
+        result.update(version=desired.version, path=desired.path, log=result.get("log_path"))
+        self.last_install = result
+        (log.info if result["ok"] else log.error)("release_install_finished", **result)
+        self._show()
+        return bool(result["ok"])
+
+
+class OrderQueue:
+    """Orders in the order they were pushed; each decided, recorded and run once."""
+
+    def __init__(
+        self,
+        runner: Callable[[RunAs], OrderRunner],
+        user: str | None,
+        app: str,
+        max_age: float,
+        release_dir: Callable[[], str | None],
+        status: StatusStore,
+    ) -> None:
+        self._runner = runner
+        self.user = user
+        self.app = app
+        self.max_age = max_age
+        self.release_dir = release_dir
+        self.status = status
+        self._queue: deque[PushedOrder] = deque()
+        self._recent: deque[dict[str, Any]] = deque(maxlen=10)
+
+    def offer(self, item: PushedOrder) -> None:
+        self._queue.append(item)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._queue)
+
+    def run_next(self) -> bool:
+        item = self._queue.popleft()
+        try:
+            # Resolved at each order: puppet may have just created the user.
+            runner, problem = self._runner(resolve_user(self.user, self.app)), None
+        except NoSuchUser as exc:
+            # Nothing runs without its user; the refusal is recorded like any result.
+            runner, problem = self._runner(NOBODY), f"cannot run orders: {exc}"
+        if problem is not None:
+            result = runner.refuse(item.name, item.where, problem, item.created)
+        else:
+            handled = runner.handle(
+                item.name, item.raw, item.created, item.where, self.release_dir(), self.max_age
+            )
+            if handled is None:
+                return True
+            result = handled
+        doc = result.as_dict()
+        (log.info if result.state == "done" else log.error)(
+            "order_finished", **{k: v for k, v in doc.items() if k != "output"}
+        )
+        self._recent.appendleft({k: v for k, v in doc.items() if k != "output"})
+        self.status.update(orders=list(self._recent))
+        return result.state in ("done", "expired")

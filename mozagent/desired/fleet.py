@@ -1,0 +1,94 @@
+"""Where an app's fleet lives in ZooKeeper, beside its data.
+
+The agents and the operator's CLI meet only here, so the layout is written
+once. Under ``<root>/apps/<app>/``:
+
+``release``                 the app's desired release (YAML: ref, source, install_script)
+``nodes/<node>/release``    a per-node override (a canary)
+``hosts/<node>``            each live agent's presence (ephemeral, JSON)
+``orders/order-<seq>``      a command pushed to the app's hosts (sequential, JSON)
+``orders/order-<seq>/results/<node>``  what one host did with it (JSON)
+
+Pure: names and values only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mozagent.desired.release import Release
+
+
+def app_base(root: str, app: str) -> str:
+    return f"{root.rstrip('/')}/apps/{app}"
+
+
+def release_path(root: str, app: str) -> str:
+    return f"{app_base(root, app)}/release"
+
+
+def node_release_path(root: str, app: str, node: str) -> str:
+    return f"{app_base(root, app)}/nodes/{node}/release"
+
+
+def hosts_path(root: str, app: str) -> str:
+    return f"{app_base(root, app)}/hosts"
+
+
+def host_path(root: str, app: str, node: str) -> str:
+    return f"{hosts_path(root, app)}/{node}"
+
+
+def orders_path(root: str, app: str) -> str:
+    return f"{app_base(root, app)}/orders"
+
+
+ORDER_PREFIX = "order-"
+
+
+def order_path(root: str, app: str, name: str) -> str:
+    return f"{orders_path(root, app)}/{name}"
+
+
+def results_path(root: str, app: str, name: str) -> str:
+    return f"{order_path(root, app, name)}/results"
+
+
+def result_path(root: str, app: str, name: str, node: str) -> str:
+    return f"{results_path(root, app, name)}/{node}"
+
+
+def apps_path(root: str) -> str:
+    return f"{root.rstrip('/')}/apps"
+
+
+@dataclass(frozen=True)
+class DesiredRelease:
+    """What the release source hands the executor: the release this host must
+    run, where it was read, and that znode's version (its mzxid), which the
+    host reports back so that ``mozagent deploy --wait`` knows it acted on it.
+
+    ``release`` None with no ``error``: no release is desired (no znode).
+    ``error``: the znode cannot be used; the installed release stays."""
+
+    path: str
+    version: int
+    release: Release | None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"path": self.path, "version": self.version, "error": self.error}
+        doc.update(self.release.as_dict() if self.release else {"ref": None, "source": None})
+        return doc
+
+
+@dataclass(frozen=True)
+class PushedOrder:
+    """An order znode as the orders source read it: judged by the executor
+    (its age, its target, its command), not by the source."""
+
+    name: str
+    raw: bytes | None
+    created: float  # the znode's ctime, by the server's clock
+    where: str

@@ -1,0 +1,406 @@
+"""Releases, orders and presence end to end: real agents (daemon processes),
+the real ZooKeeper, real puppet, real git repositories (file:// URLs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kazoo.client import KazooClient
+
+from mozagent.desired.fleet import host_path, orders_path, release_path, result_path
+from mozagent.testing import ZooKeeperServer, text_of
+from tests.conftest import Sandbox, wait_for
+
+INSTALL = """#!/bin/sh
+set -e
+case "$MOZAGENT_NODE" in {fail_nodes}) echo "install refused on $MOZAGENT_NODE" >&2; exit 7;; esac
+{{
+  echo "app=$MOZAGENT_APP node=$MOZAGENT_NODE ref=$MOZAGENT_RELEASE_REF"
+  echo "commit=$MOZAGENT_RELEASE_COMMIT dir=$MOZAGENT_RELEASE_DIR"
+  echo "user=$(id -un)"
+}} > "$MOZAGENT_RELEASE_DIR/installed.txt"
+cp "$MOZAGENT_DATA" "$MOZAGENT_RELEASE_DIR/data.json"
+{slow}
+"""
+
+PROCFILE = """\
+# the commands an operator may push
+hello: echo "hello from $MOZAGENT_NODE in $(pwd)"; echo ran >> {marks}/hello-$MOZAGENT_NODE
+slow: sleep 6; echo ran >> {marks}/slow-$MOZAGENT_NODE
+fail: echo "no luck" >&2; exit 3
+"""
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+class AppRepo:
+    """The app's code in a real git repository, one tag per release."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / "app.git"
+        self.marks = root / "marks"
+        self.marks.mkdir(mode=0o777)
+        os.chmod(self.marks, 0o777)  # the app's user (nobody, under root) writes here
+        self.path.mkdir()
+        git(self.path, "init", "-q", "-b", "main")
+        git(self.path, "config", "user.email", "dev@example.invalid")
+        git(self.path, "config", "user.name", "dev")
+
+    @property
+    def url(self) -> str:
+        return f"file://{self.path}"
+
+    def release(self, tag: str, fail_nodes: str = "none-such", slow: str = "") -> str:
+        bin_dir = self.path / "bin"
+        bin_dir.mkdir(exist_ok=True)
+        install = bin_dir / "install"
+        install.write_text(INSTALL.format(fail_nodes=fail_nodes, slow=slow))
+        install.chmod(0o755)
+        (bin_dir / "commands.procfile").write_text(PROCFILE.format(marks=self.marks))
+        (self.path / "VERSION").write_text(tag + "\n")
+        git(self.path, "add", "-A")
+        git(self.path, "commit", "-q", "-m", tag)
+        git(self.path, "tag", tag)
+        return git(self.path, "rev-parse", "HEAD")
+
+
+class Fleet:
+    """Agents of one app, each a daemon with its own node name and state dir."""
+
+    def __init__(self, root: Path, server: ZooKeeperServer, zk_root: str, zk: KazooClient):
+        self.root = root
+        self.server = server
+        self.zk_root = zk_root
+        self.zk = zk
+        self.repo = AppRepo(root)
+        self.boxes: dict[str, Sandbox] = {}
+
+    def agent(self, node: str, **overrides: Any) -> Sandbox:
+        home = self.root / node
+        home.mkdir()
+        box = Sandbox(home, self.server.hosts, self.zk_root)
+        box.write_config(
+            node=node,
+            releases={"apps_dir": str(home / "apps"), "keep": 2, "timeout": 30},
+            orders={"timeout": 20, "max_age": 600},
+            **overrides,
+        )
+        self.boxes[node] = box
+        return box
+
+    def start(self, *nodes: str) -> None:
+        for node in nodes or tuple(self.boxes):
+            self.boxes[node].start_daemon()
+
+    def stop(self) -> None:
+        for box in self.boxes.values():
+            box.stop_daemons()
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return next(iter(self.boxes.values())).cli(*args, timeout=timeout)
+
+    def deploy(self, tag: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        return self.cli("deploy", "shop", tag, "--source", self.repo.url, *extra)
+
+    def set_release(self, tag: str, node: str | None = None) -> int:
+        """As any ZooKeeper client may write it (zkCli.sh, another tool)."""
+        path = release_path(self.zk_root, "shop")
+        if node is not None:
+            path = f"{self.zk_root}/apps/shop/nodes/{node}/release"
+        data = f"ref: {tag}\nsource: {self.repo.url}\n".encode()
+        if self.zk.exists(path):
+            return self.zk.set(path, data).mzxid
+        self.zk.create(path, data, makepath=True)
+        return self.zk.exists(path).mzxid
+
+    def presence(self, node: str) -> dict[str, Any] | None:
+        stat = self.zk.exists(host_path(self.zk_root, "shop", node))
+        if stat is None:
+            return None
+        data, _ = self.zk.get(host_path(self.zk_root, "shop", node))
+        return json.loads(data)
+
+    def current(self, node: str) -> str | None:
+        link = self.root / node / "apps" / "shop" / "current"
+        return os.path.basename(os.readlink(link)) if link.is_symlink() else None
+
+    def installed_text(self, node: str) -> str:
+        return text_of(self.root / node / "apps" / "shop" / "current" / "installed.txt")
+
+
+@pytest.fixture
+def fleet(
+    zk_server: ZooKeeperServer, zk_root: str, zk: KazooClient, puppet_bin: str
+) -> Iterator[Fleet]:
+    # Not under pytest's tmp_path: pytest keeps its base dir 0700, and under
+    # root the app's code runs as nobody, which must reach its release dir.
+    root = Path(tempfile.mkdtemp(prefix="mozagent-fleet-"))
+    os.chmod(root, 0o755)
+    f = Fleet(root, zk_server, zk_root, zk)
+    try:
+        yield f
+    finally:
+        f.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def installed_commit(f: Fleet, node: str) -> Callable[[], str | None]:
+    def probe() -> str | None:
+        doc = f.presence(node) or {}
+        return ((doc.get("release") or {}).get("installed") or {}).get("commit")
+
+    return probe
+
+
+def test_release_installs_switches_and_shows_in_status_and_presence(fleet: Fleet) -> None:
+    v1 = fleet.repo.release("v1")
+    box = fleet.agent("web1")
+    for words in (
+        ("set", "shop", "greeting", "hello"),
+        ("--global", "set", "greeting", "hi"),
+        ("--global", "set", "where", "everywhere"),
+        ("--node", "web1", "set", "shop", "where", "web1"),
+    ):
+        res = box.cli("data", *words)
+        assert res.returncode == 0, res.stderr
+    fleet.start()
+    fleet.set_release("v1")
+    wait_for(lambda: installed_commit(fleet, "web1")() == v1, 60, what="v1 installed")
+    assert fleet.current("web1") == v1
+    text = fleet.installed_text("web1")
+    assert f"app=shop node=web1 ref=v1\ncommit={v1}" in text
+    # MOZAGENT_DATA holds the app's merged data (node > app > global).
+    data = json.loads(text_of(fleet.root / "web1" / "apps" / "shop" / "current" / "data.json"))
+    assert data == {"greeting": "hello", "where": "web1"}, data
+    if os.geteuid() == 0:
+        assert "user=nobody" in text  # never as root
+    status = box.cli("status")
+    assert "installed: v1" in status.stdout and v1[:12] in status.stdout, status.stdout
+    doc = fleet.presence("web1")
+    assert doc is not None and doc["release"]["installed"]["commit"] == v1
+    assert doc["data_version"] and doc["last_apply"]["ok"] is True
+
+
+def last_install(f: Fleet, node: str) -> dict[str, Any]:
+    doc = f.presence(node) or {}
+    return (doc.get("release") or {}).get("last_install") or {}
+
+
+def acted_on(f: Fleet, node: str, version: int) -> Callable[[], dict[str, Any] | None]:
+    def probe() -> dict[str, Any] | None:
+        last = last_install(f, node)
+        return last if (last.get("version") or 0) >= version else None
+
+    return probe
+
+
+def test_failed_install_keeps_the_old_release_and_rollback_switches_back(fleet: Fleet) -> None:
+    v1 = fleet.repo.release("v1")
+    v2 = fleet.repo.release("v2", fail_nodes="web1")
+    v3 = fleet.repo.release("v3")
+    box = fleet.agent("web1")
+    fleet.start()
+    fleet.set_release("v1")
+    wait_for(lambda: installed_commit(fleet, "web1")() == v1, 60, what="v1 installed")
+    version = fleet.set_release("v2")
+    failed = wait_for(acted_on(fleet, "web1", version), 60, what="the v2 install to end")
+    assert failed["ok"] is False and "7" in failed["message"], failed
+    assert fleet.current("web1") == v1  # current did not move
+    assert "install refused on web1" in text_of(failed["log"])  # the script's output is kept
+    code, doc = box.status()
+    assert code == 3 and any("install failed" in e["message"] for e in doc["errors"]["release"])
+    assert box.daemons[0].poll() is None  # the daemon keeps running
+    fleet.set_release("v3")
+    wait_for(lambda: installed_commit(fleet, "web1")() == v3, 60, what="v3 installed")
+    fleet.set_release("v1")  # rollback: the old tree is still there, its script runs again
+    wait_for(lambda: installed_commit(fleet, "web1")() == v1, 60, what="rolled back to v1")
+    assert fleet.current("web1") == v1 and "ref=v1" in fleet.installed_text("web1")
+    assert v2 not in os.listdir(fleet.root / "web1" / "apps" / "shop" / "releases")
+    code, doc = box.status()
+    assert "release" not in doc["errors"], doc["errors"]
+
+
+def test_a_node_override_canaries_one_host(fleet: Fleet) -> None:
+    v1 = fleet.repo.release("v1")
+    v2 = fleet.repo.release("v2")
+    fleet.agent("web1")
+    fleet.agent("web2")
+    fleet.start()
+    fleet.set_release("v1")
+    for node in ("web1", "web2"):
+        wait_for(lambda n=node: installed_commit(fleet, n)() == v1, 60, what=f"v1 on {node}")
+    fleet.set_release("v2", node="web2")
+    wait_for(lambda: installed_commit(fleet, "web2")() == v2, 60, what="the canary on web2")
+    assert installed_commit(fleet, "web1")() == v1
+    assert fleet.presence("web2")["release"]["desired"]["path"].endswith("nodes/web2/release")
+    fleet.zk.delete(f"{fleet.zk_root}/apps/shop/nodes/web2/release")
+    wait_for(lambda: installed_commit(fleet, "web2")() == v1, 60, what="web2 back on v1")
+
+
+def bad_release_values() -> list[tuple[str, bytes, str]]:
+    return [
+        ("not-yaml", b"ref: [unclosed", "release"),
+        ("no-ref", b"source: file:///nowhere\n", "ref"),
+        ("alias-bomb", b"a: &a [x, x]\nref: *a\nsource: s\n", "alias"),
+        ("unknown-ref", b"ref: v404\nsource: {url}\n", "v404"),
+        ("unfetchable", b"ref: v1\nsource: file:///nonexistent/repo.git\n", "nonexistent"),
+    ]
+
+
+def test_bad_release_znodes_are_errors_and_the_release_stays(fleet: Fleet) -> None:
+    v1 = fleet.repo.release("v1")
+    box = fleet.agent("web1")
+    fleet.start()
+    fleet.set_release("v1")
+    wait_for(lambda: installed_commit(fleet, "web1")() == v1, 60, what="v1 installed")
+    path = release_path(fleet.zk_root, "shop")
+    for name, raw, word in bad_release_values():
+        stat = fleet.zk.set(path, raw.replace(b"{url}", fleet.repo.url.encode()))
+        last = wait_for(acted_on(fleet, "web1", stat.mzxid), 60, what=f"the {name} release")
+        assert last["ok"] is False and word in last["message"], (name, last)
+        code, doc = box.status()
+        assert code == 3, name
+        assert any(word in e["message"] for e in doc["errors"]["release"]), (name, doc["errors"])
+        assert fleet.current("web1") == v1, name
+    assert box.daemons[0].poll() is None
+
+
+def kill9(box: Sandbox) -> None:
+    proc = box.daemons[-1]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def test_killed_mid_install_the_release_installs_after_restart(fleet: Fleet) -> None:
+    fleet.repo.release("v1", slow="sleep 30")
+    box = fleet.agent("web1")
+    fleet.start()
+    fleet.set_release("v1")
+    wait_for(
+        lambda: "release install" in str((box.status_doc() or {}).get("applying")),
+        60,
+        what="the install to start",
+    )
+    time.sleep(1)
+    kill9(box)
+    assert fleet.current("web1") is None  # nothing half-installed was switched to
+    fleet.repo.release("v1b")  # a quick one under the same...
+    git(fleet.repo.path, "tag", "-f", "v1", "v1b")  # ...tag: the operator fixed the release
+    box.start_daemon()
+    v1 = git(fleet.repo.path, "rev-parse", "v1")
+    wait_for(lambda: installed_commit(fleet, "web1")() == v1, 60, what="v1 after the restart")
+    assert "ref=v1" in fleet.installed_text("web1")
+
+
+def push_order(f: Fleet, command: str, nodes: list[str] | None = None) -> str:
+    """As `mozagent order` writes it (the CLI's own tests cover the CLI)."""
+    doc = {"command": command, "by": "test@here", "at": time.time(), "nodes": nodes}
+    path = f.zk.create(
+        orders_path(f.zk_root, "shop") + "/order-",
+        json.dumps(doc).encode(),
+        sequence=True,
+        makepath=True,
+    )
+    return path.rsplit("/", 1)[1]
+
+
+def result_of(f: Fleet, order: str, node: str, final: bool = True) -> dict[str, Any] | None:
+    path = result_path(f.zk_root, "shop", order, node)
+    if f.zk.exists(path) is None:
+        return None
+    doc = json.loads(f.zk.get(path)[0])
+    return doc if not final or doc["state"] != "running" else None
+
+
+def three_agents_on_v1(f: Fleet) -> str:
+    v1 = f.repo.release("v1")
+    for node in ("web1", "web2", "web3"):
+        f.agent(node)
+    f.start()
+    f.set_release("v1")
+    for node in ("web1", "web2", "web3"):
+        wait_for(lambda n=node: installed_commit(f, n)() == v1, 90, what=f"v1 on {node}")
+    return v1
+
+
+def test_an_order_runs_once_on_each_of_three_agents(fleet: Fleet) -> None:
+    v1 = three_agents_on_v1(fleet)
+    order = push_order(fleet, "hello")
+    for node in ("web1", "web2", "web3"):
+        res = wait_for(lambda n=node: result_of(fleet, order, n), 60, what=f"{node}'s result")
+        assert res["state"] == "done" and res["returncode"] == 0, res
+        assert f"hello from {node} in " in res["output"] and v1 in res["output"]
+    unknown = push_order(fleet, "rm-rf")
+    for node in ("web1", "web2", "web3"):
+        res = wait_for(lambda n=node: result_of(fleet, unknown, n), 60, what=f"{node} refusing")
+        assert res["state"] == "refused" and "rm-rf" in res["message"], res
+    targeted = push_order(fleet, "hello", nodes=["web2"])
+    wait_for(lambda: result_of(fleet, targeted, "web2"), 60, what="web2's result")
+    # Each ran exactly once, and the untargeted hosts never answered the targeted order.
+    for node in ("web1", "web2", "web3"):
+        runs = text_of(fleet.repo.marks / f"hello-{node}").splitlines()
+        assert len(runs) == (2 if node == "web2" else 1), (node, runs)
+    assert result_of(fleet, targeted, "web1", final=False) is None
+    # A restart does not run any of them again.
+    box = fleet.boxes["web1"]
+    box.stop_daemons()
+    box.start_daemon()
+    time.sleep(3)
+    assert len(text_of(fleet.repo.marks / "hello-web1").splitlines()) == 1
+
+
+def test_killed_mid_order_it_is_not_run_again(fleet: Fleet) -> None:
+    three_agents_on_v1(fleet)
+    order = push_order(fleet, "slow", nodes=["web1"])
+    box = fleet.boxes["web1"]
+    wait_for(
+        lambda: (result_of(fleet, order, "web1", final=False) or {}).get("state") == "running"
+        or "running" in json.dumps((box.status_doc() or {}).get("orders")),
+        30,
+        what="the order to start",
+    )
+    kill9(box)
+    box.start_daemon()
+    res = wait_for(lambda: result_of(fleet, order, "web1"), 60, what="the interrupted result")
+    assert res["state"] == "failed" and "interrupted" in res["message"], res
+    time.sleep(8)  # longer than the command: had it been run again, it would have finished
+    assert not (fleet.repo.marks / "slow-web1").exists()
+
+
+def test_presence_goes_with_the_agent_and_comes_back_after_session_expiry(
+    fleet: Fleet,
+) -> None:
+    box = fleet.agent("web1")
+    proc = box.start_daemon()
+    first = wait_for(lambda: fleet.presence("web1"), 30, what="presence")
+    assert first["node"] == "web1" and first["pid"] == proc.pid
+    owner = fleet.zk.exists(host_path(fleet.zk_root, "shop", "web1")).ephemeralOwner
+    # Freeze the agent past its session timeout (4 s): ZooKeeper expires the
+    # session and drops the ephemeral; thawed, the agent puts it back.
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: fleet.presence("web1") is None, 30, what="the presence to expire")
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: fleet.presence("web1"), 30, what="the presence to come back")
+    again = fleet.zk.exists(host_path(fleet.zk_root, "shop", "web1")).ephemeralOwner
+    assert again != owner
+    # Deleted by someone: put back.
+    fleet.zk.delete(host_path(fleet.zk_root, "shop", "web1"))
+    wait_for(lambda: fleet.presence("web1"), 30, what="the presence to be put back")
+    box.stop_daemons()
+    assert fleet.presence("web1") is None  # a clean stop removes it at once
