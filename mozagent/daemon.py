@@ -224,6 +224,7 @@ class Daemon:
             Worker("presence", self.progress, self.status), self.stopping, z.session_timeout,
         )  # fmt: skip
         self.executor.listeners.append(self.fleet.wake)
+        book.listeners.append(self.fleet.wake)
         common = (z.session_timeout, z.resync_interval)
         return [
             ReleaseSource(

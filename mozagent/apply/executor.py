@@ -148,19 +148,20 @@ class Executor:
             release, snapshot = self.release, self._snapshot
             return lambda: self._run_release(release, snapshot)
         if self.orders is not None and self.orders.pending:
-            return self.orders.run_next
+            orders, version = self.orders, self._snapshot.version
+            return lambda: self._busy("order", version, orders.run_next)
         return None
 
     def _run_release(self, job: ReleaseJob, snapshot: Snapshot) -> bool:
+        return self._busy("release install", snapshot.version, lambda: job.run(snapshot.merged))
+
+    def _busy(self, what: str, version: int, job: Callable[[], bool]) -> bool:
+        """Status says what the host is doing while an app job runs."""
         self.status.update(
-            applying={
-                "started": time.time(),
-                "configs": ["release install"],
-                "data_version": snapshot.version,
-            }
+            applying={"started": time.time(), "configs": [what], "data_version": version}
         )
         try:
-            return job.run(snapshot.merged)
+            return job()
         finally:
             self.status.update(applying=None)
 

@@ -63,6 +63,9 @@ class OrderBook:
         self.clock = clock
         self._book_path = os.path.join(self.dir, "book.json")
         self._book: dict[str, float] | None = None
+        # Called after each record: the fleet report publishes "running" while
+        # the order runs, not only its end.
+        self.listeners: list[Callable[[], None]] = []
 
     # -- joined / horizon ---------------------------------------------------
 
@@ -138,6 +141,8 @@ class OrderBook:
                 if doc and _is_time(doc.get("created")):
                     created = float(doc["created"])
             self._write(result, False, created)
+        for listener in self.listeners:
+            listener()
 
     def unpublished(self) -> list[OrderResult]:
         """Results still to publish, oldest order first ("running" ones too: the
