@@ -20,6 +20,7 @@ from mozagent.apply.orders import OrderRunner
 from mozagent.apply.release import ReleaseInstaller
 from mozagent.apply.runas import NoSuchUser, RunAs, resolve_user
 from mozagent.desired.fleet import DesiredRelease, PushedOrder
+from mozagent.desired.release import display_source
 from mozagent.report.status import StatusStore
 
 log = structlog.get_logger("mozagent")
@@ -73,9 +74,12 @@ class ReleaseJob:
                     "message": f"install failed: {self.last_install['message']}",
                 }
             )
+        installed = self._installed()
+        if installed and installed.get("source"):
+            installed["source"] = display_source(installed["source"])
         section: dict[str, Any] = {
             "desired": self.desired.as_dict() if self.desired else None,
-            "installed": self._installed(),
+            "installed": installed,
             "last_install": self.last_install,
         }
         self.status.update(release=section)
@@ -88,7 +92,7 @@ class ReleaseJob:
             "ok": False,
             "message": message,
             "ref": rel.ref if rel else None,
-            "source": rel.source if rel else None,
+            "source": display_source(rel.source) if rel else None,
             "commit": None,
             "started": now,
             "ended": now,

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mozagent.desired.release import Release
+from mozagent.desired.release import Release, display_source
 
 
 def app_base(root: str, app: str) -> str:
@@ -80,6 +80,9 @@ class DesiredRelease:
     def as_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"path": self.path, "version": self.version, "error": self.error}
         doc.update(self.release.as_dict() if self.release else {"ref": None, "source": None})
+        if doc["source"]:
+            # Status and presence are read by people and tools: no credentials.
+            doc["source"] = display_source(doc["source"])
         return doc
 
 
