@@ -404,3 +404,28 @@ def test_presence_goes_with_the_agent_and_comes_back_after_session_expiry(
     wait_for(lambda: fleet.presence("web1"), 30, what="the presence to be put back")
     box.stop_daemons()
     assert fleet.presence("web1") is None  # a clean stop removes it at once
+
+
+def test_deploy_wait_and_data_wait_name_the_host_that_failed(fleet: Fleet) -> None:
+    fleet.repo.release("v1")
+    v2 = fleet.repo.release("v2", fail_nodes="web3")
+    three_agents_on_v1(fleet)
+    res = fleet.deploy("v2", "--wait", "--timeout", "90")
+    assert res.returncode != 0, res.stdout
+    out = res.stdout + res.stderr
+    assert "web3" in out and "install" in out.lower(), out
+    for node in ("web1", "web2"):
+        assert installed_commit(fleet, node)() == v2
+        assert any(node in line and "done" in line.lower() for line in out.splitlines()), out
+    # Puppet itself fails on web3 for this value: data set --wait names it.
+    (fleet.root / "web3" / "site.pp").write_text(
+        "if lookup('greeting', undef, undef, '') == 'broken' { fail('web3 cannot take it') }\n"
+    )
+    res = fleet.cli("data", "set", "shop", "greeting", "broken", "--wait", "--timeout", "90")
+    assert res.returncode != 0, res.stdout
+    lines = (res.stdout + res.stderr).splitlines()
+    assert any("web3" in line and "fail" in line.lower() for line in lines), lines
+    assert any("web1" in line and "done" in line.lower() for line in lines), lines
+    # Converged data: every host reports it, so the next wait returns 0.
+    res = fleet.cli("data", "set", "shop", "greeting", "fine", "--wait", "--timeout", "90")
+    assert res.returncode == 0, res.stdout + res.stderr

@@ -1,0 +1,96 @@
+"""The pure parts of releases, orders and presence, without servers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from mozagent.config import ConfigError, parse_config
+from mozagent.desired.fleet import DesiredRelease
+from mozagent.render.snapshot import merge_layers
+from mozagent.report.fleet import presence_doc
+from mozagent.sources.releases import desired_of
+
+
+def test_merged_data_is_node_over_app_over_global() -> None:
+    merged = merge_layers(
+        {
+            "global": {"a": "global", "b": "global", "c": "global"},
+            "app": {"a": "app", "b": "app"},
+            "node": {"a": "node"},
+        }
+    )
+    assert merged == {"a": "node", "b": "app", "c": "global"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "word"),
+    [
+        (b"ref: [v1", "release"),
+        (b"- a\n- b\n", "mapping"),
+        (b"source: file:///x\n", "ref"),
+        (b"ref: v1\nsource: file:///x\nrefs: v2\n", "refs"),
+        (b"ref: -v1\nsource: file:///x\n", "-v1"),
+    ],
+)
+def test_a_bad_release_znode_becomes_an_error_naming_it(raw: bytes, word: str) -> None:
+    desired = desired_of("/r/apps/shop/release", raw, 7)
+    assert desired.release is None and desired.version == 7
+    assert desired.error and "/r/apps/shop/release" in desired.error and word in desired.error
+
+
+def test_a_good_release_znode_and_credentials_kept_out_of_what_is_shown() -> None:
+    desired = desired_of(
+        "/r/apps/shop/release", b"ref: v1\nsource: https://bob:hunter2@git.example/shop.git\n", 9
+    )
+    assert desired.error is None and desired.release is not None
+    assert desired.release.ref == "v1" and desired.release.install_script == "bin/install"
+    assert "hunter2" not in str(desired.as_dict())
+
+
+def test_presence_is_built_from_status_only() -> None:
+    status: dict[str, Any] = {
+        "applied_data_version": 42,
+        "last_apply": {"ok": False, "data_version": 43, "ended": 5.0, "message": "failed", "x": 1},
+        "release": {"desired": {"ref": "v2"}, "installed": None, "last_install": None},
+    }
+    doc = presence_doc(status, "shop", "web1")
+    assert doc["data_version"] == 42 and doc["node"] == "web1" and doc["app"] == "shop"
+    assert doc["last_apply"] == {"ok": False, "data_version": 43, "ended": 5.0, "message": "failed"}
+    assert doc["release"]["desired"] == {"ref": "v2"}
+    assert presence_doc({}, "shop", "web1")["last_apply"] is None
+
+
+def test_desired_releases_compare_by_content_and_version() -> None:
+    a = desired_of("/p", b"ref: v1\nsource: s\n", 3)
+    assert a == desired_of("/p", b"ref: v1\nsource: s\nby: me\n", 3)  # who wrote it is not a change
+    assert a != desired_of("/p", b"ref: v1\nsource: s\n", 4)  # a new deploy of the same ref is
+    assert DesiredRelease("/p", 0, None).as_dict()["ref"] is None
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "key"),
+    [
+        ("releases", {"keep": 0}, "releases.keep"),
+        ("releases", {"keep": True}, "releases.keep"),
+        ("releases", {"timeout": 0}, "releases.timeout"),
+        ("releases", {"apps": "/srv"}, "releases.apps"),
+        ("releases", {"user": "../root"}, "releases.user"),
+        ("orders", {"max_age": -1}, "orders.max_age"),
+        ("orders", {"retention": ".nan"}, "orders.retention"),
+        ("orders", {"ttl": 5}, "orders.ttl"),
+    ],
+)
+def test_bad_releases_and_orders_settings_are_refused(
+    section: str, value: dict[str, Any], key: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({section: value}, "cfg.yaml")
+    assert str(err.value).startswith(f"cfg.yaml: {key}:"), err.value
+
+
+def test_releases_and_orders_defaults() -> None:
+    cfg = parse_config({}, "cfg.yaml")
+    assert cfg.releases.apps_dir == "/srv/apps" and cfg.releases.keep == 3
+    assert cfg.orders.max_age == 3600 and cfg.orders.retention == 7 * 86400
