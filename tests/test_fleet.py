@@ -429,3 +429,20 @@ def test_deploy_wait_and_data_wait_name_the_host_that_failed(fleet: Fleet) -> No
     # Converged data: every host reports it, so the next wait returns 0.
     res = fleet.cli("data", "set", "shop", "greeting", "fine", "--wait", "--timeout", "90")
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_daemon_once_installs_the_release_and_answers_orders(fleet: Fleet) -> None:
+    v1 = fleet.repo.release("v1")
+    box = fleet.agent("web1")
+    fleet.set_release("v1")
+    history = push_order(fleet, "hello")  # pushed before this host ever ran
+    res = box.cli("daemon", "--once")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert fleet.current("web1") == v1
+    assert (result_of(fleet, history, "web1") or {}).get("state") == "expired"
+    order = push_order(fleet, "hello")
+    res = box.cli("daemon", "--once")
+    assert res.returncode == 0
+    done = result_of(fleet, order, "web1")
+    assert done is not None and done["state"] == "done", done
+    assert fleet.presence("web1") is None  # --once leaves no presence behind

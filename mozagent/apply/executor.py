@@ -138,11 +138,13 @@ class Executor:
         for listener in self.listeners:
             listener()
 
-    def _app_job(self) -> Callable[[], bool] | None:
+    def _app_job(self, after_puppet: bool = False) -> Callable[[], bool] | None:
         """The next release install or order, once puppet has nothing waiting:
-        puppet prepares the host for the code (lock held)."""
+        puppet prepares the host for the code (lock held). ``after_puppet``:
+        the caller has just run puppet (``daemon --once``)."""
         now = time.monotonic()
-        if self.scheduler.held(now) or self.scheduler.pending or self.scheduler.in_flight:
+        sched = self.scheduler
+        if not after_puppet and (sched.held(now) or sched.pending or sched.in_flight):
             return None
         if self.release is not None and self.release.pending:
             release, snapshot = self.release, self._snapshot
@@ -170,7 +172,7 @@ class Executor:
         count = 0
         while not self.stopping.is_set():
             with self._cond:
-                job = self._app_job()
+                job = self._app_job(after_puppet=True)
             if job is None:
                 break
             job()
