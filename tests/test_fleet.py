@@ -446,3 +446,36 @@ def test_daemon_once_installs_the_release_and_answers_orders(fleet: Fleet) -> No
     done = result_of(fleet, order, "web1")
     assert done is not None and done["state"] == "done", done
     assert fleet.presence("web1") is None  # --once leaves no presence behind
+
+
+def test_hostile_order_and_release_znodes_are_refused_and_the_agent_keeps_going(
+    fleet: Fleet,
+) -> None:
+    from tests.poison import POISON
+
+    v1 = fleet.repo.release("v1")
+    box = fleet.agent("web1")
+    fleet.start()
+    fleet.set_release("v1")
+    wait_for(lambda: installed_commit(fleet, "web1")() == v1, 60, what="v1 installed")
+    base = orders_path(fleet.zk_root, "shop") + "/order-"
+    fleet.zk.ensure_path(orders_path(fleet.zk_root, "shop"))
+    bad = {
+        fleet.zk.create(base, raw, sequence=True).rsplit("/", 1)[1]: name
+        for name, raw, _ in [*POISON, ("not-json", b"{command: [", ""), ("empty", b"", "")]
+    }
+    bad[push_order(fleet, "hello; rm -rf /")] = "injection"
+    for order, name in bad.items():
+        res = wait_for(lambda o=order: result_of(fleet, o, "web1"), 60, what=f"{name} refused")
+        assert res["state"] == "refused", (name, res)
+        assert f"/orders/{order}" in res["message"] or "hello; rm" in res["message"], (name, res)
+    release = release_path(fleet.zk_root, "shop")
+    for name, raw, _ in POISON:
+        stat = fleet.zk.set(release, raw)
+        last = wait_for(acted_on(fleet, "web1", stat.mzxid), 60, what=f"{name} as a release")
+        assert last["ok"] is False and release in last["message"], (name, last)
+    assert fleet.current("web1") == v1
+    assert box.daemons[0].poll() is None
+    good = push_order(fleet, "hello")
+    res = wait_for(lambda: result_of(fleet, good, "web1"), 60, what="a good order after them")
+    assert res["state"] == "done", res
