@@ -15,9 +15,9 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mozagent import __version__
 from mozagent.config import (
@@ -32,14 +32,44 @@ from mozagent.config import (
 )
 from mozagent.report.status import EXIT_ERRORS, EXIT_USAGE, exit_code, format_status, load_status
 
+if TYPE_CHECKING:
+    from mozagent.cli import fleet as fleetcli
+
 EPILOG_STATUS = """exit codes: 0 healthy; 1 last apply failed; 2 bad usage or config;
 3 current errors (bad data, ZooKeeper unreachable, agent not running or not responding);
 4 no status yet"""
+EPILOG_DATA = """exit codes: 0 done; 1 failed (not found, ZooKeeper unreachable or not
+answering); 2 bad usage or input"""
 EPILOG_APPLY = """exit codes: 0 the run succeeded; 1 it failed; 2 bad usage or config;
 3 no daemon running, it stopped, or no result within --timeout"""
+EPILOG_FLEET = """exit codes: 0 every live host converged; 1 some host lags, failed or
+is unreadable (or ZooKeeper unreachable / not answering); 2 bad usage or config;
+3 no live hosts"""
+EPILOG_WAIT = """--wait follows the hosts until each one is done or failed, one line per
+host as it finishes; --timeout bounds the whole command, the wait included
+(default 300 s with --wait, else 30 s).
+exit codes: 0 done (with --wait: every host done); 1 failed (with --wait: some
+host failed, did not answer in time, or went away, and they are named; or
+ZooKeeper unreachable / not answering); 2 bad usage or input, nothing written;
+3 with --wait: the change is written but no live host is there to wait for"""
+EPILOG_ORDER = """`mozagent order APP NAME` pushes command NAME to the app's live hosts (or to
+each --node) and prints the order's name; `mozagent order status APP [SEQ]`
+shows what each host did with the newest order (or order SEQ: a number or
+the full name). The first word `status` always means the status command: for
+an app named "status" use --app (`order --app status NAME`, `order status
+--app status`); an order command cannot be named "status".
+With --wait both follow until every targeted live host has finished;
+--timeout bounds the whole command, the wait included (default 300 s with
+--wait, else 30 s).
+exit codes: 0 every targeted host done with rc 0; 1 some host failed, refused,
+expired, answered with rc != 0, went away, is targeted but not live, or did not
+answer in time (named); or ZooKeeper unreachable; 2 bad usage; 3 no such order,
+or no targeted host live; 4 (status without --wait) some hosts not finished yet"""
 ZOOKEEPER_ENV = "MOZAGENT_ZOOKEEPER"
 ROOT_ENV = "MOZAGENT_ROOT"
 DEFAULT_STATE_DIR = "/var/lib/mozagent"
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_WAIT_TIMEOUT = 300.0
 
 
 def _options(*names: str) -> argparse.ArgumentParser:
@@ -69,8 +99,17 @@ def _options(*names: str) -> argparse.ArgumentParser:
             "--timeout",
             type=float,
             default=S,
-            help="the most the command may take, connecting included (seconds, default 30)",
+            help="the most the command may take, connecting (and any --wait) included "
+            f"(seconds, default {DEFAULT_TIMEOUT:g}; {DEFAULT_WAIT_TIMEOUT:g} with --wait)",
         )
+    if "wait" in names:
+        p.add_argument(
+            "--wait",
+            action="store_true",
+            default=S,
+            help="then follow the live hosts until each has acted on it, one line per host",
+        )
+    if "layer" in names:
         group = p.add_mutually_exclusive_group()
         group.add_argument("--node", default=S, help="work on this node's layer of APP")
         group.add_argument(
@@ -142,11 +181,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     apply.add_argument("--json", action="store_true", help="print the run's record as JSON")
 
-    common = _options("config", "zookeeper")
-    data = sub.add_parser("data", help="read and write app data in ZooKeeper", parents=[common])
+    common = _options("config", "zookeeper", "layer")
+    waiting = _options("wait")
+    data = sub.add_parser(
+        "data", help="read and write app data in ZooKeeper", parents=[common, waiting]
+    )
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     for name, help_text in DATA_HELP.items():
-        p = data_sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+        writes = name in ("set", "import", "delete")
+        p = data_sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            parents=[common, waiting] if writes else [common],
+            epilog=EPILOG_WAIT if writes else EPILOG_DATA,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.add_argument("words", nargs="*", metavar="ARG")
         if name in ("set", "import"):
             p.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
@@ -160,7 +210,60 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--force", action="store_true", help="needed to delete a whole layer (no KEY)"
             )
+    _fleet_parsers(sub)
     return parser
+
+
+def _fleet_parsers(sub: Any) -> None:
+    target = _options("config", "zookeeper")
+    waiting = _options("config", "zookeeper", "wait")
+    p = sub.add_parser(
+        "fleet",
+        help="the app's live hosts and whether they converged: fleet APP",
+        description="Each live host of APP (its presence in ZooKeeper): agent version, data\n"
+        "version, last apply, installed and desired release, and LAGGING/FAILED marks.",
+        epilog=EPILOG_FLEET,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[target],
+    )
+    p.add_argument("words", nargs="*", metavar="APP")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser(
+        "deploy",
+        help="set the app's release (or one node's): deploy APP REF",
+        description="Writes the release znode with compare-and-set: if someone else changes\n"
+        "it between our read and our write, nothing is written. --source and\n"
+        "--install-script default to the current release's (for --node: the node's\n"
+        "override, else the app's).",
+        epilog=EPILOG_WAIT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[waiting],
+    )
+    p.add_argument("words", nargs="*", metavar="APP REF")
+    p.add_argument("--source", help="git URL or path to install from")
+    p.add_argument("--install-script", help="script the hosts run after checking out")
+    p.add_argument("--node", help="a per-node override (a canary) instead of the app's release")
+
+    p = sub.add_parser(
+        "order",
+        help="push a command to the app's hosts: order APP NAME; order status APP [SEQ]",
+        description="order APP NAME [--node N ...]: create an order;\n"
+        "order status APP [SEQ]: what each host did with it.",
+        epilog=EPILOG_ORDER,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[waiting],
+    )
+    p.add_argument("words", nargs="*", metavar="ARG")
+    p.add_argument("--app", help="the app, as an option (for an app named 'status')")
+    p.add_argument(
+        "--node",
+        action="append",
+        dest="nodes",
+        metavar="NODE",
+        help="only this node (repeat for several; default: every live host)",
+    )
+    p.add_argument("--json", action="store_true", help="order status as JSON")
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> int:
@@ -373,16 +476,93 @@ def _data_target(args: argparse.Namespace) -> tuple[str, str]:
     return hosts, root
 
 
+def _timeout(args: argparse.Namespace, wait: bool) -> float:
+    timeout = getattr(args, "timeout", DEFAULT_WAIT_TIMEOUT if wait else DEFAULT_TIMEOUT)
+    if not 0 < timeout < float("inf"):
+        raise _Usage(f"--timeout must be a positive number of seconds, got {timeout!r}")
+    return timeout
+
+
+class _Usage(Exception):
+    """Bad words or options: exit 2, one line, before connecting."""
+
+
+def _check(kind: str, value: str) -> str:
+    """Names and releases from the command line, refused with the validators' words."""
+    from mozagent.desired import convergence
+    from mozagent.desired.keys import InvalidValue, check_name
+
+    try:
+        if kind == "order":
+            return convergence.order_name(value)
+        return check_name(kind, value)
+    except InvalidValue as exc:
+        raise _Usage(str(exc)) from None
+
+
+def _connected(
+    args: argparse.Namespace,
+    timeout: float,
+    writes: bool,
+    work: Callable[[fleetcli.Session], int],
+    target: tuple[str, str] | None = None,
+) -> int:
+    """Run ``work`` on a ZooKeeper session, the whole of it bounded by ``timeout``.
+    Shared by every command that talks to ZooKeeper, so that each one fails the
+    same way: one line, exit 1, saying whether a change may have been made."""
+    from kazoo.client import KazooClient
+    from kazoo.exceptions import KazooException
+    from kazoo.handlers.threading import KazooTimeoutError
+
+    from mozagent.cli import data as datacli
+    from mozagent.cli import fleet as fleet_cli
+
+    hosts, root = target or _data_target(args)
+    started = time.monotonic()
+    client = KazooClient(hosts=hosts, timeout=min(timeout, 10.0))
+    session = fleet_cli.Session(client, root, started, timeout)
+    timed_out = connected = False
+    try:
+        with _total_time(timeout):
+            try:
+                client.start(timeout=timeout)
+            except KazooTimeoutError:
+                return _fail(f"cannot connect to ZooKeeper at {hosts} within {timeout:g} s", 1)
+            connected = True
+            return work(session)
+    except _Deadline:
+        timed_out = True
+        if not connected:
+            return _fail(f"cannot connect to ZooKeeper at {hosts} within {timeout:g} s", 1)
+        if session.written:
+            after = "; the change was made, but following the hosts was cut short"
+        elif writes:
+            after = "; the change may or may not have been made: check with `data get/export`"
+        else:
+            after = ""
+        return _fail(
+            f"ZooKeeper at {hosts} did not answer within {timeout:g} s (--timeout)" + after, 1
+        )
+    except datacli.DataError as exc:
+        return _fail(str(exc), exc.code)
+    except KazooException as exc:
+        return _fail(f"ZooKeeper refused the request: {type(exc).__name__} {exc}".strip(), 1)
+    finally:
+        if timed_out:
+            _close_quietly(client)
+        else:
+            client.stop()
+            client.close()
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from mozagent.cli import data as datacli
-    from mozagent.desired.keys import InvalidValue, check_name
 
     cmd = args.data_command
     is_global = getattr(args, "is_global", False)
     node = getattr(args, "node", None)
-    timeout = getattr(args, "timeout", 30.0)
-    if not timeout > 0:
-        return _fail(f"--timeout must be a positive number of seconds, got {timeout!r}")
+    wait = getattr(args, "wait", False)
+    timeout = _timeout(args, wait)
     names = DATA_ARITY[cmd]
     expected = names if is_global else ["APP", *names]
     whole_layer = cmd == "delete" and len(args.words) == len(expected) - 1
@@ -392,15 +572,19 @@ def cmd_data(args: argparse.Namespace) -> int:
         usage = " ".join(expected) + (" --global" if is_global else "")
         return _fail(f"data {cmd} takes {usage} (got {len(args.words)} arguments)")
     words = dict(zip(expected, args.words, strict=False))
-    try:
-        if "APP" in words:
-            check_name("app", words["APP"])
-    except InvalidValue as exc:
-        return _fail(str(exc))
-    hosts, root = _data_target(args)
+    if "APP" in words:
+        _check("app", words["APP"])
+    if wait and (
+        cmd not in ("set", "import", "delete") or whole_layer or getattr(args, "dry_run", False)
+    ):
+        raise _Usage(
+            "--wait follows a set, an import or a key's delete: "
+            "not a read, a --dry-run or a whole-layer delete"
+        )
+    target = _data_target(args)
 
     try:
-        ref = datacli.layer_ref(root, words.get("APP"), node, is_global)
+        ref = datacli.layer_ref(target[1], words.get("APP"), node, is_global)
         value = None
         if cmd == "set":
             datacli._check_key(words["KEY"])
@@ -419,56 +603,112 @@ def cmd_data(args: argparse.Namespace) -> int:
     except datacli.DataError as exc:
         return _fail(str(exc), exc.code)
 
-    from kazoo.client import KazooClient
-    from kazoo.exceptions import KazooException
-    from kazoo.handlers.threading import KazooTimeoutError
-
-    client = KazooClient(hosts=hosts, timeout=min(timeout, 10.0))
-    timed_out = connected = False
-    try:
-        with _total_time(timeout):
-            try:
-                client.start(timeout=timeout)
-            except KazooTimeoutError:
-                return _fail(f"cannot connect to ZooKeeper at {hosts} within {timeout:g} s", 1)
-            connected = True
-            if cmd == "set":
-                return datacli.cmd_set(client, ref, words["KEY"], value, args.dry_run)
-            if cmd == "get":
-                return datacli.cmd_get(client, ref, words["KEY"])
-            if cmd == "delete":
-                if whole_layer:
-                    return datacli.cmd_delete_layer(client, ref)
-                return datacli.cmd_delete(client, ref, words["KEY"])
-            if cmd == "list":
-                return datacli.cmd_list(client, ref)
-            if cmd == "export":
-                return datacli.cmd_export(client, ref)
-            return datacli.cmd_import(client, ref, words["FILE"], args.dry_run)
-    except _Deadline:
-        timed_out = True
-        if not connected:
-            return _fail(f"cannot connect to ZooKeeper at {hosts} within {timeout:g} s", 1)
-        changes = cmd in ("set", "delete", "import") and not getattr(args, "dry_run", False)
-        return _fail(
-            f"ZooKeeper at {hosts} did not answer within {timeout:g} s (--timeout)"
-            + (
-                "; the change may or may not have been made: check with `data get/export`"
-                if changes
-                else ""
-            ),
-            1,
-        )
-    except datacli.DataError as exc:
-        return _fail(str(exc), exc.code)
-    except KazooException as exc:
-        return _fail(f"ZooKeeper refused the request: {type(exc).__name__} {exc}".strip(), 1)
-    finally:
-        if timed_out:
-            _close_quietly(client)
+    def work(session: fleetcli.Session) -> int:
+        client = session.client
+        if cmd == "set":
+            code = datacli.cmd_set(client, ref, words["KEY"], value, args.dry_run)
+        elif cmd == "get":
+            return datacli.cmd_get(client, ref, words["KEY"])
+        elif cmd == "delete" and whole_layer:
+            return datacli.cmd_delete_layer(client, ref)
+        elif cmd == "delete":
+            code = datacli.cmd_delete(client, ref, words["KEY"])
+        elif cmd == "list":
+            return datacli.cmd_list(client, ref)
+        elif cmd == "export":
+            return datacli.cmd_export(client, ref)
         else:
-            client.stop()
-            client.close()
+            code = datacli.cmd_import(client, ref, words["FILE"], args.dry_run)
+        if not wait or code != datacli.EXIT_OK:
+            return code
+        session.written = True
+        from mozagent.cli import fleet as fleet_cli
+
+        version = fleet_cli.layer_version(session, ref.path)
+        app = None if is_global else words["APP"]
+        return fleet_cli.wait_for_data(session, app, node, version, sys.stdout)
+
+    changes = cmd in ("set", "delete", "import") and not getattr(args, "dry_run", False)
+    return _connected(args, timeout, changes, work, target)
+
+
+def _words(args: argparse.Namespace, command: str, names: Sequence[str]) -> list[str]:
+    if len(args.words) != len(names):
+        raise _Usage(f"{command} takes {' '.join(names)} (got {len(args.words)} arguments)")
+    return list(args.words)
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from mozagent.cli import fleet as fleet_cli
+
+    (app,) = _words(args, "fleet", ["APP"])
+    _check("app", app)
+    timeout = _timeout(args, False)
+    return _connected(args, timeout, False, lambda s: fleet_cli.cmd_fleet(s, app, args.json))
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from mozagent.cli import fleet as fleet_cli
+    from mozagent.desired.convergence import check_release
+    from mozagent.desired.release import InvalidRelease
+
+    app, ref = _words(args, "deploy", ["APP", "REF"])
+    _check("app", app)
+    try:
+        check_release(ref, args.source, args.install_script)
+    except InvalidRelease as exc:
+        raise _Usage(str(exc)) from None
+    if args.node is not None:
+        _check("node", args.node)
+    wait = getattr(args, "wait", False)
+    timeout = _timeout(args, wait)
+
+    def work(session: fleetcli.Session) -> int:
+        return fleet_cli.cmd_deploy(
+            session, app, ref, args.source, args.install_script, args.node, wait
+        )
+
+    return _connected(args, timeout, True, work)
+
+
+def cmd_order(args: argparse.Namespace) -> int:
+    """``order status APP [SEQ]`` or ``order APP NAME``: the word ``status`` first
+    means the status command; ``--app`` takes the place of APP in both."""
+    from mozagent.cli import fleet as fleet_cli
+
+    words = list(args.words)
+    wait = getattr(args, "wait", False)
+    status = bool(words) and words[0] == "status"
+    if status:
+        words = words[1:]
+    if args.app is None:
+        if not words:
+            raise _Usage("order takes APP NAME, or status APP [SEQ]")
+        app, words = words[0], words[1:]
+    else:
+        app = args.app
+    _check("app", app)
+    nodes = [_check("node", n) for n in args.nodes] if args.nodes else None
+    timeout = _timeout(args, wait)
+    if status:
+        if len(words) > 1:
+            raise _Usage(f"order status takes APP [SEQ] (got {' '.join(args.words)})")
+        if nodes is not None:
+            raise _Usage("--node is for creating an order, not for order status")
+        seq = _check("order", words[0]) if words else None
+
+        def show(session: fleetcli.Session) -> int:
+            return fleet_cli.cmd_order_status(session, app, seq, wait, args.json)
+
+        return _connected(args, timeout, False, show)
+    if len(words) != 1:
+        raise _Usage(f"order takes APP NAME (got {' '.join(args.words) or 'nothing'})")
+    command = _check("order command", words[0])
+
+    def create(session: fleetcli.Session) -> int:
+        return fleet_cli.cmd_order(session, app, command, nodes, wait, args.json)
+
+    return _connected(args, timeout, True, create)
 
 
 def _split_words(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -476,7 +716,7 @@ def _split_words(parser: argparse.ArgumentParser, argv: Sequence[str] | None) ->
     # `data import APP --node N FILE` would leave FILE over: put such words back.
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if args.command != "data" or any(e.startswith("-") and e != "-" for e in extra):
+        if not hasattr(args, "words") or any(e.startswith("-") and e != "-" for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.words = [*args.words, *extra]
     return args
@@ -498,8 +738,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_status(args)
         if args.command == "apply":
             return cmd_apply(args)
+        if args.command == "fleet":
+            return cmd_fleet(args)
+        if args.command == "deploy":
+            return cmd_deploy(args)
+        if args.command == "order":
+            return cmd_order(args)
         return cmd_data(args)
-    except ConfigError as exc:
+    except (ConfigError, _Usage) as exc:
         return _fail(str(exc))
 
 

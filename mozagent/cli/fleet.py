@@ -1,0 +1,529 @@
+"""``mozagent fleet``, ``deploy``, ``order`` and ``data … --wait``: the operator's
+view of what the agents publish in ZooKeeper, and waiting for them.
+
+The ZooKeeper I/O lives here; every decision (who is done, failed, lagging,
+a canary) is ``desired.convergence``'s, so the commands cannot disagree.
+
+Waiting is polling (every ``POLL_INTERVAL`` s) rather than watches: a poll
+re-reads everything, so it cannot miss an update around a reconnect, and
+each read is bounded by the wait's deadline, so a ZooKeeper that stops
+answering ends the wait with the hosts named instead of hanging.
+"""
+
+from __future__ import annotations
+
+import getpass
+import io
+import json
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import (
+    BadVersionError,
+    ConnectionLoss,
+    NodeExistsError,
+    NoNodeError,
+    SessionExpiredError,
+)
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.states import ZnodeStat
+
+from mozagent.cli.data import EXIT_FAILED, EXIT_INVALID, EXIT_OK, DataError
+from mozagent.desired import convergence as cv
+from mozagent.desired import fleet
+from mozagent.desired.fleet import DesiredRelease
+from mozagent.desired.keys import InvalidValue, check_name, encode_value
+from mozagent.desired.layers import layer_paths
+from mozagent.desired.orders import (
+    MAX_BY_CHARS,
+    ORDER_NAME_RE,
+    InvalidOrder,
+    Order,
+    OrderResult,
+    order_seq,
+    parse_order,
+)
+from mozagent.desired.release import (
+    DEFAULT_INSTALL_SCRIPT,
+    InvalidRelease,
+    Release,
+    display_source,
+    parse_release,
+)
+
+EXIT_NOTHING = 3  # no live host to show or to wait for; no such order
+EXIT_IN_PROGRESS = 4  # order status without --wait: some hosts have not finished
+POLL_INTERVAL = 0.25
+
+
+class Stalled(Exception):
+    """ZooKeeper did not answer a read before the deadline."""
+
+
+@dataclass
+class Session:
+    """One command's connection and time budget. ``written`` tells the
+    timeout message whether the change was made before ZooKeeper stalled."""
+
+    client: KazooClient
+    root: str
+    started: float  # time.monotonic() when the command started
+    timeout: float
+    written: bool = False
+
+    @property
+    def wait_deadline(self) -> float:
+        """A wait ends a little before the whole-command alarm, so that it can
+        still name the hosts that did not answer."""
+        return self.started + self.timeout - min(1.0, self.timeout / 10)
+
+    def result(self, pending: Any, deadline: float | None = None) -> Any:
+        remaining = (deadline or self.started + self.timeout + 5) - time.monotonic()
+        if remaining <= 0:
+            raise Stalled()
+        try:
+            return pending.get(timeout=remaining)
+        except KazooTimeoutError:
+            raise Stalled() from None
+
+    def get_many(
+        self, paths: Iterable[str], deadline: float | None = None
+    ) -> dict[str, tuple[bytes, ZnodeStat] | None]:
+        pending = {path: self.client.get_async(path) for path in paths}
+        found: dict[str, tuple[bytes, ZnodeStat] | None] = {}
+        for path, result in pending.items():
+            try:
+                data, stat = self.result(result, deadline)
+                found[path] = (data or b"", stat)
+            except NoNodeError:
+                found[path] = None
+        return found
+
+    def get(self, path: str, deadline: float | None = None) -> tuple[bytes, ZnodeStat] | None:
+        return self.get_many([path], deadline)[path]
+
+    def children(
+        self, path: str, deadline: float | None = None
+    ) -> tuple[list[str], ZnodeStat] | None:
+        try:
+            names, stat = self.result(
+                self.client.get_children_async(path, include_data=True), deadline
+            )
+        except NoNodeError:
+            return None
+        return sorted(names), stat
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+def layer_version(session: Session, path: str, deadline: float | None = None) -> int:
+    """A layer's data version as agents count it (``layers.LayerView``): the
+    layer znode's pzxid and each key's mzxid; 0 for a layer that does not exist."""
+    listing = session.children(path, deadline)
+    if listing is None:
+        return 0
+    names, stat = listing
+    keys = session.get_many((f"{path}/{name}" for name in names), deadline)
+    return max([stat.pzxid, *(found[1].mzxid for found in keys.values() if found)])
+
+
+def read_presences(
+    session: Session, app: str, deadline: float | None = None
+) -> dict[str, cv.Presence | cv.Unreadable]:
+    listing = session.children(fleet.hosts_path(session.root, app), deadline)
+    if listing is None:
+        return {}
+    presences: dict[str, cv.Presence | cv.Unreadable] = {}
+    valid = []
+    for name in listing[0]:
+        try:
+            valid.append(check_name("node", name))
+        except InvalidValue as exc:
+            presences[cv.clean(name, 60)] = cv.Unreadable(str(exc))
+    paths = {fleet.host_path(session.root, app, name): name for name in valid}
+    for path, found in session.get_many(paths, deadline).items():
+        if found is not None:  # None: the host went away while we listed
+            presences[paths[path]] = cv.parse_presence(found[0], paths[path], app)
+    return presences
+
+
+def read_release(session: Session, path: str) -> tuple[DesiredRelease | None, ZnodeStat | None]:
+    """The release znode as the agents judge it (``release.parse_release``);
+    None when there is none. Its version is the mzxid hosts report back."""
+    found = session.get(path)
+    if found is None:
+        return None, None
+    data, stat = found
+    try:
+        release = parse_release(data, path)
+    except InvalidRelease as exc:
+        return DesiredRelease(path, stat.mzxid, None, str(exc)), stat
+    return DesiredRelease(path, stat.mzxid, release), stat
+
+
+def identity() -> str:
+    """Who wrote a release or an order, for the record: user@host."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"[:MAX_BY_CHARS]
+
+
+# --- fleet -------------------------------------------------------------------------------------
+
+
+def cmd_fleet(session: Session, app: str, as_json: bool, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    root = session.root
+    presences = read_presences(session, app)
+    paths = layer_paths(root, app, "_")
+    shared = max(layer_version(session, paths["app"]), layer_version(session, paths["global"]))
+    node_data = {
+        node: layer_version(session, layer_paths(root, app, node)["node"]) for node in presences
+    }
+    app_release = read_release(session, fleet.release_path(root, app))[0]
+    overrides: dict[str, DesiredRelease] = {}
+    for node in presences:
+        override = read_release(session, fleet.node_release_path(root, app, node))[0]
+        if override is not None:
+            overrides[node] = override
+    states = cv.fleet_states(presences, shared, node_data, app_release, overrides)
+    if not states:
+        code = EXIT_NOTHING
+    elif any(s.problems for s in states):
+        code = EXIT_FAILED
+    else:
+        code = EXIT_OK
+    if as_json:
+        doc = cv.fleet_json(app, shared, app_release, states)
+        doc["exit_code"] = code
+        out.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    else:
+        out.write(cv.format_fleet(app, shared, app_release, states, time.time()))
+    return code
+
+
+# --- waiting -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """A host to wait for: ``label`` is how progress lines name it."""
+
+    label: str
+    app: str
+    node: str
+
+
+Poll = Callable[[float], dict[str, cv.Outcome]]
+
+
+def follow(
+    session: Session,
+    labels: list[str],
+    poll: Poll,
+    out: TextIO,
+    initial: dict[str, cv.Outcome] | None = None,
+) -> dict[str, cv.Outcome]:
+    """Poll until every host in ``labels`` is final or the wait's deadline;
+    print each host's line once, as it finishes. Returns every outcome:
+    ``initial`` (hosts already decided, not waited for) updated by the polls."""
+    deadline = session.wait_deadline
+    start = time.monotonic()
+    outcomes = dict(initial or {})
+    outcomes.update({label: cv.Outcome(cv.PENDING, "pending") for label in labels})
+    reported: set[str] = set()
+    while True:
+        try:
+            fresh = poll(deadline)
+            outcomes.update({label: fresh[label] for label in labels if label in fresh})
+        except Stalled:
+            print("mozagent: ZooKeeper stopped answering during the wait", file=sys.stderr)
+            return outcomes
+        except (ConnectionLoss, SessionExpiredError):
+            pass  # kazoo reconnects; the next poll reads again
+        for label in labels:
+            outcome = outcomes[label]
+            if outcome.state in cv.FINAL and label not in reported:
+                reported.add(label)
+                line = cv.progress_line(label, outcome, time.monotonic() - start)
+                print(line, file=out, flush=True)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or all(outcomes[label].state in cv.FINAL for label in labels):
+            return outcomes
+        time.sleep(min(POLL_INTERVAL, remaining))
+
+
+def conclude(
+    session: Session, outcomes: dict[str, cv.Outcome], out: TextIO, prefix: str = ""
+) -> int:
+    """The summary line on stdout when all are done; else the error naming the others."""
+    summary = prefix + cv.wait_summary(outcomes, session.timeout)
+    code = cv.exit_code(outcomes, EXIT_FAILED)
+    if code != EXIT_OK:
+        raise DataError(summary, code)
+    print(summary, file=out, flush=True)
+    return code
+
+
+def _poll_presences(
+    session: Session, targets: list[Target], decide: Callable[[Any], cv.Outcome]
+) -> Poll:
+    apps = sorted({t.app for t in targets})
+
+    def poll(deadline: float) -> dict[str, cv.Outcome]:
+        seen = {app: read_presences(session, app, deadline) for app in apps}
+        return {t.label: decide(seen[t.app].get(t.node)) for t in targets}
+
+    return poll
+
+
+def _nothing_to_wait_for(what: str) -> DataError:
+    return DataError(f"{what}: no live host to wait for (the change is written)", EXIT_NOTHING)
+
+
+def wait_for_data(
+    session: Session, app: str | None, node: str | None, version: int, out: TextIO
+) -> int:
+    """After a data write of ``version``: the hosts that render the layer, i.e.
+    the node, the app's live hosts, or every app's (global layer)."""
+    root = session.root
+    if app is None:
+        listing = session.children(fleet.apps_path(root))
+        apps = [a for a in (listing[0] if listing else []) if _valid_name(a)]
+    else:
+        apps = [app]
+    targets = []
+    for each in apps:
+        for name, _ in sorted(read_presences(session, each).items()):
+            if node is None or name == node:
+                label = name if app is not None else f"{each}/{name}"
+                targets.append(Target(label, each, name))
+    scope = f"node {node} of app {app}" if node else (f"app {app}" if app else "all apps")
+    if not targets:
+        raise _nothing_to_wait_for(scope)
+    print(f"waiting for {len(targets)} hosts to apply data version {version}", file=out)
+    poll = _poll_presences(session, targets, lambda p: cv.data_outcome(p, version))
+    return conclude(session, follow(session, [t.label for t in targets], poll, out), out)
+
+
+def _valid_name(name: str) -> bool:
+    try:
+        check_name("app", name)
+    except InvalidValue:
+        return False
+    return True
+
+
+# --- deploy ------------------------------------------------------------------------------------
+
+
+def cmd_deploy(
+    session: Session,
+    app: str,
+    ref: str,
+    source: str | None,
+    install_script: str | None,
+    node: str | None,
+    wait: bool,
+    out: TextIO | None = None,
+) -> int:
+    """Compare-and-set on the release znode: two operators deploying at once
+    must not silently overwrite each other, so a change between our read and
+    our write refuses the write."""
+    out = out or sys.stdout
+    root = session.root
+    app_path = fleet.release_path(root, app)
+    path = fleet.node_release_path(root, app, node) if node else app_path
+    current, stat = read_release(session, path)
+    base = current if current is not None or not node else read_release(session, app_path)[0]
+    if base is not None and base.release is None and (source is None or install_script is None):
+        raise DataError(
+            f"the current release is unreadable ({base.error}); "
+            "pass --source and --install-script to replace it",
+            EXIT_INVALID,
+        )
+    if base is not None and base.release is not None:
+        source = source or base.release.source
+        install_script = install_script or base.release.install_script
+    if source is None:
+        raise DataError(
+            f"no current release of app {app} to take the source from: pass --source URL",
+            EXIT_INVALID,
+        )
+    try:
+        release = Release(
+            ref, source, install_script or DEFAULT_INSTALL_SCRIPT, identity(), time.time()
+        )
+    except InvalidRelease as exc:
+        raise DataError(str(exc), EXIT_INVALID) from None
+    written = write_release(session, path, encode_value(release.as_dict()), stat)
+    session.written = True
+    what = f"node {node} of app {app}" if node else f"app {app}"
+    print(
+        f"release of {what} is now {ref} from {display_source(source)} "
+        f"(release version {written.mzxid})",
+        file=out,
+        flush=True,
+    )
+    if not wait:
+        return EXIT_OK
+    return _wait_for_release(session, app, node, written.mzxid, out)
+
+
+def write_release(session: Session, path: str, data: bytes, stat: ZnodeStat | None) -> ZnodeStat:
+    client = session.client
+    try:
+        if stat is None:
+            return client.create(path, data, makepath=True, include_data=True)[1]
+        return client.set(path, data, version=stat.version)
+    except (BadVersionError, NodeExistsError, NoNodeError):
+        raise DataError(
+            f"someone else changed the release meanwhile ({path}); nothing written: "
+            "look at it (`mozagent fleet`) and deploy again",
+            EXIT_FAILED,
+        ) from None
+
+
+def _wait_for_release(
+    session: Session, app: str, node: str | None, version: int, out: TextIO
+) -> int:
+    presences = read_presences(session, app)
+    if node is not None:
+        presences = {n: p for n, p in presences.items() if n == node}
+    app_path = fleet.release_path(session.root, app)
+    targets, skipped = [], []
+    for name, presence in sorted(presences.items()):
+        canary = None if node else cv.canary_path(presence, app_path)
+        if canary:
+            print(f"{name}: canary: follows its own release ({canary}); not waited for", file=out)
+            skipped.append(name)
+        else:
+            targets.append(Target(name, app, name))
+    if not targets:
+        raise _nothing_to_wait_for(f"node {node} of app {app}" if node else f"app {app}")
+    print(f"waiting for {len(targets)} hosts to install release version {version}", file=out)
+    poll = _poll_presences(session, targets, lambda p: cv.release_outcome(p, version))
+    outcomes = follow(session, [t.label for t in targets], poll, out)
+    return conclude(session, outcomes, out)
+
+
+# --- orders ------------------------------------------------------------------------------------
+
+
+def cmd_order(
+    session: Session,
+    app: str,
+    command: str,
+    nodes: list[str] | None,
+    wait: bool,
+    as_json: bool,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
+    client = session.client
+    base = fleet.orders_path(session.root, app)
+    doc = {"command": command, "by": identity(), "at": time.time(), "nodes": nodes}
+    live = read_presences(session, app)
+    client.ensure_path(base)
+    path = client.create(f"{base}/{fleet.ORDER_PREFIX}", json.dumps(doc).encode(), sequence=True)
+    session.written = True
+    name = path.rsplit("/", 1)[1]
+    print(name, file=out, flush=True)
+    for node in sorted(set(nodes or ()) - set(live)):
+        print(f"mozagent: warning: {node} is not live now", file=err)
+    if not live and nodes is None:
+        print(f"mozagent: warning: app {app} has no live hosts now", file=err)
+    if not wait:
+        return EXIT_OK
+    return cmd_order_status(session, app, name, True, as_json, out)
+
+
+def newest_order(session: Session, app: str) -> str:
+    listing = session.children(fleet.orders_path(session.root, app))
+    names = [n for n in (listing[0] if listing else []) if ORDER_NAME_RE.fullmatch(n)]
+    if not names:
+        raise DataError(f"app {app} has no orders", EXIT_NOTHING)
+    return max(names, key=order_seq)
+
+
+def read_order(session: Session, app: str, name: str) -> Order:
+    path = fleet.order_path(session.root, app, name)
+    found = session.get(path)
+    if found is None:
+        raise DataError(f"app {app} has no order {name}", EXIT_NOTHING)
+    try:
+        return parse_order(name, found[0], found[1].ctime / 1000, path)
+    except InvalidOrder as exc:
+        raise DataError(f"order {name} of app {app} is unreadable: {exc}", EXIT_FAILED) from None
+
+
+def read_results(
+    session: Session, app: str, name: str, deadline: float | None = None
+) -> dict[str, OrderResult | cv.Unreadable]:
+    base = fleet.results_path(session.root, app, name)
+    listing = session.children(base, deadline)
+    if listing is None:
+        return {}
+    nodes = [n for n in listing[0] if _valid_name(n)]
+    found = session.get_many((f"{base}/{n}" for n in nodes), deadline)
+    return {
+        n: cv.parse_result(hit[0], n, name)
+        for n in nodes
+        if (hit := found[f"{base}/{n}"]) is not None
+    }
+
+
+def cmd_order_status(
+    session: Session,
+    app: str,
+    seq: str | None,
+    wait: bool,
+    as_json: bool,
+    out: TextIO | None = None,
+) -> int:
+    out = out or sys.stdout
+    name = cv.order_name(seq) if seq is not None else newest_order(session, app)
+    order = read_order(session, app, name)
+    results: dict[str, OrderResult | cv.Unreadable] = {}
+
+    def poll(deadline: float | None = None) -> dict[str, cv.Outcome]:
+        live = set(read_presences(session, app, deadline))
+        results.clear()
+        results.update(read_results(session, app, name, deadline))
+        return cv.order_outcomes(order, live, results)
+
+    outcomes = poll()
+    if not outcomes:
+        raise DataError(
+            f"{name}: no targeted host of app {app} is live, and no host answered", EXIT_NOTHING
+        )
+    if not wait:
+        code = cv.exit_code(outcomes, EXIT_IN_PROGRESS)
+    else:
+        # In JSON mode the document is the output: progress goes nowhere.
+        shown = io.StringIO() if as_json else out
+        waiting = [node for node, o in outcomes.items() if o.state not in cv.FINAL]
+        print(f"{name}: {order.command}: waiting for {len(waiting)} hosts", file=shown)
+        for node, outcome in outcomes.items():
+            if node not in waiting:
+                print(cv.progress_line(node, outcome, 0.0), file=shown)
+        outcomes = follow(session, waiting, poll, shown, outcomes)
+        code = cv.exit_code(outcomes, EXIT_FAILED)
+    if as_json:
+        doc = cv.order_json(name, order, outcomes, results)
+        doc["exit_code"] = code
+        out.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        return code
+    if not wait:
+        out.write(cv.format_order(name, order, outcomes, results, time.time()))
+        return code
+    return conclude(session, outcomes, out, f"{name}: ")

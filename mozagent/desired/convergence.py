@@ -1,0 +1,646 @@
+"""Who in a fleet has converged, from what the agents publish in ZooKeeper.
+
+Pure: bytes in, decisions and text out. The CLI (``cli.fleet``) does the
+reading; keeping the rules here lets every odd case (a damaged presence, a
+canary, a host that vanished) be tested without a server, and keeps
+``fleet``, ``deploy --wait``, ``data --wait`` and ``order status`` agreeing on
+what "done" means.
+
+Everything read from ZooKeeper is untrusted: any znode may be damaged or
+written by something that is not an agent, so parsing goes through
+``keys.parse_value`` (bounded) and every field is type-checked; what does not
+fit becomes an ``Unreadable`` to show, never an exception to crash on.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mozagent.desired.fleet import ORDER_PREFIX, DesiredRelease
+from mozagent.desired.keys import InvalidValue, parse_value
+from mozagent.desired.orders import Order, OrderResult
+from mozagent.desired.release import DEFAULT_INSTALL_SCRIPT, Release, display_source
+
+MAX_TEXT = 64 * 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def clean(text: Any, limit: int = 200) -> str:
+    """Untrusted text made safe for a terminal: a host could otherwise put
+    escape sequences on an operator's screen."""
+    shown = _CONTROL.sub("?", str(text))
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
+# --- checking what an operator writes -------------------------------------------------------
+
+
+def check_release(ref: str, source: str | None, install_script: str | None) -> None:
+    """Refuse a bad REF, --source or --install-script before connecting, with
+    the agent's own rules (``release.Release``): what the CLI writes, hosts use.
+    Raises InvalidRelease; a missing source or script is checked later, once
+    the current release (which supplies them) has been read."""
+    Release(ref, source or "placeholder", install_script or DEFAULT_INSTALL_SCRIPT)
+
+
+def order_name(seq: str) -> str:
+    """``7``, ``0000000007`` and ``order-0000000007`` all name the same order."""
+    digits = seq.removeprefix(ORDER_PREFIX)
+    if not digits.isdigit() or len(digits) > 10:
+        raise InvalidValue(
+            f"order {seq!r} is not an order number or name (like 7 or order-0000000007)"
+        )
+    return f"{ORDER_PREFIX}{int(digits):010d}"
+
+
+# --- reading what agents and operators wrote ------------------------------------------------
+
+
+class _Fields:
+    """Typed access to an untrusted mapping; every mismatch names the field."""
+
+    def __init__(self, doc: Any, where: str) -> None:
+        if not isinstance(doc, dict):
+            raise InvalidValue(f"{where} is not a mapping")
+        self.doc = doc
+        self.where = where
+
+    def _get(self, name: str, kinds: tuple[type, ...], what: str, optional: bool) -> Any:
+        value = self.doc.get(name)
+        if value is None:
+            if optional:
+                return None
+            raise InvalidValue(f"{self.where}: {name} is missing")
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            raise InvalidValue(f"{self.where}: {name} is not {what}")
+        return value
+
+    def text(self, name: str, optional: bool = True) -> str | None:
+        value = self._get(name, (str,), "a string", optional)
+        if value is not None and len(value) > MAX_TEXT:
+            raise InvalidValue(f"{self.where}: {name} is too long")
+        return value
+
+    def integer(self, name: str, optional: bool = True) -> int | None:
+        return self._get(name, (int,), "an integer", optional)
+
+    def number(self, name: str, optional: bool = True) -> float | None:
+        value = self._get(name, (int, float), "a number", optional)
+        return None if value is None else float(value)
+
+    def flag(self, name: str, optional: bool = True) -> bool | None:
+        return self._get(name, (bool,), "true or false", optional)
+
+    def sub(self, name: str) -> _Fields | None:
+        value = self.doc.get(name)
+        return None if value is None else _Fields(value, f"{self.where}.{name}")
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A znode that could not be understood: shown with why, counted as a problem."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class LastApply:
+    ok: bool
+    data_version: int | None
+    ended: float | None
+    message: str
+
+
+@dataclass(frozen=True)
+class FollowedRelease:
+    """The release znode a host follows (its path tells app release from override)."""
+
+    ref: str | None
+    path: str
+    version: int
+
+
+@dataclass(frozen=True)
+class Installed:
+    ref: str
+    commit: str | None
+    source: str | None
+
+
+@dataclass(frozen=True)
+class LastInstall:
+    ok: bool
+    ref: str | None
+    commit: str | None
+    version: int | None
+    ended: float | None
+    message: str
+    log: str | None
+
+
+@dataclass(frozen=True)
+class Presence:
+    node: str
+    agent_version: str
+    pid: int | None
+    updated: float | None
+    data_version: int | None
+    last_apply: LastApply | None
+    desired: FollowedRelease | None
+    installed: Installed | None
+    last_install: LastInstall | None
+
+    def as_dict(self) -> dict[str, Any]:
+        def plain(obj: Any) -> Any:
+            return None if obj is None else dict(obj.__dict__)
+
+        return {
+            "node": self.node,
+            "agent_version": self.agent_version,
+            "pid": self.pid,
+            "updated": self.updated,
+            "data_version": self.data_version,
+            "last_apply": plain(self.last_apply),
+            "release": {
+                "desired": plain(self.desired),
+                "installed": plain(self.installed),
+                "last_install": plain(self.last_install),
+            },
+        }
+
+
+def _load(raw: bytes | None, where: str) -> _Fields:
+    return _Fields(parse_value(raw, where), where)
+
+
+def parse_presence(raw: bytes | None, node: str, app: str) -> Presence | Unreadable:
+    """A host's presence, or why it cannot be used. The znode's name is the
+    host's identity; a body naming another host or app is foreign."""
+    try:
+        doc = _load(raw, "presence")
+        if doc.text("node", False) != node:
+            raise InvalidValue(f"presence names node {clean(doc.doc.get('node'))!r}")
+        if doc.text("app", False) != app:
+            raise InvalidValue(f"presence names app {clean(doc.doc.get('app'))!r}")
+        last_apply = None
+        if (la := doc.sub("last_apply")) is not None:
+            last_apply = LastApply(
+                bool(la.flag("ok", False)),
+                la.integer("data_version"),
+                la.number("ended"),
+                la.text("message") or "",
+            )
+        desired = installed = last_install = None
+        if (rel := doc.sub("release")) is not None:
+            if (d := rel.sub("desired")) is not None:
+                desired = FollowedRelease(
+                    d.text("ref"), str(d.text("path", False)), int(d.integer("version", False) or 0)
+                )
+            if (i := rel.sub("installed")) is not None:
+                installed = Installed(str(i.text("ref", False)), i.text("commit"), i.text("source"))
+            if (li := rel.sub("last_install")) is not None:
+                last_install = LastInstall(
+                    bool(li.flag("ok", False)),
+                    li.text("ref"),
+                    li.text("commit"),
+                    li.integer("version"),
+                    li.number("ended"),
+                    li.text("message") or "",
+                    li.text("log"),
+                )
+        return Presence(
+            node,
+            doc.text("agent_version") or "?",
+            doc.integer("pid"),
+            doc.number("updated"),
+            doc.integer("data_version"),
+            last_apply,
+            desired,
+            installed,
+            last_install,
+        )
+    except InvalidValue as exc:
+        return Unreadable(str(exc))
+
+
+def parse_result(raw: bytes | None, node: str, order: str) -> OrderResult | Unreadable:
+    """A host's result for ``order``: ``OrderResult.from_dict`` decides what a
+    whole result is; a body naming another host or order is foreign."""
+    try:
+        result = OrderResult.from_dict(parse_value(raw, "result"))
+    except InvalidValue as exc:
+        return Unreadable(str(exc))
+    if result is None:
+        return Unreadable("not a result document")
+    if (result.node, result.order) != (node, order):
+        return Unreadable(f"result names {clean(result.node)}/{clean(result.order)}")
+    return result
+
+
+# --- decisions ------------------------------------------------------------------------------
+
+DONE, FAILED, PENDING, GONE, SKIPPED = "done", "failed", "pending", "gone", "skipped"
+FINAL = (DONE, FAILED, GONE, SKIPPED)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Where one host stands in a wait. ``state`` decides, ``text`` is what
+    the operator reads ("done (data version 5)", "refused (unknown command)")."""
+
+    state: str
+    text: str
+
+
+GONE_PRESENCE = Outcome(GONE, "went away (its presence vanished)")
+
+
+def data_outcome(presence: Presence | Unreadable | None, version: int) -> Outcome:
+    """Done once the host has applied ``version`` (or newer); failed once it
+    tried that version and puppet failed."""
+    if presence is None:
+        return GONE_PRESENCE
+    if isinstance(presence, Unreadable):
+        return Outcome(PENDING, f"pending (unreadable presence: {presence.reason})")
+    if (presence.data_version or 0) >= version:
+        return Outcome(DONE, f"done (data version {presence.data_version})")
+    last = presence.last_apply
+    if last is not None and not last.ok and (last.data_version or 0) >= version:
+        return Outcome(
+            FAILED, f"FAILED: {last.message or 'apply failed'} (data version {last.data_version})"
+        )
+    return Outcome(PENDING, f"pending (at data version {presence.data_version})")
+
+
+def canary_path(presence: Presence | Unreadable | None, app_release_path: str) -> str | None:
+    """The node override a host follows instead of the app's release, if any."""
+    if isinstance(presence, Presence) and presence.desired is not None:
+        path = presence.desired.path
+        if path != app_release_path:
+            return path
+    return None
+
+
+def release_outcome(presence: Presence | Unreadable | None, version: int) -> Outcome:
+    """Done once the host's last install is of release znode ``version`` or newer."""
+    if presence is None:
+        return GONE_PRESENCE
+    if isinstance(presence, Unreadable):
+        return Outcome(PENDING, f"pending (unreadable presence: {presence.reason})")
+    last = presence.last_install
+    if last is None or (last.version or 0) < version:
+        return Outcome(PENDING, f"pending (has not installed release version {version})")
+    if not last.ok:
+        log = f" (log {last.log})" if last.log else ""
+        return Outcome(FAILED, f"FAILED: {last.message or 'install failed'}{log}")
+    commit = f" at {last.commit[:10]}" if last.commit else ""
+    return Outcome(DONE, f"done ({last.ref or '?'}{commit})")
+
+
+def order_outcome(result: OrderResult | Unreadable | None, live: bool) -> Outcome:
+    """Done only for rc 0 (or no rc): any other end is named at the end of a wait."""
+    if result is None:
+        if live:
+            return Outcome(PENDING, "pending")
+        return Outcome(GONE, "not live, no result")
+    if isinstance(result, Unreadable):
+        return Outcome(FAILED, f"unreadable result: {result.reason}")
+    rc = None if result.returncode is None else f"rc {result.returncode}"
+    if result.state == "running":
+        if not live:
+            return Outcome(GONE, "running, but the host is no longer live")
+        return Outcome(PENDING, "running")
+    if result.state == "done" and result.returncode in (0, None):
+        return Outcome(DONE, f"done ({rc or 'no rc'})")
+    words = [w for w in (rc, result.message) if w]
+    return Outcome(FAILED, result.state + (f" ({', '.join(words)})" if words else ""))
+
+
+def order_targets(order: Order, live: Iterable[str]) -> set[str]:
+    """An order without nodes is for every host live when it is looked at."""
+    return set(live) if order.nodes is None else set(order.nodes)
+
+
+def order_outcomes(
+    order: Order, live: set[str], results: Mapping[str, OrderResult | Unreadable]
+) -> dict[str, Outcome]:
+    """Every targeted host, plus every host that answered (even if no longer
+    live or never targeted: what it did still happened)."""
+    targets = order_targets(order, live)
+    outcomes = {}
+    for node in sorted(targets | set(results)):
+        outcome = order_outcome(results.get(node), node in live)
+        notes = []
+        if node in results and node not in live and outcome.state != GONE:
+            notes.append("host no longer live")
+        if order.nodes is not None and node not in order.nodes:
+            notes.append("not targeted")
+        if notes:
+            outcome = Outcome(outcome.state, f"{outcome.text} [{', '.join(notes)}]")
+        outcomes[node] = outcome
+    return outcomes
+
+
+def exit_code(outcomes: Mapping[str, Outcome], still_waiting_code: int) -> int:
+    """0 all done; 1 any failed or gone; else ``still_waiting_code`` (pending)."""
+    states = {o.state for o in outcomes.values()}
+    if states <= {DONE, SKIPPED}:
+        return 0
+    if states & {FAILED, GONE}:
+        return 1
+    return still_waiting_code
+
+
+@dataclass(frozen=True)
+class HostState:
+    """One host in the fleet view: its problems, empty when converged.
+    ``release`` is the release znode it should follow (its override, else
+    the app's), None when there is none."""
+
+    node: str
+    presence: Presence | Unreadable
+    expected_data: int
+    release: DesiredRelease | None
+    problems: tuple[str, ...]
+
+
+def host_problems(
+    presence: Presence | Unreadable, expected_data: int, wanted: DesiredRelease | None
+) -> tuple[str, ...]:
+    """The marks of the fleet table. ``expected_data`` is the newest data
+    version of the host's three layers now."""
+    if isinstance(presence, Unreadable):
+        return (f"UNREADABLE: presence: {presence.reason}",)
+    marks: list[str] = []
+    last = presence.last_apply
+    applied = presence.data_version or 0
+    if last is not None and not last.ok and (last.data_version or 0) >= applied:
+        marks.append("FAILED: apply")
+    elif applied < expected_data:
+        marks.append("LAGGING: data")
+    if wanted is not None and wanted.error is not None:
+        marks.append(f"UNREADABLE: release: {wanted.error}")
+    elif wanted is not None and wanted.release is not None:
+        marks.extend(_release_marks(presence, wanted, wanted.release))
+    return tuple(marks)
+
+
+def _release_marks(presence: Presence, wanted: DesiredRelease, release: Release) -> list[str]:
+    desired, installed, last = presence.desired, presence.installed, presence.last_install
+    if desired is None or desired.path != wanted.path or desired.version < wanted.version:
+        return ["LAGGING: release"]  # it has not acted on this release znode version yet
+    if last is not None and (last.version or 0) >= wanted.version and not last.ok:
+        return ["FAILED: install"]
+    if installed is None or installed.ref != release.ref:
+        return ["LAGGING: release"]
+    if installed.source is not None and installed.source != release.source:
+        return ["LAGGING: release"]
+    if last is not None and last.ok and last.commit and installed.commit != last.commit:
+        return ["LAGGING: release"]
+    return []
+
+
+def fleet_states(
+    presences: Mapping[str, Presence | Unreadable],
+    shared_data: int,
+    node_data: Mapping[str, int],
+    app_release: DesiredRelease | None,
+    node_releases: Mapping[str, DesiredRelease],
+) -> list[HostState]:
+    """``shared_data``: the app and global layers' newest version; ``node_data``
+    and ``node_releases``: each node's layer version and override, if any."""
+    states = []
+    for node in sorted(presences):
+        expected = max(shared_data, node_data.get(node, 0))
+        wanted = node_releases.get(node, app_release)
+        problems = host_problems(presences[node], expected, wanted)
+        states.append(HostState(node, presences[node], expected, wanted, problems))
+    return states
+
+
+# --- text ------------------------------------------------------------------------------------
+
+
+def age(seconds_ago: float | None) -> str:
+    if seconds_ago is None:
+        return "?"
+    s = max(0.0, seconds_ago)
+    if s < 120:
+        return f"{s:.0f}s ago"
+    if s < 7200:
+        return f"{s / 60:.0f}m ago"
+    if s < 172800:
+        return f"{s / 3600:.0f}h ago"
+    return f"{s / 86400:.0f}d ago"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
+
+
+def _release_cell(wanted: DesiredRelease | None) -> str:
+    if wanted is None:
+        return "-"
+    if wanted.release is None:
+        return "UNREADABLE"
+    return clean(wanted.release.ref, 40) + (" (node)" if "/nodes/" in wanted.path else "")
+
+
+def _fleet_row(state: HostState, now: float) -> list[str]:
+    p = state.presence
+    desired = _release_cell(state.release)
+    if isinstance(p, Unreadable):
+        return [state.node, "?", "?", "?", "?", desired, "; ".join(state.problems)]
+    last = "-"
+    if p.last_apply is not None:
+        ended = None if p.last_apply.ended is None else now - p.last_apply.ended
+        last = f"{'ok' if p.last_apply.ok else 'FAILED'} {age(ended)}"
+    installed = "-"
+    if p.installed is not None:
+        installed = clean(p.installed.ref, 40)
+        if p.installed.commit:
+            installed += " " + clean(p.installed.commit[:8])
+    return [
+        state.node,
+        clean(p.agent_version, 20),
+        "-" if p.data_version is None else str(p.data_version),
+        last,
+        installed,
+        desired,
+        ", ".join(state.problems) or "ok",
+    ]
+
+
+FLEET_HEADER = ("NODE", "AGENT", "DATA VERSION", "LAST APPLY", "INSTALLED", "DESIRED", "STATE")
+
+
+def describe_release(wanted: DesiredRelease | None) -> str:
+    if wanted is None:
+        return "none"
+    if wanted.release is None:
+        return f"UNREADABLE ({clean(wanted.error)})"
+    rel = wanted.release
+    return (
+        f"{clean(rel.ref, 40)} from {clean(display_source(rel.source))}"
+        f" (release version {wanted.version})"
+    )
+
+
+def format_fleet(
+    app: str,
+    shared_data: int,
+    app_release: DesiredRelease | None,
+    states: Sequence[HostState],
+    now: float,
+) -> str:
+    lines = [
+        f"app {app}: data version {shared_data} (app + global layers), "
+        f"release {describe_release(app_release)}"
+    ]
+    if not states:
+        lines.append("no live hosts")
+        return "\n".join(lines) + "\n"
+    lines += _table(FLEET_HEADER, [_fleet_row(s, now) for s in states])
+    converged = sum(1 for s in states if not s.problems)
+    lines.append(f"{converged} of {len(states)} hosts converged")
+    for s in states:
+        lines.extend(_explain(s))
+    return "\n".join(lines) + "\n"
+
+
+def _explain(state: HostState) -> list[str]:
+    """The why behind a mark, one line each, so the table stays narrow."""
+    p = state.presence
+    if not isinstance(p, Presence):
+        return []
+    lines = []
+    if "FAILED: apply" in state.problems and p.last_apply is not None:
+        lines.append(f"{state.node}: apply failed: {clean(p.last_apply.message)}")
+    if "LAGGING: data" in state.problems:
+        lines.append(
+            f"{state.node}: at data version {p.data_version}, current {state.expected_data}"
+        )
+    if "FAILED: install" in state.problems and p.last_install is not None:
+        log = f" (log {clean(p.last_install.log)})" if p.last_install.log else ""
+        lines.append(f"{state.node}: install failed: {clean(p.last_install.message)}{log}")
+    return lines
+
+
+def _wanted_json(wanted: DesiredRelease | None) -> dict[str, Any] | None:
+    if wanted is None:
+        return None
+    doc = wanted.as_dict()
+    if isinstance(doc.get("source"), str):
+        doc["source"] = display_source(doc["source"])
+    return doc
+
+
+def fleet_json(
+    app: str,
+    shared_data: int,
+    app_release: DesiredRelease | None,
+    states: Sequence[HostState],
+) -> dict[str, Any]:
+    hosts = []
+    for s in states:
+        entry: dict[str, Any] = {
+            "node": s.node,
+            "expected_data_version": s.expected_data,
+            "release": _wanted_json(s.release),
+            "problems": list(s.problems),
+            "converged": not s.problems,
+        }
+        if isinstance(s.presence, Unreadable):
+            entry["unreadable"] = s.presence.reason
+        else:
+            entry["presence"] = s.presence.as_dict()
+        hosts.append(entry)
+    return {
+        "app": app,
+        "data_version": shared_data,
+        "release": _wanted_json(app_release),
+        "hosts": hosts,
+        "converged": bool(states) and all(not s.problems for s in states),
+    }
+
+
+def format_order(
+    name: str,
+    order: Order,
+    outcomes: Mapping[str, Outcome],
+    results: Mapping[str, OrderResult | Unreadable],
+    now: float,
+) -> str:
+    """One line per host, and the last lines of what each command printed."""
+    by = f", by {clean(order.by)}" if order.by else ""
+    when = f" {age(now - order.at)}" if order.at is not None else ""
+    nodes = "all live hosts" if order.nodes is None else ", ".join(map(clean, order.nodes))
+    lines = [f"{name}: {clean(order.command)}{by}{when}, for {nodes or 'no hosts'}"]
+    if not outcomes:
+        lines.append("no targeted hosts are live, and no host has answered")
+    width = max((len(node) for node in outcomes), default=0)
+    for node, outcome in outcomes.items():
+        lines.append(f"{node.ljust(width)}  {clean(outcome.text)}")
+        result = results.get(node)
+        if isinstance(result, OrderResult) and result.output.strip():
+            lines.extend(
+                f"{' ' * width}  | {clean(line)}" for line in result.output.splitlines()[-3:]
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _result_json(result: OrderResult | Unreadable | None) -> dict[str, Any] | None:
+    if isinstance(result, Unreadable):
+        return {"unreadable": result.reason}
+    return None if result is None else result.as_dict()
+
+
+def order_json(
+    name: str,
+    order: Order,
+    outcomes: Mapping[str, Outcome],
+    results: Mapping[str, OrderResult | Unreadable],
+) -> dict[str, Any]:
+    return {
+        "order": name,
+        "command": order.command,
+        "by": order.by,
+        "at": order.at,
+        "nodes": None if order.nodes is None else list(order.nodes),
+        "hosts": {
+            node: {
+                "state": outcome.state,
+                "text": outcome.text,
+                "result": _result_json(results.get(node)),
+            }
+            for node, outcome in outcomes.items()
+        },
+    }
+
+
+def progress_line(label: str, outcome: Outcome, elapsed: float) -> str:
+    timing = f" in {elapsed:.1f} s" if outcome.state in (DONE, FAILED) else ""
+    return f"{label}: {clean(outcome.text)}{timing}"
+
+
+def wait_summary(outcomes: Mapping[str, Outcome], timeout: float) -> str:
+    """One line: how many are done, and the others named by why."""
+    groups: dict[str, list[str]] = {}
+    why = {FAILED: "failed", GONE: "went away", PENDING: f"did not answer within {timeout:g} s"}
+    for label, outcome in sorted(outcomes.items()):
+        if outcome.state not in (DONE, SKIPPED):
+            groups.setdefault(why[outcome.state], []).append(label)
+    waited = sum(1 for o in outcomes.values() if o.state != SKIPPED)
+    done = sum(1 for o in outcomes.values() if o.state == DONE)
+    if not groups:
+        return f"all {waited} hosts done"
+    return f"{done} of {waited} hosts done; " + "; ".join(
+        f"{reason}: {', '.join(labels)}" for reason, labels in groups.items()
+    )
