@@ -178,9 +178,13 @@ def test_release_installs_switches_and_shows_in_status_and_presence(fleet: Fleet
         res = box.cli("data", *words)
         assert res.returncode == 0, res.stderr
     fleet.start()
-    fleet.set_release("v1")
-    wait_for(lambda: installed_commit(fleet, "web1")() == v1, 60, what="v1 installed")
+    res = fleet.deploy("v1", "--wait", "--timeout", "90")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "web1: done" in res.stdout, res.stdout
     assert fleet.current("web1") == v1
+    listing = json.loads(fleet.cli("fleet", "shop", "--json").stdout)
+    assert "web1" in json.dumps(listing) and v1[:12] in json.dumps(listing), listing
+    assert fleet.cli("fleet", "shop").returncode == 0
     text = fleet.installed_text("web1")
     assert f"app=shop node=web1 ref=v1\ncommit={v1}" in text
     # MOZAGENT_DATA holds the app's merged data (node > app > global).
@@ -339,12 +343,17 @@ def three_agents_on_v1(f: Fleet) -> str:
 
 def test_an_order_runs_once_on_each_of_three_agents(fleet: Fleet) -> None:
     v1 = three_agents_on_v1(fleet)
-    order = push_order(fleet, "hello")
+    res = fleet.cli("order", "shop", "hello", "--wait", "--timeout", "90")
+    assert res.returncode == 0, res.stdout + res.stderr
+    order = res.stdout.split()[0]
+    assert order.startswith("order-"), res.stdout
     for node in ("web1", "web2", "web3"):
         res = wait_for(lambda n=node: result_of(fleet, order, n), 60, what=f"{node}'s result")
         assert res["state"] == "done" and res["returncode"] == 0, res
         assert f"hello from {node} in " in res["output"] and v1 in res["output"]
-    unknown = push_order(fleet, "rm-rf")
+    res = fleet.cli("order", "shop", "rm-rf", "--wait", "--timeout", "90")
+    assert res.returncode != 0 and res.stdout.count("refused") >= 3, res.stdout
+    unknown = res.stdout.split()[0]
     for node in ("web1", "web2", "web3"):
         res = wait_for(lambda n=node: result_of(fleet, unknown, n), 60, what=f"{node} refusing")
         assert res["state"] == "refused" and "rm-rf" in res["message"], res
@@ -407,9 +416,8 @@ def test_presence_goes_with_the_agent_and_comes_back_after_session_expiry(
 
 
 def test_deploy_wait_and_data_wait_name_the_host_that_failed(fleet: Fleet) -> None:
-    fleet.repo.release("v1")
-    v2 = fleet.repo.release("v2", fail_nodes="web3")
     three_agents_on_v1(fleet)
+    v2 = fleet.repo.release("v2", fail_nodes="web3")
     res = fleet.deploy("v2", "--wait", "--timeout", "90")
     assert res.returncode != 0, res.stdout
     out = res.stdout + res.stderr
