@@ -335,7 +335,7 @@ def format_release(doc: dict[str, Any]) -> list[str]:
                 f"    last install: {verdict} {last.get('ref') or '-'} at "
                 f"{when(last.get('ended'))} ({_dur(last)}): {last.get('message') or '-'}"
             )
-            if last.get("log"):
+            if last.get("log") and last["log"] not in str(last.get("message")):
                 lines.append(f"      log: {last['log']}")
     if orders:
         lines.append("  orders (newest first):")
