@@ -14,7 +14,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 DEFAULT_CONFIG_PATH = "/etc/mozagent/mozagent.yaml"
 CONFIG_ENV = "MOZAGENT_CONFIG"
@@ -192,6 +192,10 @@ def _string_list(source: str, key: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise _fail(source, key, f"must be a list of non-empty strings, got {value!r}")
     return tuple(value)
+
+
+Converter = Callable[[str, str, Any], Any]
+T = TypeVar("T")
 
 
 def _get(
@@ -376,26 +380,20 @@ def _collectors(source: str, key: str, value: Any) -> tuple[str, ...]:
 
 
 def _heat(source: str, raw: dict[str, Any]) -> HeatConfig:
-    h = _section(source, raw, "heat")
-    d = HeatConfig()
-    _check_keys(source, "heat", h, set(HeatConfig.__dataclass_fields__))
-    out = HeatConfig(
-        collectors=_get(source, "heat", h, "collectors", _collectors, d.collectors),
-        heat_local_paths=_get(
-            source, "heat", h, "heat_local_paths", _string_list, d.heat_local_paths
-        ),
-        local_paths=_get(source, "heat", h, "local_paths", _string_list, d.local_paths),
-        os_collect_config_conf=_get(
-            source, "heat", h, "os_collect_config_conf", _string, d.os_collect_config_conf
-        ),
-        poll_min=_get(source, "heat", h, "poll_min", _positive, d.poll_min),
-        poll_max=_get(source, "heat", h, "poll_max", _positive, d.poll_max),
-        retry_max=_get(source, "heat", h, "retry_max", _positive, d.retry_max),
-        request_timeout=_get(source, "heat", h, "request_timeout", _positive, d.request_timeout),
-        hook_dirs=_get(source, "heat", h, "hook_dirs", _string_list, d.hook_dirs),
-        timeout=_get(source, "heat", h, "timeout", _positive, d.timeout),
-        signal_retry_max=_get(source, "heat", h, "signal_retry_max", _positive, d.signal_retry_max),
-    )
+    convs: dict[str, Converter] = {
+        "collectors": _collectors,
+        "heat_local_paths": _string_list,
+        "local_paths": _string_list,
+        "os_collect_config_conf": _string,
+        "poll_min": _positive,
+        "poll_max": _positive,
+        "retry_max": _positive,
+        "request_timeout": _positive,
+        "hook_dirs": _string_list,
+        "timeout": _positive,
+        "signal_retry_max": _positive,
+    }
+    out = _typed_section(source, raw, "heat", HeatConfig, convs)
     if out.poll_max < out.poll_min:
         raise _fail(source, "heat.poll_max", "must be >= heat.poll_min")
     return out
@@ -408,28 +406,36 @@ def _count(source: str, key: str, value: Any) -> int:
     return value
 
 
-def _releases(source: str, raw: dict[str, Any]) -> ReleasesConfig:
-    r = _section(source, raw, "releases")
-    d = ReleasesConfig()
-    _check_keys(source, "releases", r, set(ReleasesConfig.__dataclass_fields__))
-    return ReleasesConfig(
-        apps_dir=_get(source, "releases", r, "apps_dir", _string, d.apps_dir),
-        keep=_get(source, "releases", r, "keep", _count, d.keep),
-        user=_get(source, "releases", r, "user", _app_name, d.user),
-        timeout=_get(source, "releases", r, "timeout", _positive, d.timeout),
-        fetch_timeout=_get(source, "releases", r, "fetch_timeout", _positive, d.fetch_timeout),
+def _typed_section(
+    source: str, raw: dict[str, Any], key: str, cls: type[T], convs: dict[str, Converter]
+) -> T:
+    """A section that maps one to one onto a dataclass: each field converted,
+    its default where it is not set."""
+    section = _section(source, raw, key)
+    _check_keys(source, key, section, set(convs))
+    defaults = cls()
+    return cls(
+        **{
+            name: _get(source, key, section, name, conv, getattr(defaults, name))
+            for name, conv in convs.items()
+        }
     )
+
+
+def _releases(source: str, raw: dict[str, Any]) -> ReleasesConfig:
+    convs: dict[str, Converter] = {
+        "apps_dir": _string,
+        "keep": _count,
+        "user": _app_name,
+        "timeout": _positive,
+        "fetch_timeout": _positive,
+    }
+    return _typed_section(source, raw, "releases", ReleasesConfig, convs)
 
 
 def _orders(source: str, raw: dict[str, Any]) -> OrdersConfig:
-    o = _section(source, raw, "orders")
-    d = OrdersConfig()
-    _check_keys(source, "orders", o, set(OrdersConfig.__dataclass_fields__))
-    return OrdersConfig(
-        max_age=_get(source, "orders", o, "max_age", _positive, d.max_age),
-        retention=_get(source, "orders", o, "retention", _positive, d.retention),
-        timeout=_get(source, "orders", o, "timeout", _positive, d.timeout),
-    )
+    convs: dict[str, Converter] = dict.fromkeys(("max_age", "retention", "timeout"), _positive)
+    return _typed_section(source, raw, "orders", OrdersConfig, convs)
 
 
 def check_runnable(cfg: Config) -> None:

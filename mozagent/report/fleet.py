@@ -32,7 +32,7 @@ from kazoo.protocol.states import EventType, WatchedEvent
 from mozagent import __version__
 from mozagent.apply.orders import OrderBook
 from mozagent.desired.fleet import host_path, result_path
-from mozagent.report.health import Worker
+from mozagent.report.health import Worker, run_woken
 from mozagent.report.status import StatusStore
 from mozagent.sources.zkclient import CONNECTION_ERRORS
 
@@ -159,9 +159,10 @@ class FleetReport:
             self.book.mark_published(result.order, result.state)
 
     def step(self) -> None:
+        # Cleared before looking: a CONNECTED event after this wakes us again.
+        self._wake.clear()
         if not self.client.connected:
             return
-        self._wake.clear()
         try:
             self.publish_presence()
             self.publish_results()
@@ -173,16 +174,7 @@ class FleetReport:
     # --- the worker, shaped like the sources ---------------------------------------
 
     def run(self) -> None:
-        while not self.stopping.is_set():
-            self.health.beat()
-            self._wake.wait(timeout=1.0)
-            if self.stopping.is_set():
-                break
-            if self._wake.is_set():
-                ok, _ = self.health.guarded(self.step)
-                if not ok:
-                    self._wake.set()
-                    self.stopping.wait(1.0)
+        run_woken(self.health, self.stopping, self._wake, self.step)
 
     def once(self) -> None:
         self.health.guarded(self.step)

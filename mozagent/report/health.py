@@ -136,5 +136,31 @@ class Worker:
         return True, result
 
 
+def run_woken(
+    health: Worker,
+    stopping: threading.Event,
+    wake: threading.Event,
+    step: Callable[[], Any],
+    due: Callable[[], bool] = lambda: False,
+) -> None:
+    """The loop of a worker that acts when woken (a watch, a finished job) or
+    when ``due`` says so (a periodic re-read): it beats every second while
+    idle, so a quiet worker never looks stuck, and a failed step is tried
+    again a second later instead of waiting for the next wake-up."""
+    while not stopping.is_set():
+        health.beat()
+        wake.wait(timeout=1.0)
+        if stopping.is_set():
+            break
+        if due():
+            wake.set()
+        if not wake.is_set():
+            continue
+        ok, _ = health.guarded(step)
+        if not ok:
+            wake.set()
+            stopping.wait(1.0)
+
+
 def _utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
 import structlog
 from kazoo.client import KazooClient, KazooState
 from kazoo.protocol.states import WatchedEvent, ZnodeStat
 
-from mozagent.report.health import Worker
+from mozagent.report.health import Worker, run_woken
 from mozagent.sources.zkclient import CONNECTION_ERRORS
 
 log = structlog.get_logger("mozagent")
@@ -87,31 +86,28 @@ class ZnodeSource:
     def close(self) -> None:
         """The ZooKeeper source closes the shared client."""
 
-    def step(self) -> Any:
-        due = time.monotonic() - self._last_read > self.resync
-        if not (self._wake.is_set() or due) or not self.client.connected:
-            return None
+    def step(self) -> None:
+        # Cleared before looking: a CONNECTED event after this wakes us again.
         self._wake.clear()
+        if not self.client.connected:
+            return
         try:
             self.read()
         except CONNECTION_ERRORS as exc:
             log.warning(f"{self.worker}_read_failed", error=repr(exc))
             self._wake.set()  # again once connected (the CONNECTED event wakes us too)
             self.stopping.wait(0.5)
-            return None
+            return
         self._last_read = time.monotonic()
-        return None
 
     def run(self) -> None:
-        while not self.stopping.is_set():
-            self.health.beat()
-            self._wake.wait(timeout=1.0)
-            if self.stopping.is_set():
-                break
-            ok, _ = self.health.guarded(self.step)
-            if not ok:
-                self._wake.set()
-                self.stopping.wait(1.0)
+        run_woken(
+            self.health,
+            self.stopping,
+            self._wake,
+            self.step,
+            lambda: self.resync > 0 and time.monotonic() - self._last_read > self.resync,
+        )
 
     def once(self) -> None:
         """``daemon --once``: one read, after the ZooKeeper source connected."""
