@@ -93,12 +93,12 @@ class Fleet:
         home = self.root / node
         home.mkdir()
         box = Sandbox(home, self.server.hosts, self.zk_root)
-        box.write_config(
-            node=node,
-            releases={"apps_dir": str(home / "apps"), "keep": 2, "timeout": 30},
-            orders={"timeout": 20, "max_age": 600},
-            **overrides,
-        )
+        settings: dict[str, Any] = {
+            "node": node,
+            "releases": {"apps_dir": str(home / "apps"), "keep": 2, "timeout": 30},
+            "orders": {"timeout": 20, "max_age": 600},
+        }
+        box.write_config(**{**settings, **overrides})
         self.boxes[node] = box
         return box
 
@@ -487,3 +487,31 @@ def test_hostile_order_and_release_znodes_are_refused_and_the_agent_keeps_going(
     good = push_order(fleet, "hello")
     res = wait_for(lambda: result_of(fleet, good, "web1"), 60, what="a good order after them")
     assert res["state"] == "done", res
+
+
+def test_an_agent_that_was_down_runs_young_orders_expires_old_ones_and_old_ones_go(
+    fleet: Fleet,
+) -> None:
+    v1 = fleet.repo.release("v1")
+    box = fleet.agent("web1", orders={"timeout": 20, "max_age": 6, "retention": 15})
+    fleet.start()
+    fleet.set_release("v1")
+    wait_for(lambda: installed_commit(fleet, "web1")() == v1, 60, what="v1 installed")
+    box.stop_daemons()
+    young = push_order(fleet, "hello")
+    box.start_daemon()
+    res = wait_for(lambda: result_of(fleet, young, "web1"), 60, what="the young order's result")
+    assert res["state"] == "done", res
+    box.stop_daemons()
+    old = push_order(fleet, "hello")
+    time.sleep(7)  # past max_age while the agent is down
+    box.start_daemon()
+    res = wait_for(lambda: result_of(fleet, old, "web1"), 60, what="the old order's result")
+    assert res["state"] == "expired", res
+    assert len(text_of(fleet.repo.marks / "hello-web1").splitlines()) == 1
+    time.sleep(8)  # past the retention: the next order's read removes both
+    push_order(fleet, "hello")
+    orders = orders_path(fleet.zk_root, "shop")
+    wait_for(
+        lambda: not {young, old} & set(fleet.zk.get_children(orders)), 30, what="old orders pruned"
+    )

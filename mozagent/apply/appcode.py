@@ -165,7 +165,13 @@ class OrderQueue:
             result = runner.refuse(item.name, item.where, problem, item.created)
         else:
             handled = runner.handle(
-                item.name, item.raw, item.created, item.where, self.release_dir(), self.max_age
+                item.name,
+                item.raw,
+                item.created,
+                item.where,
+                self.release_dir(),
+                self.max_age,
+                item.seen,
             )
             if handled is None:
                 return True

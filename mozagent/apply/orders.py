@@ -255,6 +255,7 @@ class OrderRunner:
         where: str,
         release_dir: str | None,
         max_age: float,
+        seen: float | None = None,
     ) -> OrderResult | None:
         """Everything one order znode needs, once: None when there is nothing
         to publish (already handled, forgotten, not for this node, or the
@@ -265,7 +266,10 @@ class OrderRunner:
             return None  # not an order (a stray znode): nothing to answer
         if self.cancel.is_set() or self.book.seen(name) or self.book.forgotten(created):
             return None
-        why_old = expiry(created, self.book.clock(), self.book.joined(), max_age)
+        # Its age when this host first saw it, not after the puppet run that
+        # goes first: an agent back from a restart judges what it came back to.
+        now = self.book.clock() if seen is None else seen
+        why_old = expiry(created, now, self.book.joined(), max_age)
         try:
             order = parse_order(name, raw, created, where)
         except InvalidOrder as exc:

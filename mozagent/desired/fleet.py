@@ -95,3 +95,4 @@ class PushedOrder:
     raw: bytes | None
     created: float  # the znode's ctime, by the server's clock
     where: str
+    seen: float  # when the source read it, by this host's clock

@@ -27,8 +27,6 @@ from mozagent.sources.znodes import ZnodeSource
 
 log = structlog.get_logger("mozagent")
 
-PRUNE_EVERY = 60.0
-
 
 class OrderSource(ZnodeSource):
     worker = "orders"
@@ -57,7 +55,6 @@ class OrderSource(ZnodeSource):
         self._created: dict[str, float] = {}
         self.retention = retention
         self.clock = clock
-        self._pruned = 0.0
 
     def _names(self) -> list[str]:
         if self.exists(self.path) is None:
@@ -95,15 +92,14 @@ class OrderSource(ZnodeSource):
                 self._delete(where)
                 continue
             self._offered.add(name)
-            self._offer(PushedOrder(name, raw, created, where))
-        if now - self._pruned > PRUNE_EVERY:
-            self._pruned = now
-            self._prune(names, now)
+            self._offer(PushedOrder(name, raw, created, where, now))
+        self._prune(names, now)
 
     def _prune(self, names: list[str], now: float) -> None:
         """Orders past the retention go, whoever created them and whether or not
-        this host ran them: their results are history by then. Creation times
-        are read once per order, so an idle fleet costs ZooKeeper nothing here."""
+        this host ran them: their results are history by then. Checked at each
+        read (a new order, a resync), from creation times read once per order,
+        so an idle fleet costs ZooKeeper nothing here."""
         for name in names:
             where = order_path(self.root, self.app, name)
             if name not in self._created:
