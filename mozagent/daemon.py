@@ -220,7 +220,7 @@ class Daemon:
         orders = OrderQueue(runner, r.user, app, o.max_age, reader.current_dir, self.status)
         self.executor.attach_app(release, orders)
         self.fleet = FleetReport(
-            zk.client, z.root, app, node, self.status, book,
+            zk.client, z.root, app, node, self.status, book.unpublished, book.mark_published,
             Worker("presence", self.progress, self.status), self.stopping, z.session_timeout,
         )  # fmt: skip
         self.executor.listeners.append(self.fleet.wake)

@@ -30,11 +30,11 @@ from kazoo.exceptions import NodeExistsError, NoNodeError
 from kazoo.protocol.states import EventType, WatchedEvent
 
 from mozagent import __version__
-from mozagent.apply.orders import OrderBook
 from mozagent.desired.fleet import host_path, result_path
+from mozagent.desired.orders import OrderResult
 from mozagent.report.health import Worker, run_woken
 from mozagent.report.status import StatusStore
-from mozagent.sources.zkclient import CONNECTION_ERRORS
+from mozagent.zkclient import CONNECTION_ERRORS
 
 log = structlog.get_logger("mozagent")
 
@@ -74,7 +74,8 @@ class FleetReport:
         app: str,
         node: str,
         status: StatusStore,
-        book: OrderBook,
+        unpublished: Callable[[], list[OrderResult]],
+        published: Callable[[str, str], None],
         health: Worker,
         stopping: threading.Event,
         op_timeout: float,
@@ -85,7 +86,9 @@ class FleetReport:
         self.app = app
         self.node = node
         self.status = status
-        self.book = book
+        # The executor's durable records of order results (apply.orders.OrderBook).
+        self._unpublished = unpublished
+        self._published = published
         self.health = health
         self.stopping = stopping
         self.op_timeout = op_timeout
@@ -144,7 +147,7 @@ class FleetReport:
         self._call(self.client.exists_async, self.path, watch=self._on_watch)
 
     def publish_results(self) -> None:
-        for result in self.book.unpublished():
+        for result in self._unpublished():
             path = result_path(self.root, self.app, result.order, self.node)
             data = encode(result.as_dict())
             try:
@@ -156,7 +159,7 @@ class FleetReport:
                     self._call(self.client.set_async, path, data)
                 except NoNodeError:
                     pass  # the order was pruned meanwhile: nothing to report to
-            self.book.mark_published(result.order, result.state)
+            self._published(result.order, result.state)
 
     def step(self) -> None:
         # Cleared before looking: a CONNECTED event after this wakes us again.

@@ -26,7 +26,7 @@ from kazoo.protocol.states import EventType, WatchedEvent
 
 from mozagent.desired.keys import Entry, InvalidValue, check_key
 from mozagent.desired.layers import LayerView
-from mozagent.sources.zkclient import CONNECTION_ERRORS
+from mozagent.zkclient import CONNECTION_ERRORS
 
 
 @dataclass

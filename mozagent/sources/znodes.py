@@ -18,7 +18,7 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.protocol.states import WatchedEvent, ZnodeStat
 
 from mozagent.report.health import Worker, run_woken
-from mozagent.sources.zkclient import CONNECTION_ERRORS
+from mozagent.zkclient import CONNECTION_ERRORS
 
 log = structlog.get_logger("mozagent")
 

@@ -28,8 +28,8 @@ from mozagent.render.hieradata import HieraData
 from mozagent.render.snapshot import Snapshot
 from mozagent.report.health import Worker
 from mozagent.report.status import StatusStore, when
-from mozagent.sources.zkclient import CONNECTION_ERRORS, make_client
 from mozagent.sources.zkreader import ZooKeeperReader
+from mozagent.zkclient import CONNECTION_ERRORS, make_client
 
 log = structlog.get_logger("mozagent")
 
