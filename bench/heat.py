@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -309,6 +310,20 @@ def cfn_init_data(stub: HeatStub) -> dict[str, Any]:
     }
 
 
+def collector_conf(collector: str, settings: dict[str, Any]) -> str:
+    """The collector lines of an os-collect-config.conf: which one to poll, and its
+    section (oslo.config reads ``$`` as a reference: doubled)."""
+    lines = [f"collectors = {collector}", "", f"[{collector}]"]
+    lines += [f"{key} = {str(value).replace('$', '$$')}" for key, value in settings.items()]
+    return "\n".join(lines) + "\n"
+
+
+def polled_from_now(stub: TimedHeatStub) -> Callable[[], bool]:
+    """True once the stub has seen a poll after this call."""
+    heads = len(stub.heads)
+    return lambda: len(stub.heads) > heads
+
+
 # --- puppet --------------------------------------------------------------------------
 
 
@@ -517,9 +532,12 @@ class AgentBase:
 
 
 class MozAgent(AgentBase):
-    """``python -m mozagent daemon`` in a sandbox, Heat only (no ZooKeeper, no manifests)."""
+    """``python -m mozagent daemon`` in a sandbox, Heat only (no ZooKeeper, no manifests),
+    told what to poll by ``cfn_init`` (a cfn-init-data document), as cloud-init would."""
 
-    def __init__(self, root: Path, stub: HeatStub, poll: tuple[float, float] | None) -> None:
+    def __init__(
+        self, root: Path, cfn_init: dict[str, Any], poll: tuple[float, float] | None
+    ) -> None:
         self.label = "mozagent"
         self.root = root
         self.state = root / "state"
@@ -528,7 +546,8 @@ class MozAgent(AgentBase):
         self.out_dir = root / "out"
         self.out_dir.mkdir(parents=True)
         local = root / "cfn-init-data"
-        local.write_text(json.dumps(cfn_init_data(stub)))
+        local.write_text(json.dumps(cfn_init))
+        self.collector = cfn_init["os-collect-config"]["collectors"][0]
         wrapper = root / "bin" / "timed-puppet"
         write_timed_puppet(wrapper, self.puppet_log, [])
         heat: dict[str, Any] = {
@@ -561,7 +580,8 @@ class MozAgent(AgentBase):
             return {}
         return doc if isinstance(doc, dict) else {}
 
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
+        """The daemon; with ``wait``, until status.json shows it polling its collector."""
         self.popen([sys.executable, "-m", "mozagent", "daemon", "--config", str(self.config_path)])
 
         def polling() -> bool:
@@ -569,22 +589,24 @@ class MozAgent(AgentBase):
             doc = self.status()
             return (
                 doc.get("agent", {}).get("pid") == self.pid
-                and (doc.get("heat") or {}).get("in_use") == "request"
+                and (doc.get("heat") or {}).get("in_use") == self.collector
             )
 
-        wait_until(polling, 60, "mozagent to poll the request collector", 0.05)
+        if wait:
+            wait_until(polling, 60, f"mozagent to poll the {self.collector} collector", 0.05)
 
     def busy(self) -> bool:
         return super().busy() or self.status().get("applying") is not None
 
 
 class Chain(AgentBase):
-    """os-collect-config and everything it runs, in a sandbox, as heat-chain.md lays out."""
+    """os-collect-config and everything it runs, in a sandbox, as heat-chain.md lays out;
+    ``collectors`` is what its config file says to poll (``collector_conf``)."""
 
     def __init__(
         self,
         root: Path,
-        stub: HeatStub,
+        collectors: str,
         install: ChainInstall,
         interval_flags: list[str],
         private_mount: bool,
@@ -648,8 +670,7 @@ class Chain(AgentBase):
             f"command = os-refresh-config --lockfile {lockfile}\n"
             f"cachedir = {d['cache']}\n"
             f"backup_cachedir = {d['backup_cache']}\n"
-            "collectors = request\n\n"
-            f"[request]\nmetadata_url = {stub.url}/metadata\n"
+            f"{collectors}"
         )
         self.interval_flags = interval_flags
         self.env = {
@@ -673,9 +694,9 @@ class Chain(AgentBase):
         }
         self.env.pop("VIRTUAL_ENV", None)
         self.env.pop("PYTHONPATH", None)
-        self.stub = stub
 
-    def start(self) -> None:
+    def start(self, polled: Callable[[], bool] | None = None) -> None:
+        """os-collect-config; with ``polled``, until it says the first poll happened."""
         cmd = [str(self.install.bin / "os-collect-config"), "--config-file", str(self.conf)]
         cmd += self.interval_flags
         if self.private_mount:
@@ -692,12 +713,13 @@ class Chain(AgentBase):
                 str(self.dirs["var_log"]),
                 *cmd,
             ]
-        heads = len(self.stub.heads)
         self.popen(cmd, self.env)
+        if polled is None:
+            return
 
         def polling() -> bool:
             self.check_alive()
-            return len(self.stub.heads) > heads
+            return polled()
 
         wait_until(polling, 60, "os-collect-config's first poll", 0.05)
 
@@ -963,7 +985,7 @@ def mozagent_row(
     poll_max = 2.0 if poll is None else poll[1]
     row = Row(key=key, label=label, agent="mozagent", pause_max_s=poll_max)
     stub = TimedHeatStub().start()
-    agent = MozAgent(workdir / key, stub, poll)
+    agent = MozAgent(workdir / key, cfn_init_data(stub), poll)
     try:
         agent.start()
         warm_up(agent, stub, key, poll_max)
@@ -993,9 +1015,10 @@ def chain_row(
 ) -> Row:
     row = Row(key=key, label=label, agent="chain", pause_max_s=interval)
     stub = TimedHeatStub().start()
-    agent = Chain(workdir / key, stub, install, flags, private_mount)
+    request = collector_conf("request", {"metadata_url": f"{stub.url}/metadata"})
+    agent = Chain(workdir / key, request, install, flags, private_mount)
     try:
-        agent.start()
+        agent.start(polled_from_now(stub))
         if not agent.is_collector():
             raise BenchError(f"pid {agent.pid} is not os-collect-config")
         warm_up(agent, stub, key, interval)
