@@ -379,14 +379,29 @@ def _collectors(source: str, key: str, value: Any) -> tuple[str, ...]:
     return names
 
 
+SHORTEST_POLL = 0.2  # seconds: faster polling is a busy loop against Heat's API and Keystone
+
+
+def _poll_interval(source: str, key: str, value: Any) -> float:
+    number = _number(source, key, value)
+    if number < SHORTEST_POLL:
+        raise _fail(
+            source,
+            key,
+            f"must be >= {SHORTEST_POLL} s (each poll costs Heat and Keystone a request), "
+            f"got {value!r}",
+        )
+    return number
+
+
 def _heat(source: str, raw: dict[str, Any]) -> HeatConfig:
     convs: dict[str, Converter] = {
         "collectors": _collectors,
         "heat_local_paths": _string_list,
         "local_paths": _string_list,
         "os_collect_config_conf": _string,
-        "poll_min": _positive,
-        "poll_max": _positive,
+        "poll_min": _poll_interval,
+        "poll_max": _poll_interval,
         "retry_max": _positive,
         "request_timeout": _positive,
         "hook_dirs": _string_list,

@@ -217,7 +217,10 @@ class Daemon:
 
         reader = installer(NOBODY)  # reads what is installed; never runs anything
         release = ReleaseJob(installer, r.user, app, self.status, reader.installed)
-        orders = OrderQueue(runner, r.user, app, o.max_age, reader.current_dir, self.status)
+        orders = OrderQueue(
+            runner, r.user, app, o.max_age, o.retention, reader.current_dir, self.status,
+            book.prune,
+        )  # fmt: skip
         self.executor.attach_app(release, orders)
         self.fleet = FleetReport(
             zk.client, z.root, app, node, self.status, book.unpublished, book.mark_published,
@@ -263,7 +266,10 @@ class Daemon:
                 return False
 
     def _announce(self) -> None:
-        """Record who runs, so status can tell a live daemon from a dead one."""
+        """Record who runs, so status can tell a live daemon from a dead one.
+        Called with the lock held: an agent refused the lock writes nothing."""
+        if self.executor.release is not None:
+            self.executor.release.show()  # what is installed, before anything is desired
         self.status.update(
             agent={
                 "version": __version__,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mozagent.apply.runas import NoSuchUser, resolve_user
 from mozagent.config import ConfigError, parse_config
 from mozagent.desired.fleet import DesiredRelease
 from mozagent.render.snapshot import merge_layers
@@ -80,6 +83,8 @@ def test_desired_releases_compare_by_content_and_version() -> None:
         ("orders", {"max_age": -1}, "orders.max_age"),
         ("orders", {"retention": ".nan"}, "orders.retention"),
         ("orders", {"ttl": 5}, "orders.ttl"),
+        ("heat", {"poll_min": 0.01, "poll_max": 1}, "heat.poll_min"),
+        ("heat", {"poll_max": 0.1}, "heat.poll_max"),
     ],
 )
 def test_bad_releases_and_orders_settings_are_refused(
@@ -94,3 +99,27 @@ def test_releases_and_orders_defaults() -> None:
     cfg = parse_config({}, "cfg.yaml")
     assert cfg.releases.apps_dir == "/srv/apps" and cfg.releases.keep == 3
     assert cfg.orders.max_age == 3600 and cfg.orders.retention == 7 * 86400
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands trees to another user")
+def test_handing_a_tree_to_the_app_user_never_follows_its_links(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.write_text("root's")
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "f").write_text("x")
+    (tree / "link").symlink_to(outside)
+    (tree / "dirlink").symlink_to(tmp_path)
+    user = resolve_user(None, "nosuchapp")
+    user.owns(str(tree))
+    assert (tree / "sub" / "f").stat().st_uid == user.uid
+    assert os.lstat(tree / "link").st_uid == user.uid
+    assert outside.stat().st_uid == 0 and tmp_path.stat().st_uid == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="an unprivileged agent runs app code as itself")
+def test_app_code_never_runs_as_root() -> None:
+    with pytest.raises(NoSuchUser, match="never runs as root"):
+        resolve_user("root", "shop")
+    with pytest.raises(NoSuchUser, match="does not exist"):
+        resolve_user("no-such-user-here", "shop")

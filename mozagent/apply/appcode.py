@@ -9,6 +9,7 @@ fleet report (presence and order results in ZooKeeper).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -25,6 +26,8 @@ from mozagent.report.status import StatusStore
 
 log = structlog.get_logger("mozagent")
 
+PRUNE_EVERY = 3600.0  # seconds between prunings of the local order records
+
 # Stands in for a user that does not exist, only to record the refusal.
 NOBODY = RunAs("-", -1, -1, "/")
 
@@ -34,7 +37,10 @@ class ReleaseJob:
 
     A failed install is not retried on its own (the install script would fail
     the same way, every few seconds, for ever); a new offer (another deploy, a
-    fixed znode) or a restart tries again. Pure bookkeeping plus the installer.
+    fixed znode) or a restart tries again. One exception: an install that
+    failed because its user does not exist yet is tried again after the next
+    successful puppet run, which is what creates users. Bookkeeping plus the
+    installer.
     """
 
     def __init__(
@@ -52,16 +58,30 @@ class ReleaseJob:
         self.status = status
         self.desired: DesiredRelease | None = None
         self._done: DesiredRelease | None = None
+        self._user_missing = False
         self.last_install: dict[str, Any] | None = None
-        self._show()  # what is installed, before anything is desired
+        # The releases source and the executor both report: one at a time, so
+        # that an older view never lands last.
+        self._lock = threading.Lock()
 
     def offer(self, desired: DesiredRelease) -> None:
         self.desired = desired
-        self._show()
+        self.show()
+
+    def puppet_succeeded(self) -> None:
+        """Puppet may have created the app's user: try a blocked install again."""
+        if self._user_missing:
+            self._user_missing = False
+            self._done = None
 
     @property
     def pending(self) -> bool:
         return self.desired is not None and self.desired != self._done
+
+    def show(self) -> None:
+        """What status says of the release (called once the agent holds its lock)."""
+        with self._lock:
+            self._show()
 
     def _show(self) -> None:
         errors = []
@@ -103,7 +123,7 @@ class ReleaseJob:
         assert desired is not None
         self._done = desired
         if desired.release is None and desired.error is None:
-            self._show()  # nothing desired: whatever is installed stays
+            self.show()  # nothing desired: whatever is installed stays
             return True
         if desired.error is not None:
             result = self._failed(desired, desired.error)
@@ -113,7 +133,12 @@ class ReleaseJob:
                 # Resolved at each install: puppet may have just created the user.
                 installer = self._installer(resolve_user(self.user, self.app))
             except NoSuchUser as exc:
-                result = self._failed(desired, f"cannot run the install script: {exc}")
+                self._user_missing = True
+                result = self._failed(
+                    desired,
+                    f"cannot run the install script: {exc} (tried again after the next "
+                    "successful puppet run)",
+                )
             else:
                 log.info("release_install_started", **desired.as_dict())
                 result = installer.install(desired.release, data).as_dict()
@@ -121,7 +146,7 @@ class ReleaseJob:
         result.update(version=desired.version, path=desired.path, log=result.get("log_path"))
         self.last_install = result
         (log.info if result["ok"] else log.error)("release_install_finished", **result)
-        self._show()
+        self.show()
         return bool(result["ok"])
 
 
@@ -134,10 +159,13 @@ class OrderQueue:
         user: str | None,
         app: str,
         max_age: float,
+        retention: float,
         release_dir: Callable[[], str | None],
         status: StatusStore,
+        prune: Callable[[float], int],
     ) -> None:
         self._runner = runner
+        self._prune = prune
         self.user = user
         self.app = app
         self.max_age = max_age
@@ -145,6 +173,8 @@ class OrderQueue:
         self.status = status
         self._queue: deque[PushedOrder] = deque()
         self._recent: deque[dict[str, Any]] = deque(maxlen=10)
+        self.retention = retention
+        self._pruned = 0.0
 
     def offer(self, item: PushedOrder) -> None:
         self._queue.append(item)
@@ -182,4 +212,8 @@ class OrderQueue:
         )
         self._recent.appendleft({k: v for k, v in doc.items() if k != "output"})
         self.status.update(orders=list(self._recent))
+        # Records come only with orders, so they are pruned as orders come.
+        if time.time() - self._pruned > PRUNE_EVERY:
+            self._pruned = time.time()
+            self._prune(self.retention)
         return result.state in ("done", "expired")

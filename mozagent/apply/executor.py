@@ -75,6 +75,10 @@ class Executor:
         # applied already, whatever its version (a value set to what it was).
         self._applied: Snapshot | None = None
         self.applied_version: int | None = None
+        # Set when a puppet run ends with an app job waiting: that job goes
+        # next, even if more changes came meanwhile (no starving under a
+        # steady stream of data changes).
+        self._app_turn = False
         # Called after every job: the fleet report publishes what changed.
         self.listeners: list[Callable[[], None]] = []
 
@@ -144,8 +148,11 @@ class Executor:
         the caller has just run puppet (``daemon --once``)."""
         now = time.monotonic()
         sched = self.scheduler
-        if not after_puppet and (sched.held(now) or sched.pending or sched.in_flight):
+        if sched.in_flight or (
+            not (after_puppet or self._app_turn) and (sched.held(now) or sched.pending)
+        ):
             return None
+        self._app_turn = False
         if self.release is not None and self.release.pending:
             release, snapshot = self.release, self._snapshot
             return lambda: self._run_release(release, snapshot)
@@ -283,8 +290,15 @@ class Executor:
         finally:
             with self._cond:
                 self.scheduler.finished(time.monotonic(), ok)
+                self._app_turn = self._app_waiting()
             self._notify()
         return True
+
+    def _app_waiting(self) -> bool:
+        return bool(
+            (self.release is not None and self.release.pending)
+            or (self.orders is not None and self.orders.pending)
+        )
 
     def _prepare_run(
         self, snapshot: Snapshot, item: ApplyItem
@@ -364,10 +378,16 @@ class Executor:
         aborted = len(results) < len(items) or any(r.message.startswith("aborted") for r in results)
         message = "aborted: the agent stopped" if aborted else None
         ok = self._record(started, version, results, len(items), message, requests)
-        if ok:
-            with self._cond:
-                self._applied = snapshot
+        with self._cond:
+            # Only data whose last run succeeded counts as applied when it comes
+            # again with a new version (a value set to what it was).
+            self._applied = snapshot if ok else None
+            if ok:
                 self._mark_applied(version)
+                if self._snapshot.same_data(snapshot):  # same bytes came during the run
+                    self._mark_applied(self._snapshot.version)
+        if ok and self.release is not None:
+            self.release.puppet_succeeded()
         return ok
 
     def _record(

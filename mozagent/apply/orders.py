@@ -66,6 +66,10 @@ class OrderBook:
         # Called after each record: the fleet report publishes "running" while
         # the order runs, not only its end.
         self.listeners: list[Callable[[], None]] = []
+        # Names of records still to publish: read from disk once, then kept
+        # here, so that publishing after every job does not read every record
+        # the host ever kept.
+        self._pending: set[str] | None = None
 
     # -- joined / horizon ---------------------------------------------------
 
@@ -122,6 +126,17 @@ class OrderBook:
     def _write(self, result: OrderResult, published: bool, created: float | None) -> None:
         doc = {"result": result.as_dict(), "published": published, "created": created}
         write_json(self._path(result.order), doc, 0o600, durable=True)
+        if self._pending is not None:
+            (self._pending.discard if published else self._pending.add)(result.order)
+
+    def _unpublished_names(self) -> set[str]:
+        if self._pending is None:
+            self._pending = set()
+            for name in self._names():
+                _, doc = self._read(name)
+                if doc is not None and doc.get("published") is not True:
+                    self._pending.add(name)
+        return self._pending
 
     def seen(self, name: str) -> bool:
         """Any record, even a damaged one, means "do not run": it may have run."""
@@ -149,10 +164,13 @@ class OrderBook:
         operator wants to see an order in progress)."""
         out = []
         with _LOCK:
-            for name in self._names():
+            pending = self._unpublished_names()
+            for name in sorted(pending, key=order_seq):
                 result, doc = self._read(name)
                 if result is not None and doc is not None and doc.get("published") is not True:
                     out.append(result)
+                elif doc is None or doc.get("published") is True:
+                    pending.discard(name)
         return out
 
     def mark_published(self, name: str, state: str) -> None:

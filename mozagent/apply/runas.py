@@ -39,16 +39,23 @@ class RunAs:
         return {"HOME": self.home, "USER": self.name, "LOGNAME": self.name}
 
     def owns(self, path: str) -> None:
-        """Give a tree the app's code writes into (its release dir) to the user."""
+        """Give a tree the app's code writes into (its release dir) to the user.
+
+        The user may already own parts of it and swap a directory for a
+        symlink while root walks it (to have ``/etc`` chowned): every change
+        goes through directory fds opened without following links, and every
+        name is chowned without following it."""
         if os.geteuid() != 0 or self.uid == os.geteuid():
             return
-        for dirpath, dirnames, filenames in os.walk(path):
-            os.lchown(dirpath, self.uid, self.gid)
+        for _, dirnames, filenames, dir_fd in os.fwalk(path, follow_symlinks=False):
+            os.chown(dir_fd, self.uid, self.gid)
             for name in dirnames + filenames:
-                os.lchown(os.path.join(dirpath, name), self.uid, self.gid)
+                os.chown(name, self.uid, self.gid, dir_fd=dir_fd, follow_symlinks=False)
 
 
 def _entry(pw: pwd.struct_passwd) -> RunAs:
+    if pw.pw_uid == 0 and os.geteuid() == 0:
+        raise NoSuchUser(f"user {pw.pw_name!r} is root: an app's code never runs as root")
     return RunAs(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir)
 
 

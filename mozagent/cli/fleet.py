@@ -437,7 +437,8 @@ def cmd_order(
     path = client.create(f"{base}/{fleet.ORDER_PREFIX}", json.dumps(doc).encode(), sequence=True)
     session.written = True
     name = path.rsplit("/", 1)[1]
-    print(name, file=out, flush=True)
+    # With --json the name is in the document: stdout stays one JSON value.
+    print(name, file=err if as_json and wait else out, flush=True)
     for node in sorted(set(nodes or ()) - set(live)):
         print(f"mozagent: warning: {node} is not live now", file=err)
     if not live and nodes is None:

@@ -396,7 +396,8 @@ def _release_marks(presence: Presence, wanted: DesiredRelease, release: Release)
         return ["FAILED: install"]
     if installed is None or installed.ref != release.ref:
         return ["LAGGING: release"]
-    if installed.source is not None and installed.source != release.source:
+    shown = (release.source, display_source(release.source))
+    if installed.source is not None and installed.source not in shown:
         return ["LAGGING: release"]
     if last is not None and last.ok and last.commit and installed.commit != last.commit:
         return ["LAGGING: release"]

@@ -29,7 +29,8 @@ _REF_BAD = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//")
 # Remote helpers that run a local command (``ext::sh -c ...``) or read a file
 # descriptor: git refuses them by default, and a release never needs them.
 _COMMAND_TRANSPORTS = re.compile(r"(?i)(ext|fd)::")
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
+# Up to the LAST "@" before the path: a password may itself hold an "@".
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s]*@")
 
 
 class InvalidRelease(ValueError):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import posixpath
 import threading
 import time
 from collections.abc import Callable
@@ -94,7 +95,8 @@ class FleetReport:
         self.op_timeout = op_timeout
         self._wake = threading.Event()
         self._wake.set()
-        self._written: bytes | None = None  # what our session's znode holds
+        # (session, bytes) of the presence this agent last wrote and watches.
+        self._written: tuple[int | None, bytes] | None = None
         client.add_listener(self._on_state)
 
     def _on_state(self, state: str) -> None:
@@ -127,9 +129,12 @@ class FleetReport:
 
     def publish_presence(self) -> None:
         doc = presence_doc(self.status.snapshot(), self.app, self.node)
-        if encode(doc) == self._written:
+        session = self.client.client_id[0] if self.client.client_id else None
+        # Skipped only when this very session wrote these bytes and re-armed
+        # its watch: after an expiry (a new session) it is written again.
+        if (session, encode(doc)) == self._written:
             return
-        written, data = encode(doc), encode({**doc, "updated": time.time()})
+        data = encode({**doc, "updated": time.time()})
         mine = self._mine()
         if mine:
             self._call(self.client.set_async, self.path, data)
@@ -138,13 +143,15 @@ class FleetReport:
                 with contextlib.suppress(NoNodeError):
                     self._call(self.client.delete_async, self.path)
             try:
-                self.client.create(self.path, data, ephemeral=True, makepath=True)
+                self._call(
+                    self.client.create_async, self.path, data, ephemeral=True, makepath=True
+                )
             except NodeExistsError:
                 self._wake.set()  # raced with the old session's end: look again
                 return
-        self._written = written
         # Re-armed after each write: our own set fires (and uses up) the watch.
         self._call(self.client.exists_async, self.path, watch=self._on_watch)
+        self._written = (session, encode(doc))
 
     def publish_results(self) -> None:
         for result in self._unpublished():
@@ -154,7 +161,10 @@ class FleetReport:
                 self._call(self.client.set_async, path, data)
             except NoNodeError:
                 try:
-                    self.client.create(path, data, makepath=True)
+                    # Never makepath: a pruned order must not come back empty.
+                    with contextlib.suppress(NodeExistsError):
+                        self._call(self.client.create_async, posixpath.dirname(path), b"")
+                    self._call(self.client.create_async, path, data)
                 except NodeExistsError:
                     self._call(self.client.set_async, path, data)
                 except NoNodeError:

@@ -111,8 +111,15 @@ class OrderSource(ZnodeSource):
                 self._delete(where)
 
     def _delete(self, where: str) -> None:
+        """Depth first, each request bounded (kazoo's recursive delete is not)."""
         try:
-            self.client.delete(where, recursive=True)
+            self._delete_tree(where)
             log.info("order_pruned", order=where)
         except (NoNodeError, NotEmptyError):
-            pass  # another agent is deleting it too
+            pass  # another agent is deleting it too, or a result came meanwhile
+
+    def _delete_tree(self, path: str) -> None:
+        wait = self.op_timeout
+        for child in self.client.get_children_async(path).get(timeout=wait):
+            self._delete_tree(f"{path}/{child}")
+        self.client.delete_async(path).get(timeout=wait)
