@@ -69,6 +69,8 @@ class ReleaseSource(ZnodeSource):
         if desired != self._last:
             if desired.error:
                 log.error("bad_release", where=desired.path, error=desired.error)
+            elif desired.release is None:
+                log.info("no_release_desired", path=desired.path)
             else:
                 log.info("release_desired", **desired.as_dict())
             self._last = desired
