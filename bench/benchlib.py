@@ -1,14 +1,24 @@
-"""What both benchmarks share: how a report names the code it measured, and
-how its figures become JSON."""
+"""What the benchmarks share: their common options, how a report names the
+code it measured, and how its figures become JSON."""
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import subprocess
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
+
+
+def bench_parser(doc: str | None, quick: str, keep: str) -> argparse.ArgumentParser:
+    """--quick, --json PATH and --keep, worded for each bench, the same in all."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--json", dest="json_path", metavar="PATH", help="also write JSON here")
+    parser.add_argument("--keep", action="store_true", help=keep)
+    return parser
 
 
 class BenchError(RuntimeError):

@@ -34,7 +34,6 @@ any exit (Ctrl-C included).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -63,6 +62,7 @@ if str(REPO) not in sys.path:  # the release repo helper lives in tests/, which 
 import yaml  # noqa: E402
 from benchlib import (  # noqa: E402
     BenchError,
+    bench_parser,
     code_version,
     read_cpu_seconds,
     read_rss_mib,
@@ -701,10 +701,9 @@ class Options:
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="N = 1 and 10, 3 rounds, 15 s idle")
-    parser.add_argument("--json", dest="json_path", metavar="PATH", help="also write JSON here")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (agents' logs)")
+    parser = bench_parser(
+        __doc__, "N = 1 and 10, 3 rounds, 15 s idle", "keep the temp dir (agents' logs)"
+    )
     parser.add_argument(
         "--puppet", action="store_true", help="also fleets of 1 and 10 with a trivial manifest"
     )

@@ -17,7 +17,6 @@ every process and server it starts is stopped on any exit.
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import contextlib
 import json
@@ -42,7 +41,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
-from benchlib import BenchError, code_version, read_cpu_seconds, read_rss_mib, to_json
+from benchlib import (
+    BenchError,
+    bench_parser,
+    code_version,
+    read_cpu_seconds,
+    read_rss_mib,
+    to_json,
+)
 
 from mozagent import __version__
 from mozagent.heatstub import HeatStub, inputs
@@ -944,10 +950,9 @@ class Options:
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer samples (about 5 minutes)")
-    parser.add_argument("--json", dest="json_path", metavar="PATH", help="also write JSON here")
-    parser.add_argument("--keep", action="store_true", help="keep the sandboxes (agents' logs)")
+    parser = bench_parser(
+        __doc__, "fewer samples (about 5 minutes)", "keep the sandboxes (agents' logs)"
+    )
     args = parser.parse_args(argv)
     return Options(
         quick=args.quick,

@@ -20,7 +20,6 @@ every process and server it starts is stopped on any exit.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -39,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # the fixture lives in tests/, which is not installed
     sys.path.insert(0, str(REPO))
 
-from benchlib import BenchError, code_version, read_cpu_seconds, to_json  # noqa: E402
+from benchlib import BenchError, bench_parser, code_version, read_cpu_seconds, to_json  # noqa: E402
 from heat import (  # noqa: E402
     CLEANUP,
     MANIFEST,
@@ -279,10 +278,9 @@ class Options:
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 samples per row (about 3 minutes)")
-    parser.add_argument("--json", dest="json_path", metavar="PATH", help="also write JSON here")
-    parser.add_argument("--keep", action="store_true", help="keep the sandboxes and Heat's logs")
+    parser = bench_parser(
+        __doc__, "3 samples per row (about 3 minutes)", "keep the sandboxes and Heat's logs"
+    )
     args = parser.parse_args(argv)
     return Options(
         quick=args.quick,

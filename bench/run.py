@@ -12,7 +12,6 @@ Every wait is bounded, and the daemons and ZooKeeper are stopped on any exit.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import ctypes.util
 import json
@@ -38,7 +37,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from benchlib import BenchError, code_version, read_cpu_seconds, read_rss_mib, to_json
+from benchlib import (
+    BenchError,
+    bench_parser,
+    code_version,
+    read_cpu_seconds,
+    read_rss_mib,
+    to_json,
+)
 from kazoo.client import KazooClient
 
 from mozagent import __version__
@@ -562,10 +568,9 @@ class Options:
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer samples, no 60 s idle")
-    parser.add_argument("--json", dest="json_path", metavar="PATH", help="also write JSON here")
-    parser.add_argument("--keep", action="store_true", help="keep the sandboxes (daemon logs)")
+    parser = bench_parser(
+        __doc__, "fewer samples, no 60 s idle", "keep the sandboxes (daemon logs)"
+    )
     args = parser.parse_args(argv)
     return Options(
         quick=args.quick,
