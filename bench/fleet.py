@@ -75,7 +75,7 @@ from run import say, zk_client, zookeeper  # noqa: E402
 
 from mozagent import __version__  # noqa: E402
 from mozagent.desired.fleet import host_path, release_path  # noqa: E402
-from tests.test_fleet import AppRepo  # noqa: E402
+from tests.apprepo import AppRepo  # noqa: E402
 
 APP = "bench"
 KEY = "bench_key"
