@@ -212,7 +212,7 @@ class Daemon:
 
         book = self.order_book = OrderBook(cfg.state_dir)
 
-        def runner(run_as: RunAs) -> OrderRunner:
+        def runner(run_as: RunAs | str) -> OrderRunner:
             return OrderRunner(book, app, node, run_as, o.timeout, self.stopping, self.ledger, beat)
 
         reader = installer(NOBODY)  # reads what is installed; never runs anything

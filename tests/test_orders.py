@@ -204,6 +204,28 @@ def test_an_unknown_command_is_refused_and_nothing_runs(
     assert not (release / "ran").exists()
 
 
+def test_without_its_user_an_order_fails_and_nothing_runs_but_is_still_judged(
+    release: Path, state: str, run_as: RunAs
+) -> None:
+    (release / "bin" / "commands.procfile").write_text(PROCFILE + "rm: touch ran\n")
+    no_user = runner(state, "user 'shop' does not exist on this host")  # type: ignore[arg-type]
+    result = no_user.run(order("rm"), str(release))
+    assert result.state == "failed" and "user 'shop' does not exist" in result.message
+    assert not (release / "ran").exists()
+    # Still judged as usual: another node's order is not answered, this node's
+    # fails for want of its user, a bad command is still refused.
+    created = no_user.book.joined() + 1
+
+    def handle(seq: int, nodes: list[str]) -> OrderResult | None:
+        raw = znode({"command": "rm", "nodes": nodes})
+        return no_user.handle(f"order-{seq:010d}", raw, created, where(seq), str(release), 600)
+
+    assert handle(8, ["elsewhere"]) is None
+    mine = handle(9, [NODE])
+    assert mine is not None and mine.state == "failed" and "does not exist" in mine.message
+    assert no_user.run(order("nope", seq=4), str(release)).state == "refused"
+
+
 def test_duplicate_and_empty_commands_are_refused_with_their_line_numbers(
     release: Path, state: str, run_as: RunAs
 ) -> None:

@@ -155,7 +155,7 @@ class OrderQueue:
 
     def __init__(
         self,
-        runner: Callable[[RunAs], OrderRunner],
+        runner: Callable[[RunAs | str], OrderRunner],
         user: str | None,
         app: str,
         max_age: float,
@@ -187,25 +187,21 @@ class OrderQueue:
         item = self._queue.popleft()
         try:
             # Resolved at each order: puppet may have just created the user.
-            runner, problem = self._runner(resolve_user(self.user, self.app)), None
+            run_as: RunAs | str = resolve_user(self.user, self.app)
         except NoSuchUser as exc:
-            # Nothing runs without its user; the refusal is recorded like any result.
-            runner, problem = self._runner(NOBODY), f"cannot run orders: {exc}"
-        if problem is not None:
-            result = runner.refuse(item.name, item.where, problem, item.created)
-        else:
-            handled = runner.handle(
-                item.name,
-                item.raw,
-                item.created,
-                item.where,
-                self.release_dir(),
-                self.max_age,
-                item.seen,
-            )
-            if handled is None:
-                return True
-            result = handled
+            run_as = str(exc)  # the order is still judged; it fails only if it would run
+        handled = self._runner(run_as).handle(
+            item.name,
+            item.raw,
+            item.created,
+            item.where,
+            self.release_dir(),
+            self.max_age,
+            item.seen,
+        )
+        if handled is None:
+            return True
+        result = handled
         doc = result.as_dict()
         (log.info if result.state == "done" else log.error)(
             "order_finished", **{k: v for k, v in doc.items() if k != "output"}

@@ -248,7 +248,7 @@ class OrderRunner:
         book: OrderBook,
         app: str,
         node: str,
-        run_as: RunAs,
+        run_as: RunAs | str,
         timeout: float,
         cancel: threading.Event,
         ledger: Ledger | None,
@@ -376,6 +376,8 @@ class OrderRunner:
         why = procfile.why_not(order.command, self.procfile)
         if why is not None:
             return final("refused", why)
+        if isinstance(self.run_as, str):  # why there is no user to run it as
+            return final("failed", f"cannot run it: {self.run_as}")
         result = OrderResult(
             self.node, order.name, order.command, "running", started=self.book.clock()
         )
