@@ -143,9 +143,7 @@ class FleetReport:
                 with contextlib.suppress(NoNodeError):
                     self._call(self.client.delete_async, self.path)
             try:
-                self._call(
-                    self.client.create_async, self.path, data, ephemeral=True, makepath=True
-                )
+                self._call(self.client.create_async, self.path, data, ephemeral=True, makepath=True)
             except NodeExistsError:
                 self._wake.set()  # raced with the old session's end: look again
                 return
