@@ -4,6 +4,7 @@ code it measured, and how its figures become JSON."""
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import subprocess
@@ -19,6 +20,16 @@ def bench_parser(doc: str | None, quick: str, keep: str) -> argparse.ArgumentPar
     parser.add_argument("--json", dest="json_path", metavar="PATH", help="also write JSON here")
     parser.add_argument("--keep", action="store_true", help=keep)
     return parser
+
+
+def write_report(report: str, doc: Any, json_path: str | None) -> int:
+    """The end of every bench: the report on stdout, the figures as JSON where
+    asked; the exit code of a bench that got this far."""
+    print(report, flush=True)
+    if json_path:
+        Path(json_path).write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"JSON written to {json_path}", flush=True)
+    return 0
 
 
 class BenchError(RuntimeError):

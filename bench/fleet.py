@@ -67,6 +67,7 @@ from benchlib import (  # noqa: E402
     read_cpu_seconds,
     read_rss_mib,
     to_json,
+    write_report,
 )
 from kazoo.client import KazooClient  # noqa: E402
 from kazoo.exceptions import NoNodeError  # noqa: E402
@@ -886,11 +887,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    print(format_report(result))
-    if opts.json_path:
-        Path(opts.json_path).write_text(json.dumps(to_json(result), indent=2) + "\n")
-        say(f"JSON written to {opts.json_path}")
-    return 0
+    return write_report(format_report(result), to_json(result), opts.json_path)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ from benchlib import (
     read_cpu_seconds,
     read_rss_mib,
     to_json,
+    write_report,
 )
 
 from mozagent import __version__
@@ -1337,12 +1338,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         CLEANUP.run()
-    print(format_report(result))
-    if opts.json_path:
-        doc = {**to_json(result), "verdicts": to_json(verdicts(result))}
-        Path(opts.json_path).write_text(json.dumps(doc, indent=2) + "\n")
-        say(f"JSON written to {opts.json_path}")
-    return 0
+    doc = {**to_json(result), "verdicts": to_json(verdicts(result))}
+    return write_report(format_report(result), doc, opts.json_path)
 
 
 if __name__ == "__main__":

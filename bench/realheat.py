@@ -20,7 +20,6 @@ every process and server it starts is stopped on any exit.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -38,7 +37,14 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # the fixture lives in tests/, which is not installed
     sys.path.insert(0, str(REPO))
 
-from benchlib import BenchError, bench_parser, code_version, read_cpu_seconds, to_json  # noqa: E402
+from benchlib import (  # noqa: E402
+    BenchError,
+    bench_parser,
+    code_version,
+    read_cpu_seconds,
+    to_json,
+    write_report,
+)
 from heat import (  # noqa: E402
     CLEANUP,
     MANIFEST,
@@ -453,11 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         CLEANUP.run()
-    print(format_report(result))
-    if opts.json_path:
-        Path(opts.json_path).write_text(json.dumps(to_json(result), indent=2) + "\n")
-        say(f"JSON written to {opts.json_path}")
-    return 0
+    return write_report(format_report(result), to_json(result), opts.json_path)
 
 
 if __name__ == "__main__":

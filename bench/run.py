@@ -44,6 +44,7 @@ from benchlib import (
     read_cpu_seconds,
     read_rss_mib,
     to_json,
+    write_report,
 )
 from kazoo.client import KazooClient
 
@@ -850,11 +851,7 @@ def main(argv: list[str] | None = None) -> int:
         if not opts.keep:
             print("(run with --keep to keep the daemon logs)", file=sys.stderr)
         return 1
-    print(format_report(result))
-    if opts.json_path:
-        Path(opts.json_path).write_text(json.dumps(to_json(result), indent=2) + "\n")
-        say(f"JSON written to {opts.json_path}")
-    return 0
+    return write_report(format_report(result), to_json(result), opts.json_path)
 
 
 if __name__ == "__main__":
