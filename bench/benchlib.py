@@ -22,6 +22,33 @@ def bench_parser(doc: str | None, quick: str, keep: str) -> argparse.ArgumentPar
     return parser
 
 
+class LoggedProcess:
+    """A process a bench started with its output in a log: its pid, and a
+    clear failure, with the end of its log, the moment it has died."""
+
+    label: str
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            text = ""
+        return "\n".join(text.splitlines()[-lines:]) or "(no log)"
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise BenchError(
+                f"{self.label} exited with {self.proc.returncode}; log tail:\n{self.log_tail()}"
+            )
+
+
 def write_report(report: str, doc: Any, json_path: str | None) -> int:
     """The end of every bench: the report on stdout, the figures as JSON where
     asked; the exit code of a bench that got this far."""

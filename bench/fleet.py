@@ -62,6 +62,7 @@ if str(REPO) not in sys.path:  # the release repo helper lives in tests/, which 
 import yaml  # noqa: E402
 from benchlib import (  # noqa: E402
     BenchError,
+    LoggedProcess,
     bench_parser,
     code_version,
     read_cpu_seconds,
@@ -317,7 +318,7 @@ def local_port(client: KazooClient) -> int | None:
 # --- the agents ------------------------------------------------------------------------------
 
 
-class Agent:
+class Agent(LoggedProcess):
     """One ``mozagent daemon`` with its own node name, config, state and apps dir."""
 
     def __init__(
@@ -326,6 +327,7 @@ class Agent:
         self.home = home
         self.env = env
         self.node = node
+        self.label = f"agent {node}"
         home.mkdir(parents=True)
         self.config_path = home / "mozagent.yaml"
         self.log_path = home / "daemon.log"
@@ -358,18 +360,6 @@ class Agent:
                 stdin=subprocess.DEVNULL,
                 cwd=self.home,
                 env=self.env,
-            )
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise BenchError(
-                f"agent {self.node} exited with {self.proc.returncode}; log tail:\n"
-                + "\n".join(self.log_path.read_text(errors="replace").splitlines()[-15:])
             )
 
     def puppet_seconds(self) -> float | None:

@@ -43,6 +43,7 @@ from typing import Any, ClassVar
 import yaml
 from benchlib import (
     BenchError,
+    LoggedProcess,
     bench_parser,
     code_version,
     read_cpu_seconds,
@@ -491,26 +492,12 @@ def need_private_mount() -> bool:
 # --- agents under test -----------------------------------------------------------------
 
 
-class AgentBase:
+class AgentBase(LoggedProcess):
     """What a sample needs from either agent: its pid, whether it is working, its log."""
 
-    label: str
     root: Path
-    log_path: Path
     puppet_log: Path
     out_dir: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise BenchError(
-                f"{self.label} exited with {self.proc.returncode}; log tail:\n{self.log_tail()}"
-            )
 
     def busy(self) -> bool:
         """A child at work (puppet, a hook, os-refresh-config): not quiet yet."""
@@ -519,9 +506,6 @@ class AgentBase:
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc)
-
-    def log_tail(self, lines: int = 20) -> str:
-        return "\n".join(text_of(self.log_path).splitlines()[-lines:]) or "(no log)"
 
     def popen(self, cmd: list[str], env: dict[str, str] | None = None) -> None:
         with open(self.log_path, "ab") as log:
