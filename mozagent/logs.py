@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 
@@ -51,3 +52,43 @@ def setup_logging(level: str = "info", fmt: str = "auto") -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     logging.getLogger("kazoo").setLevel(logging.WARNING if level != "debug" else logging.INFO)
+
+
+class _CommandLineFormat(logging.Formatter):
+    """The CLI's own shape (``mozagent: warning: …``), one line, no traceback:
+    an operator reads what happened, not kazoo's internals."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = record.levelname.lower()
+        text = " ".join(record.getMessage().split())
+        return f"mozagent: {level}: ZooKeeper client: {text}"
+
+
+class _Once(logging.Filter):
+    """Each distinct message once: a retry loop must not fill the terminal."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if text in self.seen:
+            return False
+        self.seen.add(text)
+        return True
+
+
+def route_client_logs(stream: TextIO | None = None) -> logging.Logger:
+    """The logger the operator CLI gives its kazoo client: warnings and worse
+    only, formatted like the CLI's own lines, on stderr. Without it they
+    reached the terminal as bare text through logging's last-resort handler."""
+    logger = logging.getLogger("mozagent.cli.kazoo")
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+    logger.disabled = False  # a previous command in this process turned it off at its end
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(_CommandLineFormat())
+    handler.addFilter(_Once())
+    logger.handlers[:] = [handler]
+    return logger

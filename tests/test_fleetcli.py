@@ -8,6 +8,10 @@ issue 9, and threads update them to play hosts converging or failing.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +26,7 @@ from mozagent.cli import main
 from mozagent.desired import convergence as cv
 from mozagent.desired.fleet import DesiredRelease
 from mozagent.desired.release import InvalidRelease, Release
-from mozagent.testing import ZooKeeperServer, wait_until
+from mozagent.testing import ZooKeeperServer, free_port, wait_until
 
 COMMIT = "1a2b3c4d5e" + "0" * 30
 SOURCE = "file:///srv/git/shop"
@@ -497,8 +501,9 @@ def test_order_create_and_status(cli, agents: Agents, zk: KazooClient, zk_root: 
     code, out, _ = cli("order", "status", "shop", "--json")  # the newest: order-...1
     doc = json.loads(out)
     assert doc["order"] == "order-0000000001" and doc["nodes"] == ["web1", "web7"]
-    assert {n: h["state"] for n, h in doc["hosts"].items()} == {"web1": "pending", "web7": "gone"}
+    assert {n: h["state"] for n, h in doc["hosts"].items()} == {"web1": "pending", "web7": "absent"}
     assert code == doc["exit_code"] == 1  # web7 is targeted but not live
+    assert doc["hosts"]["web7"]["text"] == "not live, no result (no such host now)"
 
 
 def test_order_wait_follows_until_every_host_finished(
@@ -617,11 +622,18 @@ def test_outcomes_of_a_wait() -> None:
     assert cv.data_outcome(host(last_apply=failed), 13).state == cv.PENDING
     assert cv.data_outcome(None, 12).state == cv.GONE
 
-    install = {"ok": True, "ref": "v2", "commit": COMMIT, "version": 7}
-    assert cv.release_outcome(host(release={"last_install": install}), 7).state == cv.DONE
-    assert cv.release_outcome(host(release={"last_install": install}), 8).state == cv.PENDING
-    bad = dict(install, ok=False, message="exit 1")
-    assert cv.release_outcome(host(release={"last_install": bad}), 7).text == "FAILED: exit 1"
+    path = "/m/apps/shop/release"
+    wanted = DesiredRelease(path, 7, Release("v2", SOURCE))
+    acted = {
+        "desired": {"ref": "v2", "path": path, "version": 7},
+        "installed": {"ref": "v2", "commit": COMMIT, "source": SOURCE},
+        "last_install": {"ok": True, "ref": "v2", "commit": COMMIT, "version": 7},
+    }
+    assert cv.release_outcome(host(release=acted), wanted).state == cv.DONE
+    later = DesiredRelease(path, 8, wanted.release)
+    assert cv.release_outcome(host(release=acted), later).state == cv.PENDING
+    bad = dict(acted, last_install=dict(acted["last_install"], ok=False, message="exit 1"))
+    assert cv.release_outcome(host(release=bad), wanted).text == "FAILED: exit 1"
 
     app_path = "/m/apps/shop/release"
     follows = {"ref": "v1", "path": "/m/apps/shop/nodes/web1/release", "version": 3}
@@ -682,3 +694,251 @@ def test_summary_and_exit_code() -> None:
 def test_refs_a_host_would_refuse_are_refused(ref: str) -> None:
     with pytest.raises(InvalidRelease):
         cv.check_release(ref, None, None)
+
+
+# --- issue 13: what counts as a live host, and as converged ------------------------------------
+
+
+def forge(zk: KazooClient, agents: Agents, node: str, **fields: Any) -> None:
+    """A persistent presence, as any ZooKeeper client may write one."""
+    doc = {"node": node, "app": "shop", "data_version": 2**62, **fields}
+    zk.create(agents.path(node), json.dumps(doc).encode(), makepath=True)
+
+
+def test_a_persistent_presence_is_not_a_live_host(cli, agents: Agents, zk: KazooClient) -> None:
+    assert cli("deploy", "shop", "v1", "--source", SOURCE)[0] == 0
+    version = zk.exists(agents.release_path()).mzxid
+    agents.join("web1")
+    agents.installed("web1", version, ref="v1")
+    claims = {"ref": "v1", "commit": COMMIT, "ok": True, "version": 2**62}
+    forge(zk, agents, "ghost", release={"last_install": claims})
+    code, out, _ = cli("fleet", "shop")
+    assert code == 1, out
+    assert row(out, "ghost").endswith("NOT LIVE: persistent znode") and "1 of 1 hosts" in out
+    assert "not live agents, not counted" in out and out.rstrip().count("ghost") == 2
+    code, out, err = cli("data", "set", "shop", "greeting", "hi", "--wait", "--timeout", "2")
+    assert "ghost: not a live agent (persistent znode); not waited for" in out
+    assert "ghost" not in err and "waiting for 1 hosts" in out
+    agents.leave("web1")
+    code, out, _ = cli("fleet", "shop")
+    assert code == 3 and "no live hosts" in out and "ghost" in out
+    code, _, err = cli("deploy", "shop", "v2", "--wait", "--timeout", "5")
+    assert code == 3 and "no live host to wait for" in err
+
+
+def test_converged_means_exactly_the_release_s_ref_at_the_commit_the_host_resolved(
+    cli, agents: Agents, zk: KazooClient
+) -> None:
+    agents.join("web1")
+    agents.join("web2")
+    release_path = agents.release_path()
+
+    def lie(node: str, **installed: Any) -> None:
+        """Claims to have acted on the release, with something else installed."""
+        version = zk.exists(release_path).mzxid
+        agents.installed(node, version)
+        release = agents.docs[("shop", node)]["release"]
+        agents.update(node, release={**release, "installed": {**release["installed"], **installed}})
+
+    def hosts() -> None:
+        until("the deploy", lambda: zk.exists(release_path))
+        agents.installed("web1", zk.exists(release_path).mzxid)
+        lie("web2", ref="v1")
+
+    agents.soon(hosts)
+    code, out, err = cli("deploy", "shop", "v2", "--source", SOURCE, "--wait", "--timeout", "10")
+    assert code == 1, out + err
+    assert "web1: done (v2 at 1a2b3c4d5e)" in out
+    assert "web2: FAILED: installed ref 'v1', the release is 'v2'" in out
+    code, out, _ = cli("fleet", "shop")
+    assert code == 1 and row(out, "web2").endswith("LAGGING: release"), out
+    assert "web2: release: FAILED: installed ref 'v1'" in out and row(out, "web1").endswith("ok")
+    lie("web2", commit="f" * 40)
+    code, out, _ = cli("fleet", "shop")
+    assert code == 1 and "web2: release: FAILED: installed commit ffffffffffff" in out, out
+
+
+def test_fleet_and_wait_agree_on_every_host() -> None:
+    """The fleet table marks a host converged exactly when a wait for the
+    current data version and release would call it done."""
+    path = "/m/apps/shop/release"
+    wanted = DesiredRelease(path, 7, Release("v2", SOURCE))
+    desired = {"ref": "v2", "path": path, "version": 7}
+    installed = {"ref": "v2", "commit": COMMIT, "source": SOURCE}
+    last = {"ok": True, "ref": "v2", "commit": COMMIT, "version": 7}
+    variants: list[dict[str, Any]] = [
+        {},
+        {"desired": {**desired, "version": 6}},
+        {"desired": {**desired, "path": "/m/apps/shop/nodes/web1/release"}},
+        {"installed": {**installed, "ref": "v1"}},
+        {"installed": {**installed, "commit": "f" * 40}},
+        {"installed": {**installed, "source": "file:///elsewhere"}},
+        {"installed": None},
+        {"last_install": {**last, "ok": False}},
+        {"last_install": {**last, "version": 9}},
+        {"last_install": {**last, "version": 6}},
+        {"last_install": {**last, "commit": "0000000000"}},
+        {"last_install": None},
+    ]
+    applies: list[dict[str, Any]] = [
+        {"data_version": 10},
+        {"data_version": 9},
+        {"data_version": 10, "last_apply": {"ok": False, "data_version": 10}},
+        {"data_version": 9, "last_apply": {"ok": False, "data_version": 9}},
+        {"data_version": 11},
+    ]
+    seen = set()
+    for apply in applies:
+        for variant in variants:
+            release = {"desired": desired, "installed": installed, "last_install": last, **variant}
+            raw = presence(**apply, release=release)
+            for owner in (0, 0x1234):
+                host = cv.judge_presence(raw, owner, "web1", "shop")
+                (state,) = cv.fleet_states({"web1": host}, 10, {}, wanted, {})
+                done = (
+                    cv.data_outcome(host, 10).state == cv.DONE
+                    and cv.release_outcome(host, wanted).state == cv.DONE
+                )
+                assert (not state.problems) == done, (apply, variant, owner, state.problems)
+                seen.add(done)
+    assert seen == {True, False}
+    ghost = cv.judge_presence(presence(), 0, "web1", "shop")
+    assert cv.data_outcome(ghost, 1).text == "not a live agent (persistent znode)"
+
+
+# --- issue 13: timeouts are not stalls; a stall is said in words --------------------------------
+
+
+def test_a_wait_that_runs_out_of_time_does_not_blame_zookeeper(
+    cli, agents: Agents, zk: KazooClient
+) -> None:
+    agents.join("web1")  # live, and never answers
+    for words in (
+        ("order", "shop", "restart", "--wait", "--timeout", "2"),
+        ("deploy", "shop", "v2", "--source", SOURCE, "--wait", "--timeout", "2"),
+        ("data", "set", "shop", "greeting", "hi", "--wait", "--timeout", "2"),
+    ):
+        code, out, err = cli(*words)
+        assert code == 1, (words, out, err)
+        assert err.splitlines() == [
+            "mozagent: error: "
+            + ("order-0000000000: " if words[0] == "order" else "")
+            + "0 of 1 hosts done; did not answer within 2 s: web1"
+        ], (words, err)
+
+
+@pytest.fixture
+def own_zk(tmp_path) -> Iterator[ZooKeeperServer]:
+    """A server of this test's own, to be SIGSTOPped."""
+    server = ZooKeeperServer(data_dir=str(tmp_path / "zk"))
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        server.cleanup()
+
+
+def freeze(server: ZooKeeperServer) -> None:
+    assert server.proc is not None
+    os.kill(server.proc.pid, signal.SIGSTOP)
+
+
+def test_a_zookeeper_that_stalls_during_a_wait_is_named_in_words(
+    own_zk: ZooKeeperServer, tmp_path
+) -> None:
+    team = Agents(own_zk.hosts, "/mozagent")
+    try:
+        team.join("web1")
+        words = ["deploy", "shop", "v2", "--source", SOURCE, "--wait", "--timeout", "8"]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mozagent", *words, "--zookeeper", own_zk.hosts],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+        )
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:  # bounded: the command's own --timeout ends it
+            lines.append(line)
+            if line.startswith("waiting for 1 hosts"):
+                freeze(own_zk)  # the wait is under way: every read from now on stalls
+                break
+        out, err = proc.communicate(timeout=30)
+    finally:
+        os.kill(own_zk.proc.pid, signal.SIGCONT)
+        team.close()
+    assert proc.returncode == 1, "".join(lines) + out + err
+    assert f"mozagent: ZooKeeper at {own_zk.hosts} stopped answering during the wait" in err
+    assert "did not answer within 8 s: web1" in err
+    assert "ConnectionLoss" not in err and "Traceback" not in err
+    assert all(line.startswith("mozagent: ") for line in err.splitlines()), err
+
+
+def test_a_connection_lost_mid_command_is_said_in_words(
+    own_zk: ZooKeeperServer, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    real = fleetcli.read_presences
+
+    def stall_first(*args: Any, **kwargs: Any) -> Any:
+        freeze(own_zk)  # connected; the next request gets no answer until kazoo gives up
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fleetcli, "read_presences", stall_first)
+    code = main(["fleet", "shop", "--zookeeper", own_zk.hosts, "--timeout", "6"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert f"mozagent: error: ZooKeeper at {own_zk.hosts} stopped answering" in err, err
+    assert "ConnectionLoss" not in err and "Traceback" not in err
+    assert all(line.startswith("mozagent: ") for line in err.splitlines()), err
+
+
+def test_kazoo_s_own_lines_are_shaped_like_ours(tmp_path) -> None:
+    port = free_port()  # nothing listens there
+    res = subprocess.run(  # a process of its own: pytest's log capture would hide the fault
+        [
+            sys.executable,
+            "-m",
+            "mozagent",
+            "data",
+            "get",
+            "shop",
+            "a",
+            "--zookeeper",
+            f"127.0.0.1:{port}",
+            "--timeout",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        env={**os.environ, "MOZAGENT_ZOOKEEPER": f"127.0.0.1:{port}"},
+    )
+    assert res.returncode == 1
+    assert f"cannot connect to ZooKeeper at 127.0.0.1:{port} within 2 s" in res.stderr
+    lines = res.stderr.splitlines()
+    assert "mozagent: warning: ZooKeeper client: Connection dropped: " in res.stderr
+    assert all(line.startswith("mozagent: ") for line in lines), res.stderr
+    assert len(lines) == len(set(lines)), res.stderr  # a retry loop says it once
+
+
+# --- issue 13: an order for a host that is not there --------------------------------------------
+
+
+def test_order_wait_for_a_host_that_is_not_live_is_refused_up_front(
+    cli, agents: Agents, zk: KazooClient, zk_root: str
+) -> None:
+    agents.join("web1")
+    code, out, err = cli("order", "shop", "restart", "--node", "nosuchnode", "--wait")
+    assert code == 3 and out == "", out
+    assert "app shop has no such live host: nosuchnode" in err and "nothing written" in err
+    assert zk.exists(f"{zk_root}/apps/shop/orders") is None
+    # Without --wait it is pushed (the host may come back), and status says what it is.
+    code, out, err = cli("order", "shop", "restart", "--node", "nosuchnode")
+    assert code == 0 and "nosuchnode is not live now" in err
+    code, out, err = cli("order", "status", "shop", "--wait", "--timeout", "5")
+    assert code == 1 and "nosuchnode: not live, no result (no such host now)" in out
+    assert "not live (no such host): nosuchnode" in err and "went away" not in err

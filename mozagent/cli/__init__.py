@@ -516,11 +516,13 @@ def _connected(
 
     from mozagent.cli import data as datacli
     from mozagent.cli import fleet as fleet_cli
+    from mozagent.logs import route_client_logs
+    from mozagent.zkclient import CONNECTION_ERRORS
 
     hosts, root = target or _data_target(args)
     started = time.monotonic()
-    client = KazooClient(hosts=hosts, timeout=min(timeout, 10.0))
-    session = fleet_cli.Session(client, root, started, timeout)
+    client = KazooClient(hosts=hosts, timeout=min(timeout, 10.0), logger=route_client_logs())
+    session = fleet_cli.Session(client, root, started, timeout, hosts=hosts)
     timed_out = connected = False
     try:
         with _total_time(timeout):
@@ -534,25 +536,38 @@ def _connected(
         timed_out = True
         if not connected:
             return _fail(f"cannot connect to ZooKeeper at {hosts} within {timeout:g} s", 1)
-        if session.written:
-            after = "; the change was made, but following the hosts was cut short"
-        elif writes:
-            after = "; the change may or may not have been made: check with `data get/export`"
-        else:
-            after = ""
         return _fail(
-            f"ZooKeeper at {hosts} did not answer within {timeout:g} s (--timeout)" + after, 1
+            f"ZooKeeper at {hosts} did not answer within {timeout:g} s (--timeout)"
+            + _what_was_written(session.written, writes),
+            1,
         )
     except datacli.DataError as exc:
         return _fail(str(exc), exc.code)
+    except CONNECTION_ERRORS:
+        # kazoo's names for it (ConnectionLoss...) tell an operator nothing.
+        return _fail(
+            f"ZooKeeper at {hosts} stopped answering (the connection was lost)"
+            + _what_was_written(session.written, writes),
+            1,
+        )
     except KazooException as exc:
         return _fail(f"ZooKeeper refused the request: {type(exc).__name__} {exc}".strip(), 1)
     finally:
+        client.logger.disabled = True  # the command has said what happened: no epilogue
         if timed_out:
             _close_quietly(client)
         else:
             client.stop()
             client.close()
+
+
+def _what_was_written(written: bool, writes: bool) -> str:
+    """After a command was cut short: whether its change was made."""
+    if written:
+        return "; the change was made, but following the hosts was cut short"
+    if writes:
+        return "; the change may or may not have been made: check with `data get/export`"
+    return ""
 
 
 def cmd_data(args: argparse.Namespace) -> int:

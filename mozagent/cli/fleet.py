@@ -7,7 +7,12 @@ a canary) is ``desired.convergence``'s, so the commands cannot disagree.
 Waiting is polling (every ``POLL_INTERVAL`` s) rather than watches: a poll
 re-reads everything, so it cannot miss an update around a reconnect, and
 each read is bounded by the wait's deadline, so a ZooKeeper that stops
-answering ends the wait with the hosts named instead of hanging.
+answering ends the wait with the hosts named instead of hanging. Only a read
+that got no answer is called a stall: a wait that merely ran out of time
+says which hosts did not answer, and nothing about ZooKeeper.
+
+Only an ephemeral ``hosts/<node>`` is a live host (``convergence.NotLive``):
+a persistent one is shown, never waited for.
 """
 
 from __future__ import annotations
@@ -62,7 +67,16 @@ POLL_INTERVAL = 0.25
 
 
 class Stalled(Exception):
-    """ZooKeeper did not answer a read before the deadline."""
+    """ZooKeeper did not answer a read it had ``waited`` seconds for."""
+
+    def __init__(self, waited: float) -> None:
+        super().__init__(waited)
+        self.waited = waited
+
+
+class OutOfTime(Exception):
+    """The deadline passed before a read was even asked: time ran out, which
+    says nothing about ZooKeeper."""
 
 
 @dataclass
@@ -75,6 +89,7 @@ class Session:
     started: float  # time.monotonic() when the command started
     timeout: float
     written: bool = False
+    hosts: str = "?"  # for messages: which ZooKeeper
 
     @property
     def wait_deadline(self) -> float:
@@ -82,14 +97,21 @@ class Session:
         still name the hosts that did not answer."""
         return self.started + self.timeout - min(1.0, self.timeout / 10)
 
+    @property
+    def read_deadline(self) -> float:
+        """Reads of a wait may end halfway between the wait's end and the
+        alarm: the last poll, made as the wait ends, still has time to be
+        answered by a healthy server, so a timeout is not taken for a stall."""
+        return (self.wait_deadline + self.started + self.timeout) / 2
+
     def result(self, pending: Any, deadline: float | None = None) -> Any:
         remaining = (deadline or self.started + self.timeout + 5) - time.monotonic()
         if remaining <= 0:
-            raise Stalled()
+            raise OutOfTime()
         try:
             return pending.get(timeout=remaining)
         except KazooTimeoutError:
-            raise Stalled() from None
+            raise Stalled(remaining) from None
 
     def get_many(
         self, paths: Iterable[str], deadline: float | None = None
@@ -133,13 +155,12 @@ def layer_version(session: Session, path: str, deadline: float | None = None) ->
     return max([stat.pzxid, *(found[1].mzxid for found in keys.values() if found)])
 
 
-def read_presences(
-    session: Session, app: str, deadline: float | None = None
-) -> dict[str, cv.Presence | cv.Unreadable]:
+def read_presences(session: Session, app: str, deadline: float | None = None) -> dict[str, cv.Seen]:
+    """Every znode under the app's ``hosts/``, judged: live (ephemeral) or not."""
     listing = session.children(fleet.hosts_path(session.root, app), deadline)
     if listing is None:
         return {}
-    presences: dict[str, cv.Presence | cv.Unreadable] = {}
+    presences: dict[str, cv.Seen] = {}
     valid = []
     for name in listing[0]:
         try:
@@ -149,8 +170,19 @@ def read_presences(
     paths = {fleet.host_path(session.root, app, name): name for name in valid}
     for path, found in session.get_many(paths, deadline).items():
         if found is not None:  # None: the host went away while we listed
-            presences[paths[path]] = cv.parse_presence(found[0], paths[path], app)
+            data, stat = found
+            presences[paths[path]] = cv.judge_presence(data, stat.ephemeralOwner, paths[path], app)
     return presences
+
+
+def live_only(
+    presences: dict[str, cv.Seen], out: TextIO | None = None, prefix: str = ""
+) -> dict[str, cv.Seen]:
+    """The live hosts; each znode that is not one is named on ``out``."""
+    for node, seen in sorted(presences.items()):
+        if isinstance(seen, cv.NotLive) and out is not None:
+            print(f"{prefix}{node}: {seen.reason}; not waited for", file=out)
+    return {node: seen for node, seen in presences.items() if cv.is_live(seen)}
 
 
 def read_release(session: Session, path: str) -> tuple[DesiredRelease | None, ZnodeStat | None]:
@@ -195,7 +227,7 @@ def cmd_fleet(session: Session, app: str, as_json: bool, out: TextIO | None = No
         if override is not None:
             overrides[node] = override
     states = cv.fleet_states(presences, shared, node_data, app_release, overrides)
-    if not states:
+    if not any(s.live for s in states):
         code = EXIT_NOTHING
     elif any(s.problems for s in states):
         code = EXIT_FAILED
@@ -242,10 +274,16 @@ def follow(
     reported: set[str] = set()
     while True:
         try:
-            fresh = poll(deadline)
+            fresh = poll(session.read_deadline)
             outcomes.update({label: fresh[label] for label in labels if label in fresh})
-        except Stalled:
-            print("mozagent: ZooKeeper stopped answering during the wait", file=sys.stderr)
+        except Stalled as exc:
+            print(
+                f"mozagent: ZooKeeper at {session.hosts} stopped answering during the wait "
+                f"(a read got no answer in {exc.waited:.1f} s)",
+                file=sys.stderr,
+            )
+            return outcomes
+        except OutOfTime:
             return outcomes
         except (ConnectionLoss, SessionExpiredError):
             pass  # kazoo reconnects; the next poll reads again
@@ -302,10 +340,12 @@ def wait_for_data(
         apps = [app]
     targets = []
     for each in apps:
-        for name, _ in sorted(read_presences(session, each).items()):
-            if node is None or name == node:
-                label = name if app is not None else f"{each}/{name}"
-                targets.append(Target(label, each, name))
+        presences = read_presences(session, each)
+        if node is not None:
+            presences = {n: p for n, p in presences.items() if n == node}
+        prefix = "" if app is not None else f"{each}/"
+        for name in sorted(live_only(presences, out, prefix)):
+            targets.append(Target(prefix + name, each, name))
     scope = f"node {node} of app {app}" if node else (f"app {app}" if app else "all apps")
     if not targets:
         raise _nothing_to_wait_for(scope)
@@ -375,7 +415,7 @@ def cmd_deploy(
     )
     if not wait:
         return EXIT_OK
-    return _wait_for_release(session, app, node, written.mzxid, out)
+    return _wait_for_release(session, app, node, DesiredRelease(path, written.mzxid, release), out)
 
 
 def write_release(session: Session, path: str, data: bytes, stat: ZnodeStat | None) -> ZnodeStat:
@@ -393,14 +433,16 @@ def write_release(session: Session, path: str, data: bytes, stat: ZnodeStat | No
 
 
 def _wait_for_release(
-    session: Session, app: str, node: str | None, version: int, out: TextIO
+    session: Session, app: str, node: str | None, wanted: DesiredRelease, out: TextIO
 ) -> int:
+    """``wanted`` is the release as written, at the version the write made:
+    a host is done once it installed exactly that (``release_outcome``)."""
     presences = read_presences(session, app)
     if node is not None:
         presences = {n: p for n, p in presences.items() if n == node}
     app_path = fleet.release_path(session.root, app)
     targets, skipped = [], []
-    for name, presence in sorted(presences.items()):
+    for name, presence in sorted(live_only(presences, out).items()):
         canary = None if node else cv.canary_path(presence, app_path)
         if canary:
             print(f"{name}: canary: follows its own release ({canary}); not waited for", file=out)
@@ -409,8 +451,9 @@ def _wait_for_release(
             targets.append(Target(name, app, name))
     if not targets:
         raise _nothing_to_wait_for(f"node {node} of app {app}" if node else f"app {app}")
+    version = wanted.version
     print(f"waiting for {len(targets)} hosts to install release version {version}", file=out)
-    poll = _poll_presences(session, targets, lambda p: cv.release_outcome(p, version))
+    poll = _poll_presences(session, targets, lambda p: cv.release_outcome(p, wanted))
     outcomes = follow(session, [t.label for t in targets], poll, out)
     return conclude(session, outcomes, out)
 
@@ -432,14 +475,24 @@ def cmd_order(
     client = session.client
     base = fleet.orders_path(session.root, app)
     doc = {"command": command, "by": identity(), "at": time.time(), "nodes": nodes}
-    live = read_presences(session, app)
+    live = live_only(read_presences(session, app))
+    missing = sorted(set(nodes or ()) - set(live))
+    if wait and (missing or not live):
+        # Waiting for a host that is not there could only end in "went away".
+        who = f"no such live host: {', '.join(missing)}" if missing else "no live hosts"
+        raise DataError(
+            f"app {app} has {who} (no agent's presence under "
+            f"{fleet.hosts_path(session.root, app)}); nothing written. Without --wait the "
+            "order is pushed anyway, and a host that joins within orders.max_age runs it",
+            EXIT_NOTHING,
+        )
     client.ensure_path(base)
     path = client.create(f"{base}/{fleet.ORDER_PREFIX}", json.dumps(doc).encode(), sequence=True)
     session.written = True
     name = path.rsplit("/", 1)[1]
     # With --json the name is in the document: stdout stays one JSON value.
     print(name, file=err if as_json and wait else out, flush=True)
-    for node in sorted(set(nodes or ()) - set(live)):
+    for node in missing:
         print(f"mozagent: warning: {node} is not live now", file=err)
     if not live and nodes is None:
         print(f"mozagent: warning: app {app} has no live hosts now", file=err)
@@ -495,12 +548,15 @@ def cmd_order_status(
     name = cv.order_name(seq) if seq is not None else newest_order(session, app)
     order = read_order(session, app, name)
     results: dict[str, OrderResult | cv.Unreadable] = {}
+    was_live: set[str] = set()  # a host live earlier in this command that is not now went away
 
     def poll(deadline: float | None = None) -> dict[str, cv.Outcome]:
-        live = set(read_presences(session, app, deadline))
+        live = set(live_only(read_presences(session, app, deadline)))
         results.clear()
         results.update(read_results(session, app, name, deadline))
-        return cv.order_outcomes(order, live, results)
+        outcomes = cv.order_outcomes(order, live, results, was_live)
+        was_live.update(live)
+        return outcomes
 
     outcomes = poll()
     if not outcomes:

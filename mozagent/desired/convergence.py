@@ -9,7 +9,10 @@ what "done" means.
 Everything read from ZooKeeper is untrusted: any znode may be damaged or
 written by something that is not an agent, so parsing goes through
 ``keys.parse_value`` (bounded) and every field is type-checked; what does not
-fit becomes an ``Unreadable`` to show, never an exception to crash on.
+fit becomes an ``Unreadable`` to show, never an exception to crash on. Only
+an ephemeral znode is an agent's presence (it lives and dies with the agent's
+session): a persistent one, which any client can leave behind with any
+claims, is ``NotLive`` and never counts as a host that converged.
 """
 
 from __future__ import annotations
@@ -104,6 +107,14 @@ class Unreadable:
     """A znode that could not be understood: shown with why, counted as a problem."""
 
     reason: str
+
+
+@dataclass(frozen=True)
+class NotLive:
+    """A znode under ``hosts/`` that no session holds: not a live agent,
+    whatever it claims. Shown, never waited for, never converged."""
+
+    reason: str = "not a live agent (persistent znode)"
 
 
 @dataclass(frozen=True)
@@ -226,6 +237,22 @@ def parse_presence(raw: bytes | None, node: str, app: str) -> Presence | Unreada
         return Unreadable(str(exc))
 
 
+Seen = Presence | Unreadable | NotLive
+
+
+def judge_presence(raw: bytes | None, ephemeral_owner: int, node: str, app: str) -> Seen:
+    """A ``hosts/<node>`` znode as the fleet's tools take it: only an
+    ephemeral one (``ephemeralOwner`` != 0) is a live agent's presence."""
+    if not ephemeral_owner:
+        return NotLive()
+    return parse_presence(raw, node, app)
+
+
+def is_live(seen: Seen | None) -> bool:
+    """Held by a live session, readable or not."""
+    return isinstance(seen, Presence | Unreadable)
+
+
 def parse_result(raw: bytes | None, node: str, order: str) -> OrderResult | Unreadable:
     """A host's result for ``order``: ``OrderResult.from_dict`` decides what a
     whole result is; a body naming another host or order is foreign."""
@@ -243,7 +270,8 @@ def parse_result(raw: bytes | None, node: str, order: str) -> OrderResult | Unre
 # --- decisions ------------------------------------------------------------------------------
 
 DONE, FAILED, PENDING, GONE, SKIPPED = "done", "failed", "pending", "gone", "skipped"
-FINAL = (DONE, FAILED, GONE, SKIPPED)
+ABSENT = "absent"  # targeted, but not live at any point we looked: no such host now
+FINAL = (DONE, FAILED, GONE, ABSENT, SKIPPED)
 
 
 @dataclass(frozen=True)
@@ -253,26 +281,53 @@ class Outcome:
 
     state: str
     text: str
+    mark: str = ""  # the fleet table's mark for a host not done ("LAGGING: data", ...)
 
 
 GONE_PRESENCE = Outcome(GONE, "went away (its presence vanished)")
+NOT_LIVE_MARK = "NOT LIVE: persistent znode"
+_COMMIT_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
-def data_outcome(presence: Presence | Unreadable | None, version: int) -> Outcome:
-    """Done once the host has applied ``version`` (or newer); failed once it
-    tried that version and puppet failed."""
+def _not_decidable(presence: Seen | None) -> Outcome | None:
+    """The outcome of a host whose presence says nothing usable, else None."""
     if presence is None:
         return GONE_PRESENCE
+    if isinstance(presence, NotLive):
+        return Outcome(GONE, presence.reason, NOT_LIVE_MARK)
     if isinstance(presence, Unreadable):
-        return Outcome(PENDING, f"pending (unreadable presence: {presence.reason})")
-    if (presence.data_version or 0) >= version:
-        return Outcome(DONE, f"done (data version {presence.data_version})")
-    last = presence.last_apply
-    if last is not None and not last.ok and (last.data_version or 0) >= version:
         return Outcome(
-            FAILED, f"FAILED: {last.message or 'apply failed'} (data version {last.data_version})"
+            PENDING,
+            f"pending (unreadable presence: {presence.reason})",
+            f"UNREADABLE: presence: {presence.reason}",
         )
-    return Outcome(PENDING, f"pending (at data version {presence.data_version})")
+    return None
+
+
+def data_outcome(presence: Seen | None, version: int) -> Outcome:
+    """Done once the host has applied ``version`` (or newer) and its last
+    apply did not fail since; failed once its apply of that version (or a
+    newer one) failed. ``fleet`` (with the current version) and ``--wait``
+    (with the version written) both judge by this."""
+    if (undecided := _not_decidable(presence)) is not None:
+        return undecided
+    assert isinstance(presence, Presence)
+    applied = presence.data_version or 0
+    last = presence.last_apply
+    failing = last is not None and not last.ok and (last.data_version or 0) >= applied
+    if failing and last is not None and (last.data_version or 0) >= version:
+        return Outcome(
+            FAILED,
+            f"FAILED: {last.message or 'apply failed'} (data version {last.data_version})",
+            "FAILED: apply",
+        )
+    if applied >= version:
+        return Outcome(DONE, f"done (data version {presence.data_version})")
+    return Outcome(
+        PENDING,
+        f"pending (at data version {presence.data_version})",
+        "FAILED: apply" if failing else "LAGGING: data",
+    )
 
 
 def canary_path(presence: Presence | Unreadable | None, app_release_path: str) -> str | None:
@@ -284,28 +339,73 @@ def canary_path(presence: Presence | Unreadable | None, app_release_path: str) -
     return None
 
 
-def release_outcome(presence: Presence | Unreadable | None, version: int) -> Outcome:
-    """Done once the host's last install is of release znode ``version`` or newer."""
-    if presence is None:
-        return GONE_PRESENCE
-    if isinstance(presence, Unreadable):
-        return Outcome(PENDING, f"pending (unreadable presence: {presence.reason})")
-    last = presence.last_install
-    if last is None or (last.version or 0) < version:
-        return Outcome(PENDING, f"pending (has not installed release version {version})")
+def release_outcome(presence: Seen | None, wanted: DesiredRelease) -> Outcome:
+    """Done once the host acted on release znode ``wanted`` (its path, at its
+    version) and installed exactly that: the ref of the release, at the
+    commit the host itself resolved for the version it acted on (the full
+    commit, when the ref is one), from the release's source. A newer
+    version acted on supersedes ``wanted``. ``fleet`` and ``--wait`` both
+    judge by this."""
+    if (undecided := _not_decidable(presence)) is not None:
+        return undecided
+    assert isinstance(presence, Presence)
+    version, rel = wanted.version, wanted.release
+    desired, installed, last = presence.desired, presence.installed, presence.last_install
+    lagging = "LAGGING: release"
+    if (
+        desired is None
+        or desired.path != wanted.path
+        or desired.version < version
+        or last is None
+        or (last.version or 0) < version
+    ):
+        return Outcome(PENDING, f"pending (has not installed release version {version})", lagging)
+    if (last.version or 0) > version:
+        return Outcome(
+            FAILED, f"superseded: the host acted on newer release version {last.version}", lagging
+        )
     if not last.ok:
         log = f" (log {last.log})" if last.log else ""
-        return Outcome(FAILED, f"FAILED: {last.message or 'install failed'}{log}")
-    commit = f" at {last.commit[:10]}" if last.commit else ""
-    return Outcome(DONE, f"done ({last.ref or '?'}{commit})")
+        return Outcome(
+            FAILED, f"FAILED: {last.message or 'install failed'}{log}", "FAILED: install"
+        )
+    if rel is None:  # an unreadable release "installed" fine: not something a host does
+        return Outcome(FAILED, "FAILED: reports installing an unreadable release", lagging)
+    shown = (rel.source, display_source(rel.source))
+    commit = last.commit or ""
+    wrong = None
+    if not _COMMIT_RE.fullmatch(commit):
+        wrong = f"reports commit {clean(commit, 50)!r}, not a commit id"
+    elif installed is None:
+        wrong = "reports installing it, but nothing is installed"
+    elif (last.ref, installed.ref) != (rel.ref, rel.ref):
+        wrong = f"installed ref {clean(installed.ref, 40)!r}, the release is {clean(rel.ref, 40)!r}"
+    elif installed.commit != commit:
+        wrong = (
+            f"installed commit {clean((installed.commit or '?')[:12])}, "
+            f"not {commit[:12]} it resolved {clean(rel.ref, 40)} to"
+        )
+    elif _COMMIT_RE.fullmatch(rel.ref) and commit != rel.ref:
+        wrong = f"resolved commit {rel.ref[:12]} to {commit[:12]}"
+    elif installed.source is not None and installed.source not in shown:
+        wrong = f"installed from {clean(installed.source, 80)}, not {clean(shown[1], 80)}"
+    if wrong is not None:
+        return Outcome(FAILED, f"FAILED: {wrong}", lagging)
+    return Outcome(DONE, f"done ({clean(rel.ref, 40)} at {commit[:10]})")
 
 
-def order_outcome(result: OrderResult | Unreadable | None, live: bool) -> Outcome:
-    """Done only for rc 0 (or no rc): any other end is named at the end of a wait."""
+def order_outcome(
+    result: OrderResult | Unreadable | None, live: bool, was_live: bool = False
+) -> Outcome:
+    """Done only for rc 0 (or no rc): any other end is named at the end of a
+    wait. ``was_live``: the host was live earlier in this command (it went
+    away), rather than never (no such host, as far as we can tell)."""
     if result is None:
         if live:
             return Outcome(PENDING, "pending")
-        return Outcome(GONE, "not live, no result")
+        if was_live:
+            return GONE_PRESENCE
+        return Outcome(ABSENT, "not live, no result (no such host now)")
     if isinstance(result, Unreadable):
         return Outcome(FAILED, f"unreadable result: {result.reason}")
     rc = None if result.returncode is None else f"rc {result.returncode}"
@@ -325,14 +425,19 @@ def order_targets(order: Order, live: Iterable[str]) -> set[str]:
 
 
 def order_outcomes(
-    order: Order, live: set[str], results: Mapping[str, OrderResult | Unreadable]
+    order: Order,
+    live: set[str],
+    results: Mapping[str, OrderResult | Unreadable],
+    was_live: Iterable[str] = (),
 ) -> dict[str, Outcome]:
     """Every targeted host, plus every host that answered (even if no longer
-    live or never targeted: what it did still happened)."""
+    live or never targeted: what it did still happened). ``was_live``: hosts
+    seen live earlier in this command."""
     targets = order_targets(order, live)
+    earlier = set(was_live)
     outcomes = {}
     for node in sorted(targets | set(results)):
-        outcome = order_outcome(results.get(node), node in live)
+        outcome = order_outcome(results.get(node), node in live, node in earlier)
         notes = []
         if node in results and node not in live and outcome.state != GONE:
             notes.append("host no longer live")
@@ -345,11 +450,11 @@ def order_outcomes(
 
 
 def exit_code(outcomes: Mapping[str, Outcome], still_waiting_code: int) -> int:
-    """0 all done; 1 any failed or gone; else ``still_waiting_code`` (pending)."""
+    """0 all done; 1 any failed, gone or absent; else ``still_waiting_code`` (pending)."""
     states = {o.state for o in outcomes.values()}
     if states <= {DONE, SKIPPED}:
         return 0
-    if states & {FAILED, GONE}:
+    if states & {FAILED, GONE, ABSENT}:
         return 1
     return still_waiting_code
 
@@ -358,54 +463,52 @@ def exit_code(outcomes: Mapping[str, Outcome], still_waiting_code: int) -> int:
 class HostState:
     """One host in the fleet view: its problems, empty when converged.
     ``release`` is the release znode it should follow (its override, else
-    the app's), None when there is none."""
+    the app's), None when there is none; ``outcomes`` are the judgements
+    (data, release) behind the marks, as ``--wait`` would make them."""
 
     node: str
-    presence: Presence | Unreadable
+    presence: Seen
     expected_data: int
     release: DesiredRelease | None
     problems: tuple[str, ...]
+    outcomes: tuple[Outcome, ...] = ()
+
+    @property
+    def live(self) -> bool:
+        return is_live(self.presence)
 
 
-def host_problems(
-    presence: Presence | Unreadable, expected_data: int, wanted: DesiredRelease | None
-) -> tuple[str, ...]:
-    """The marks of the fleet table. ``expected_data`` is the newest data
+def host_judgement(
+    presence: Seen, expected_data: int, wanted: DesiredRelease | None
+) -> tuple[tuple[str, ...], tuple[Outcome, ...]]:
+    """The marks of the fleet table and the outcomes they come from: the
+    very ``data_outcome`` and ``release_outcome`` that ``--wait`` uses, so a
+    host is converged here exactly when a wait for the current data version
+    and release would say "done". ``expected_data`` is the newest data
     version of the host's three layers now."""
-    if isinstance(presence, Unreadable):
-        return (f"UNREADABLE: presence: {presence.reason}",)
-    marks: list[str] = []
-    last = presence.last_apply
-    applied = presence.data_version or 0
-    if last is not None and not last.ok and (last.data_version or 0) >= applied:
-        marks.append("FAILED: apply")
-    elif applied < expected_data:
-        marks.append("LAGGING: data")
+    if not isinstance(presence, Presence):
+        undecided = _not_decidable(presence)
+        assert undecided is not None
+        return (undecided.mark,), (undecided,)
+    outcomes = [data_outcome(presence, expected_data)]
+    marks = [outcomes[0].mark] if outcomes[0].state != DONE else []
     if wanted is not None and wanted.error is not None:
         marks.append(f"UNREADABLE: release: {wanted.error}")
     elif wanted is not None and wanted.release is not None:
-        marks.extend(_release_marks(presence, wanted, wanted.release))
-    return tuple(marks)
+        outcomes.append(release_outcome(presence, wanted))
+        if outcomes[-1].state != DONE:
+            marks.append(outcomes[-1].mark)
+    return tuple(marks), tuple(outcomes)
 
 
-def _release_marks(presence: Presence, wanted: DesiredRelease, release: Release) -> list[str]:
-    desired, installed, last = presence.desired, presence.installed, presence.last_install
-    if desired is None or desired.path != wanted.path or desired.version < wanted.version:
-        return ["LAGGING: release"]  # it has not acted on this release znode version yet
-    if last is not None and (last.version or 0) >= wanted.version and not last.ok:
-        return ["FAILED: install"]
-    if installed is None or installed.ref != release.ref:
-        return ["LAGGING: release"]
-    shown = (release.source, display_source(release.source))
-    if installed.source is not None and installed.source not in shown:
-        return ["LAGGING: release"]
-    if last is not None and last.ok and last.commit and installed.commit != last.commit:
-        return ["LAGGING: release"]
-    return []
+def host_problems(
+    presence: Seen, expected_data: int, wanted: DesiredRelease | None
+) -> tuple[str, ...]:
+    return host_judgement(presence, expected_data, wanted)[0]
 
 
 def fleet_states(
-    presences: Mapping[str, Presence | Unreadable],
+    presences: Mapping[str, Seen],
     shared_data: int,
     node_data: Mapping[str, int],
     app_release: DesiredRelease | None,
@@ -417,8 +520,8 @@ def fleet_states(
     for node in sorted(presences):
         expected = max(shared_data, node_data.get(node, 0))
         wanted = node_releases.get(node, app_release)
-        problems = host_problems(presences[node], expected, wanted)
-        states.append(HostState(node, presences[node], expected, wanted, problems))
+        problems, outcomes = host_judgement(presences[node], expected, wanted)
+        states.append(HostState(node, presences[node], expected, wanted, problems, outcomes))
     return states
 
 
@@ -457,7 +560,7 @@ def _release_cell(wanted: DesiredRelease | None) -> str:
 def _fleet_row(state: HostState, now: float) -> list[str]:
     p = state.presence
     desired = _release_cell(state.release)
-    if isinstance(p, Unreadable):
+    if not isinstance(p, Presence):
         return [state.node, "?", "?", "?", "?", desired, "; ".join(state.problems)]
     last = "-"
     if p.last_apply is not None:
@@ -505,12 +608,19 @@ def format_fleet(
         f"app {app}: data version {shared_data} (app + global layers), "
         f"release {describe_release(app_release)}"
     ]
-    if not states:
+    if states:
+        lines += _table(FLEET_HEADER, [_fleet_row(s, now) for s in states])
+    live = [s for s in states if s.live]
+    if live:
+        converged = sum(1 for s in live if not s.problems)
+        lines.append(f"{converged} of {len(live)} hosts converged")
+    else:
         lines.append("no live hosts")
-        return "\n".join(lines) + "\n"
-    lines += _table(FLEET_HEADER, [_fleet_row(s, now) for s in states])
-    converged = sum(1 for s in states if not s.problems)
-    lines.append(f"{converged} of {len(states)} hosts converged")
+    if dead := [s.node for s in states if not s.live]:
+        lines.append(
+            f"not live agents, not counted (persistent znodes under hosts/, which no "
+            f"agent writes: remove them): {', '.join(dead)}"
+        )
     for s in states:
         lines.extend(_explain(s))
     return "\n".join(lines) + "\n"
@@ -531,6 +641,9 @@ def _explain(state: HostState) -> list[str]:
     if "FAILED: install" in state.problems and p.last_install is not None:
         log = f" (log {clean(p.last_install.log)})" if p.last_install.log else ""
         lines.append(f"{state.node}: install failed: {clean(p.last_install.message)}{log}")
+    release = state.outcomes[1:]
+    if "LAGGING: release" in state.problems and release:
+        lines.append(f"{state.node}: release: {clean(release[0].text)}")
     return lines
 
 
@@ -557,9 +670,12 @@ def fleet_json(
             "release": _wanted_json(s.release),
             "problems": list(s.problems),
             "converged": not s.problems,
+            "live": s.live,
         }
         if isinstance(s.presence, Unreadable):
             entry["unreadable"] = s.presence.reason
+        elif isinstance(s.presence, NotLive):
+            entry["not_live"] = s.presence.reason
         else:
             entry["presence"] = s.presence.as_dict()
         hosts.append(entry)
@@ -634,7 +750,12 @@ def progress_line(label: str, outcome: Outcome, elapsed: float) -> str:
 def wait_summary(outcomes: Mapping[str, Outcome], timeout: float) -> str:
     """One line: how many are done, and the others named by why."""
     groups: dict[str, list[str]] = {}
-    why = {FAILED: "failed", GONE: "went away", PENDING: f"did not answer within {timeout:g} s"}
+    why = {
+        FAILED: "failed",
+        GONE: "went away",
+        ABSENT: "not live (no such host)",
+        PENDING: f"did not answer within {timeout:g} s",
+    }
     for label, outcome in sorted(outcomes.items()):
         if outcome.state not in (DONE, SKIPPED):
             groups.setdefault(why[outcome.state], []).append(label)
