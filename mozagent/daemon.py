@@ -219,13 +219,15 @@ class Daemon:
         release = ReleaseJob(installer, r.user, app, self.status, reader.installed)
         orders = OrderQueue(
             runner, r.user, app, o.max_age, o.retention, reader.current_dir, self.status,
-            book.prune,
+            book.prune, lambda: self.fleet is not None and self.fleet.holds_name,
         )  # fmt: skip
         self.executor.attach_app(release, orders)
         self.fleet = FleetReport(
             zk.client, z.root, app, node, self.status, book.unpublished, book.mark_published,
             Worker("presence", self.progress, self.status), self.stopping, z.session_timeout,
+            os.path.join(cfg.state_dir, "presence.json"), book.forget_before,
         )  # fmt: skip
+        self.fleet.listeners.append(self.executor.wake)  # orders wait for the node name
         self.executor.listeners.append(self.fleet.wake)
         book.listeners.append(self.fleet.wake)
         common = (z.session_timeout, z.resync_interval)
@@ -418,6 +420,8 @@ class Daemon:
                 source.once()
             self.executor.run_deployments()
             ok = self.executor.apply()
+            if self.fleet is not None:
+                self.fleet.once()  # claims the node name: orders run only under it
             self.executor.run_app_jobs()
             if self.sender is not None:
                 self.sender.run_once()

@@ -34,8 +34,10 @@ class Fleet:
         self.repo = AppRepo(root)
         self.boxes: dict[str, Sandbox] = {}
 
-    def agent(self, node: str, **overrides: Any) -> Sandbox:
-        home = self.root / node
+    def agent(self, node: str, home_name: str | None = None, **overrides: Any) -> Sandbox:
+        """An agent named ``node``; ``home_name`` gives a second agent of the
+        same node name a state dir (and apps dir) of its own."""
+        home = self.root / (home_name or node)
         home.mkdir()
         box = Sandbox(home, self.server.hosts, self.zk_root)
         settings: dict[str, Any] = {
@@ -44,7 +46,7 @@ class Fleet:
             "orders": {"timeout": 20, "max_age": 600},
         }
         box.write_config(**{**settings, **overrides})
-        self.boxes[node] = box
+        self.boxes[home_name or node] = box
         return box
 
     def start(self, *nodes: str) -> None:
@@ -462,3 +464,151 @@ def test_an_agent_that_was_down_runs_young_orders_expires_old_ones_and_old_ones_
     wait_for(
         lambda: not {young, old} & set(fleet.zk.get_children(orders)), 30, what="old orders pruned"
     )
+
+
+# --- issue 13: a node name is held by one live agent; only ephemeral presences are hosts -------
+
+
+def presence_owner(f: Fleet, node: str) -> int | None:
+    stat = f.zk.exists(host_path(f.zk_root, "shop", node))
+    return None if stat is None else stat.ephemeralOwner
+
+
+def conflict(box: Sandbox) -> list[dict[str, Any]]:
+    return ((box.status_doc() or {}).get("errors") or {}).get("presence") or []
+
+
+def ran_in(f: Fleet, order: str, node: str, home: str) -> bool:
+    """The result of ``order`` under ``node`` came from the agent living in ``home``."""
+    res = result_of(f, order, node) or {}
+    return str(f.root / home / "apps") in res.get("output", "")
+
+
+def test_a_second_agent_with_the_same_node_name_keeps_its_hands_off(fleet: Fleet) -> None:
+    v1 = fleet.repo.release("v1")
+    first = fleet.agent("web1")
+    first_proc = first.start_daemon()
+    fleet.set_release("v1")
+    wait_for(lambda: installed_commit(fleet, "web1")() == v1, 60, what="v1 on the first web1")
+    before = push_order(fleet, "hello", nodes=["web1"])
+    wait_for(lambda: result_of(fleet, before, "web1"), 60, what="the first web1's result")
+    result_znode = result_path(fleet.zk_root, "shop", before, "web1")
+    result_stat = fleet.zk.exists(result_znode)
+    owner = presence_owner(fleet, "web1")
+
+    twin = fleet.agent("web1", home_name="twin")
+    twin_proc = twin.start_daemon()
+    (problem,) = wait_for(lambda: conflict(twin), 60, what="the twin to report the conflict")
+    assert "node name web1 is held by another live agent" in problem["message"], problem
+    assert f"pid {first_proc.pid} " in problem["message"], problem
+    assert f"session 0x{owner:x}" in problem["message"], problem
+    res = twin.cli("status")
+    assert res.returncode == 3 and "held by another live agent" in res.stdout, res.stdout
+    assert "node_name_held_elsewhere" in twin.daemon_log()
+    # The first's presence and result are untouched; it reports no conflict itself.
+    assert presence_owner(fleet, "web1") == owner
+    assert (fleet.presence("web1") or {}).get("pid") == first_proc.pid
+    assert fleet.zk.exists(result_znode).mzxid == result_stat.mzxid
+    assert not conflict(first)
+    # A targeted order runs on the first only, and the twin records none.
+    during = push_order(fleet, "hello", nodes=["web1"])
+    wait_for(lambda: result_of(fleet, during, "web1"), 60, what="the order pushed during")
+    assert ran_in(fleet, during, "web1", "web1"), result_of(fleet, during, "web1")
+    res = fleet.cli("fleet", "shop")
+    assert res.returncode == 0 and "1 of 1 hosts converged" in res.stdout, res.stdout
+    # Stopping the twin leaves the first's presence (and the first) in place.
+    twin.stop_daemons()
+    assert twin_proc.returncode == 0
+    assert presence_owner(fleet, "web1") == owner
+    assert (fleet.presence("web1") or {}).get("pid") == first_proc.pid
+    res = fleet.cli("fleet", "shop", "--json")
+    hosts = json.loads(res.stdout)["hosts"]
+    assert [(h["node"], h["presence"]["pid"]) for h in hosts] == [("web1", first_proc.pid)]
+    assert not list((twin.state / "orders").glob("order-*.json"))
+    assert len(text_of(fleet.repo.marks / "hello-web1").splitlines()) == 2
+
+    # The twin back, and the first gone: the twin takes the name, leaves the
+    # orders pushed before that to the first, and runs the ones after.
+    twin_proc = twin.start_daemon()
+    wait_for(lambda: conflict(twin), 60, what="the twin to refuse again")
+    first.stop_daemons()
+    wait_for(
+        lambda: (fleet.presence("web1") or {}).get("pid") == twin_proc.pid,
+        60,
+        what="the twin to take the name",
+    )
+    wait_for(lambda: not conflict(twin), 30, what="the twin's conflict to clear")
+    wait_for(lambda: installed_commit(fleet, "web1")() == v1, 60, what="v1 on the twin")
+    after = push_order(fleet, "hello", nodes=["web1"])
+    wait_for(lambda: result_of(fleet, after, "web1"), 60, what="the twin's result")
+    assert ran_in(fleet, after, "web1", "twin"), result_of(fleet, after, "web1")
+    # Orders are judged in order: by now the twin has passed over the older ones.
+    assert fleet.zk.exists(result_znode).mzxid == result_stat.mzxid
+    assert ran_in(fleet, during, "web1", "web1")
+    assert len(text_of(fleet.repo.marks / "hello-web1").splitlines()) == 3
+    assert twin.cli("status").returncode == 0
+
+
+def test_an_agent_restarted_after_kill_9_replaces_its_own_stale_presence(fleet: Fleet) -> None:
+    box = fleet.agent("web1")
+    box.start_daemon()
+    wait_for(lambda: fleet.presence("web1"), 30, what="presence")
+    old = presence_owner(fleet, "web1")
+    kill9(box)
+    assert presence_owner(fleet, "web1") == old  # the ephemeral outlives its agent for now
+    proc = box.start_daemon()
+    wait_for(lambda: (fleet.presence("web1") or {}).get("pid") == proc.pid, 30, what="replaced")
+    assert presence_owner(fleet, "web1") != old
+    assert "presence_replaced" in box.daemon_log()
+    assert "node_name_held_elsewhere" not in box.daemon_log()
+
+
+def forge_ghost(f: Fleet) -> None:
+    """A persistent hosts/ghost, as any ZooKeeper client could write it: it
+    claims every data version and a release it never installed."""
+    doc = {
+        "node": "ghost",
+        "app": "shop",
+        "agent_version": "9.9",
+        "pid": 1,
+        "data_version": 2**62,
+        "last_apply": {"ok": True, "data_version": 2**62, "ended": time.time(), "message": "ok"},
+        "release": {
+            "desired": {"ref": "vX", "path": release_path(f.zk_root, "shop"), "version": 2**62},
+            "installed": {"ref": "vX", "commit": "0" * 40, "source": None},
+            "last_install": {"ok": True, "ref": "vX", "commit": "0" * 40, "version": 2**62},
+        },
+    }
+    f.zk.create(host_path(f.zk_root, "shop", "ghost"), json.dumps(doc).encode(), makepath=True)
+
+
+def test_a_forged_persistent_presence_is_no_host(fleet: Fleet) -> None:
+    v1 = fleet.repo.release("v1")
+    fleet.repo.release("v2")
+    fleet.agent("web1")
+    fleet.start()
+    fleet.set_release("v1")
+    wait_for(lambda: installed_commit(fleet, "web1")() == v1, 60, what="v1 installed")
+    forge_ghost(fleet)
+    res = fleet.deploy("v2", "--wait", "--timeout", "90")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "ghost: not a live agent (persistent znode); not waited for" in res.stdout
+    assert "waiting for 1 hosts" in res.stdout and "web1: done (v2 at " in res.stdout
+    assert "ghost: done" not in res.stdout
+    res = fleet.cli("data", "set", "shop", "greeting", "hi", "--wait", "--timeout", "90")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "ghost: not a live agent" in res.stdout and "ghost: done" not in res.stdout
+    assert "web1: done (data version" in res.stdout
+    # fleet agrees: web1 converged, ghost shown as not live and not converged.
+    res = fleet.cli("fleet", "shop")
+    assert res.returncode == 1, res.stdout
+    assert "1 of 1 hosts converged" in res.stdout
+    ghost = next(line for line in res.stdout.splitlines() if line.startswith("ghost "))
+    assert ghost.endswith("NOT LIVE: persistent znode"), ghost
+    hosts = {h["node"]: h for h in json.loads(fleet.cli("fleet", "shop", "--json").stdout)["hosts"]}
+    assert hosts["web1"]["converged"] is True and hosts["web1"]["live"] is True
+    assert hosts["ghost"]["converged"] is False and hosts["ghost"]["live"] is False
+    # Only ghost left: nothing live to wait for.
+    fleet.stop()
+    res = fleet.deploy("v1", "--wait", "--timeout", "10")
+    assert res.returncode == 3 and "no live host to wait for" in res.stderr, res.stderr

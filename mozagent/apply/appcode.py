@@ -163,9 +163,13 @@ class OrderQueue:
         release_dir: Callable[[], str | None],
         status: StatusStore,
         prune: Callable[[float], int],
+        allowed: Callable[[], bool] | None = None,
     ) -> None:
         self._runner = runner
         self._prune = prune
+        # Orders wait while this agent does not hold its node name (another
+        # agent with the same name does: report.fleet); they are judged once it does.
+        self._allowed = allowed
         self.user = user
         self.app = app
         self.max_age = max_age
@@ -181,7 +185,7 @@ class OrderQueue:
 
     @property
     def pending(self) -> bool:
-        return bool(self._queue)
+        return bool(self._queue) and (self._allowed is None or self._allowed())
 
     def run_next(self) -> bool:
         item = self._queue.popleft()

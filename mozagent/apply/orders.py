@@ -94,6 +94,16 @@ class OrderBook:
         with _LOCK:
             return self._times()["joined"]
 
+    def forget_before(self, when: float) -> None:
+        """Orders created before ``when`` are not this host's to answer (it
+        took its node name over from another agent then): ignored like
+        pruned ones, durably."""
+        with _LOCK:
+            times = self._times()
+            if when > times.get("horizon", 0.0):
+                times["horizon"] = when
+                self._save_times(times)
+
     def forgotten(self, created: float) -> bool:
         """An order created before the pruning horizon: its record is gone."""
         with _LOCK:

@@ -1,5 +1,17 @@
 """The fleet report: what this host tells the app's other tools through ZooKeeper.
 
+A node name is held by one live agent at a time, and the ephemeral
+``hosts/<node>`` is the claim. An agent that finds it held by another live
+session (a second agent configured with the same name) refuses to take
+over: it says so in its log and status (``mozagent status`` exits 3), never
+writes or deletes the other's presence, publishes no order results and runs
+no orders (``holds_name`` gates the executor's order jobs) until the holder
+goes; then it takes the name, and orders pushed before that are left to the
+previous holder (``took_over``). The one ephemeral it may replace is its own
+predecessor's (an agent killed with -9 leaves it until its session times
+out): the session that wrote it is recorded in ``<state_dir>/presence.json``,
+which a twin with another state dir does not share.
+
 Two sinks on one worker, both fed from what the executor recorded:
 
 * presence: an ephemeral ``hosts/<node>`` znode with the agent's version, the
@@ -20,6 +32,7 @@ import contextlib
 import json
 import os
 import posixpath
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -28,11 +41,13 @@ from typing import Any
 import structlog
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import NodeExistsError, NoNodeError
-from kazoo.protocol.states import EventType, WatchedEvent
+from kazoo.protocol.states import EventType, WatchedEvent, ZnodeStat
 
 from mozagent import __version__
+from mozagent.desired.convergence import clean
 from mozagent.desired.fleet import host_path, result_path
 from mozagent.desired.orders import OrderResult
+from mozagent.fileio import read_json_object, write_json
 from mozagent.report.health import Worker, run_woken
 from mozagent.report.status import StatusStore
 from mozagent.zkclient import CONNECTION_ERRORS
@@ -49,6 +64,7 @@ def presence_doc(status: dict[str, Any], app: str, node: str) -> dict[str, Any]:
         "app": app,
         "agent_version": __version__,
         "pid": os.getpid(),
+        "host": socket.gethostname(),
         "data_version": status.get("applied_data_version"),
         "last_apply": None
         if last is None
@@ -63,6 +79,28 @@ def presence_doc(status: dict[str, Any], app: str, node: str) -> dict[str, Any]:
 
 def encode(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def holder_text(node: str, path: str, stat: ZnodeStat, raw: bytes | None) -> str:
+    """Pure: why this agent does not hold its node name, for status and log."""
+    if not stat.ephemeralOwner:
+        return (
+            f"node name {node} is taken by a persistent znode {path}, which is not an agent's "
+            "presence (agents write ephemeral ones): remove it; until then this agent runs "
+            "no orders and publishes nothing to the fleet"
+        )
+    try:
+        doc = json.loads(raw or b"")
+    except ValueError:
+        doc = None
+    doc = doc if isinstance(doc, dict) else {}
+    who = f"pid {clean(doc.get('pid', '?'), 20)} on {clean(doc.get('host', '?'), 80)}, "
+    return (
+        f"node name {node} is held by another live agent ({who}session "
+        f"0x{stat.ephemeralOwner:x}): two agents are configured with this node name; this one "
+        "runs no orders and publishes nothing to the fleet, and takes the name when the "
+        "other goes"
+    )
 
 
 class FleetReport:
@@ -80,6 +118,8 @@ class FleetReport:
         health: Worker,
         stopping: threading.Event,
         op_timeout: float,
+        claim_file: str | None = None,
+        took_over: Callable[[float], None] | None = None,
     ) -> None:
         self.client = client
         self.path = host_path(root, app, node)
@@ -97,11 +137,30 @@ class FleetReport:
         self._wake.set()
         # (session, bytes) of the presence this agent last wrote and watches.
         self._written: tuple[int | None, bytes] | None = None
+        # Where the session that claims the name is recorded, and the one a
+        # predecessor (killed with -9) recorded there: its ephemeral is ours.
+        self.claim_file = claim_file
+        self._predecessor = self._recorded_session()
+        # Told the server time (s) this agent took its name after another
+        # agent held it: orders pushed before are that one's.
+        self._took_over = took_over
+        self._holds = threading.Event()
+        self._refused: str | None = None  # why not, while another holds the name
+        # Called when this agent comes to hold its name (the executor runs
+        # the orders it held back).
+        self.listeners: list[Callable[[], None]] = []
         client.add_listener(self._on_state)
+
+    @property
+    def holds_name(self) -> bool:
+        """Whether this agent's presence is the live claim on its node name:
+        orders run, and results are published, only while it is."""
+        return self._holds.is_set()
 
     def _on_state(self, state: str) -> None:
         if state == KazooState.LOST:
             self._written = None  # the ephemeral went with the session
+            self._holds.clear()
         if state == KazooState.CONNECTED:
             self._wake.set()
 
@@ -109,47 +168,117 @@ class FleetReport:
         self._wake.set()
 
     def _on_watch(self, event: WatchedEvent) -> None:
-        """Someone deleted our presence (an operator, a test): put it back. A
+        """Someone deleted our presence (an operator, a test): put it back; or
+        the other agent holding our name changed or dropped it: look again. A
         watch, not polling: an idle fleet puts no load on ZooKeeper."""
         if event.type == EventType.DELETED:
             self._written = None
             self._wake.set()
+        elif not self._holds.is_set():
+            self._wake.set()  # the holder's rewrite used up our watch: re-arm it
 
     def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return method(*args, **kwargs).get(timeout=self.op_timeout)
 
-    def _mine(self) -> bool | None:
-        """Whether the presence znode belongs to this session (None: absent).
-        A predecessor killed with -9 leaves its ephemeral until its session
-        times out: that one is replaced, not updated."""
-        stat = self._call(self.client.exists_async, self.path)
-        if stat is None:
-            return None
-        return stat.ephemeralOwner == self.client.client_id[0]
+    # --- the claim on the node name ---------------------------------------------
+
+    def _recorded_session(self) -> int | None:
+        doc = read_json_object(self.claim_file) if self.claim_file else None
+        session = (doc or {}).get("session")
+        return session if isinstance(session, int) and not isinstance(session, bool) else None
+
+    def _record_session(self, session: int | None) -> None:
+        """Before the claim is made: an agent killed right after making it
+        still recognises it. A full disk must not stop the claim: the cost of
+        a lost record is a restart that waits for the old session to end."""
+        if not self.claim_file or session is None:
+            return
+        try:
+            write_json(self.claim_file, {"session": session, "path": self.path}, 0o600)
+        except OSError as exc:
+            log.warning("presence_record_failed", file=self.claim_file, error=str(exc))
+
+    def _create(self, data: bytes, session: int | None) -> bool:
+        self._record_session(session)
+        try:
+            _, stat = self._call(
+                self.client.create_async,
+                self.path,
+                data,
+                ephemeral=True,
+                makepath=True,
+                include_data=True,
+            )
+        except NodeExistsError:
+            self._wake.set()  # raced with another claim or the old session's end: look again
+            return False
+        if self._refused is not None and self._took_over is not None:
+            self._took_over(stat.ctime / 1000)
+        return True
+
+    def _replace_predecessor(self, stat: ZnodeStat, data: bytes, session: int | None) -> bool:
+        """Our predecessor's ephemeral, replaced in one transaction that
+        deletes it only at the version we looked at: a presence another agent
+        created meanwhile is left alone."""
+        self._record_session(session)
+        t = self.client.transaction()
+        t.delete(self.path, version=stat.version)
+        t.create(self.path, data, ephemeral=True)
+        results = t.commit_async().get(timeout=self.op_timeout)
+        if any(isinstance(r, Exception) for r in results):
+            self._wake.set()  # it changed under us: look again
+            return False
+        log.info("presence_replaced", predecessor_session=f"0x{stat.ephemeralOwner:x}")
+        return True
+
+    def _refuse(self, stat: ZnodeStat) -> None:
+        """Another session (or a persistent znode) holds our name: hands off.
+        The exists watch armed by the look wakes us when it changes or goes."""
+        raw = None
+        with contextlib.suppress(NoNodeError):
+            raw = self._call(self.client.get_async, self.path)[0]
+        why = holder_text(self.node, self.path, stat, raw)
+        self._holds.clear()
+        self._written = None
+        if why != self._refused:
+            log.warning("node_name_held_elsewhere", node=self.node, path=self.path, reason=why)
+            self._refused = why
+            self.status.set_errors("presence", [{"where": self.path, "message": why}])
+
+    def _holding(self) -> None:
+        if self._refused is not None:
+            log.warning("node_name_taken", node=self.node, path=self.path)
+            self._refused = None
+            self.status.set_errors("presence", [])
+        if not self._holds.is_set():
+            self._holds.set()
+            for listener in self.listeners:
+                listener()
 
     def publish_presence(self) -> None:
         doc = presence_doc(self.status.snapshot(), self.app, self.node)
         session = self.client.client_id[0] if self.client.client_id else None
         # Skipped only when this very session wrote these bytes and re-armed
         # its watch: after an expiry (a new session) it is written again.
-        if (session, encode(doc)) == self._written:
+        if self._holds.is_set() and (session, encode(doc)) == self._written:
             return
         data = encode({**doc, "updated": time.time()})
-        mine = self._mine()
-        if mine:
-            self._call(self.client.set_async, self.path, data)
-        else:
-            if mine is False:
-                with contextlib.suppress(NoNodeError):
-                    self._call(self.client.delete_async, self.path)
-            try:
-                self._call(self.client.create_async, self.path, data, ephemeral=True, makepath=True)
-            except NodeExistsError:
-                self._wake.set()  # raced with the old session's end: look again
+        stat = self._call(self.client.exists_async, self.path, watch=self._on_watch)
+        if stat is None:
+            if not self._create(data, session):
                 return
+        elif stat.ephemeralOwner == session:
+            self._call(self.client.set_async, self.path, data)
+        elif self._predecessor is not None and stat.ephemeralOwner == self._predecessor:
+            if not self._replace_predecessor(stat, data, session):
+                return
+        else:
+            self._refuse(stat)
+            return
         # Re-armed after each write: our own set fires (and uses up) the watch.
         self._call(self.client.exists_async, self.path, watch=self._on_watch)
         self._written = (session, encode(doc))
+        self._holding()
 
     def publish_results(self) -> None:
         for result in self._unpublished():
@@ -176,7 +305,8 @@ class FleetReport:
             return
         try:
             self.publish_presence()
-            self.publish_results()
+            if self._holds.is_set():  # results under our name only while it is ours
+                self.publish_results()
         except CONNECTION_ERRORS as exc:
             log.warning("fleet_report_failed", error=repr(exc))
             self._wake.set()
@@ -191,9 +321,14 @@ class FleetReport:
         self.health.guarded(self.step)
 
     def close(self) -> None:
-        """Gone with a clean stop at once, not after the session timeout."""
+        """Gone with a clean stop at once, not after the session timeout; only
+        our own presence, at the version we saw, never another agent's."""
         try:
-            if self.client.connected and self._mine():
-                self._call(self.client.delete_async, self.path)
+            session = self.client.client_id[0] if self.client.client_id else None
+            if not self.client.connected or session is None:
+                return
+            stat = self._call(self.client.exists_async, self.path)
+            if stat is not None and stat.ephemeralOwner == session:
+                self._call(self.client.delete_async, self.path, version=stat.version)
         except Exception as exc:  # a dead connection must not block shutdown
             log.warning("presence_remove_failed", error=repr(exc))
