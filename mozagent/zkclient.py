@@ -38,3 +38,18 @@ def make_client(hosts: str, session_timeout: float = 10.0, retry_max: float = 30
         connection_retry=retry,
         logger=logging.getLogger("kazoo.client"),
     )
+
+
+def describe(exc: BaseException, hosts: str | None = None) -> str:
+    """A connection error in words: kazoo's class names (``ConnectionLoss``)
+    tell an operator reading a log or a status nothing."""
+    where = f"ZooKeeper at {hosts}" if hosts else "ZooKeeper"
+    if isinstance(exc, SessionExpiredError):
+        return f"the session with {where} expired"
+    if isinstance(exc, ConnectionClosedError):
+        return f"the connection to {where} is closed"
+    if isinstance(exc, OperationTimeoutError | KazooTimeoutError):
+        return f"{where} did not answer in time"
+    if isinstance(exc, ConnectionLoss):
+        return f"{where} stopped answering (the connection was lost)"
+    return f"{where}: {type(exc).__name__} {exc}".strip()

@@ -612,3 +612,20 @@ def test_a_forged_persistent_presence_is_no_host(fleet: Fleet) -> None:
     fleet.stop()
     res = fleet.deploy("v1", "--wait", "--timeout", "10")
     assert res.returncode == 3 and "no live host to wait for" in res.stderr, res.stderr
+
+
+def test_a_persistent_znode_under_the_agent_s_name_is_neither_deleted_nor_overwritten(
+    fleet: Fleet,
+) -> None:
+    path = host_path(fleet.zk_root, "shop", "web1")
+    fleet.zk.create(path, b'{"node": "web1", "app": "shop"}', makepath=True)
+    box = fleet.agent("web1")
+    box.start_daemon()
+    (problem,) = wait_for(lambda: conflict(box), 60, what="the agent to report it")
+    assert "taken by a persistent znode" in problem["message"] and "remove it" in problem["message"]
+    assert box.cli("status").returncode == 3
+    data, stat = fleet.zk.get(path)
+    assert stat.ephemeralOwner == 0 and data == b'{"node": "web1", "app": "shop"}'
+    fleet.zk.delete(path)  # the operator removes it: the agent takes its name
+    wait_for(lambda: presence_owner(fleet, "web1"), 30, what="the agent's own presence")
+    wait_for(lambda: not conflict(box), 30, what="the conflict to clear")

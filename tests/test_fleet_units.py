@@ -123,3 +123,14 @@ def test_app_code_never_runs_as_root() -> None:
         resolve_user("root", "shop")
     with pytest.raises(NoSuchUser, match="does not exist"):
         resolve_user("no-such-user-here", "shop")
+
+
+def test_connection_errors_are_described_in_words() -> None:
+    from kazoo.exceptions import ConnectionLoss, SessionExpiredError
+
+    from mozagent.zkclient import describe
+
+    assert describe(ConnectionLoss(), "zk1:2181") == (
+        "ZooKeeper at zk1:2181 stopped answering (the connection was lost)"
+    )
+    assert describe(SessionExpiredError()) == "the session with ZooKeeper expired"

@@ -517,7 +517,7 @@ def _connected(
     from mozagent.cli import data as datacli
     from mozagent.cli import fleet as fleet_cli
     from mozagent.logs import route_client_logs
-    from mozagent.zkclient import CONNECTION_ERRORS
+    from mozagent.zkclient import CONNECTION_ERRORS, describe
 
     hosts, root = target or _data_target(args)
     started = time.monotonic()
@@ -543,13 +543,8 @@ def _connected(
         )
     except datacli.DataError as exc:
         return _fail(str(exc), exc.code)
-    except CONNECTION_ERRORS:
-        # kazoo's names for it (ConnectionLoss...) tell an operator nothing.
-        return _fail(
-            f"ZooKeeper at {hosts} stopped answering (the connection was lost)"
-            + _what_was_written(session.written, writes),
-            1,
-        )
+    except CONNECTION_ERRORS as exc:
+        return _fail(describe(exc, hosts) + _what_was_written(session.written, writes), 1)
     except KazooException as exc:
         return _fail(f"ZooKeeper refused the request: {type(exc).__name__} {exc}".strip(), 1)
     finally:

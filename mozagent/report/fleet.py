@@ -50,7 +50,7 @@ from mozagent.desired.orders import OrderResult
 from mozagent.fileio import read_json_object, write_json
 from mozagent.report.health import Worker, run_woken
 from mozagent.report.status import StatusStore
-from mozagent.zkclient import CONNECTION_ERRORS
+from mozagent.zkclient import CONNECTION_ERRORS, describe
 
 log = structlog.get_logger("mozagent")
 
@@ -308,7 +308,7 @@ class FleetReport:
             if self._holds.is_set():  # results under our name only while it is ours
                 self.publish_results()
         except CONNECTION_ERRORS as exc:
-            log.warning("fleet_report_failed", error=repr(exc))
+            log.warning("fleet_report_failed", error=describe(exc))
             self._wake.set()
             self.stopping.wait(0.5)
 
