@@ -5,7 +5,11 @@ It plays what a POLL_TEMP_URL / CFN_SIGNAL / TEMP_URL_SIGNAL server sees from
 an instance: the metadata document at ``/metadata`` (HEAD and GET, with
 Last-Modified, as Swift serves a TempURL), signals as ``PUT /tempurl/<id>`` and
 ``POST /cfn/<id>`` (recorded, in order). It can fail its first N signal
-requests, to prove retries. Listens on 127.0.0.1 only; stop it with ``stop()``.
+requests, to prove retries, hold signal requests open without answering (a
+dead endpoint), serve a document of any size generated as it is sent (never
+held in memory), with or without Content-Length, and the metadata the heat
+collector reads (``GET /v1/<project>/stacks/<stack>/resources/<name>/metadata``).
+Listens on 127.0.0.1 only; stop it with ``stop()``.
 The real Heat is exercised by the real-Heat tests; this is the contract only.
 """
 
@@ -31,6 +35,12 @@ class HeatStub:
         self.delay_signals = 0.0  # seconds to sit on a signal before answering
         self.received = 0  # signal requests seen, answered or not
         self.served: list[tuple[float, int]] = []  # (when, Last-Modified) of each GET
+        self.heads: list[float] = []  # when each HEAD was answered
+        self.generated: tuple[int, bool] | None = None  # (size, send Content-Length)
+        self.generated_sent: list[int] = []  # body bytes written, per GET of a generated one
+        self.hold_signals = False  # signal requests wait, unanswered, until release()
+        self.holding = 0  # signal requests held open now
+        self._released = threading.Event()
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -39,8 +49,15 @@ class HeatStub:
 
             def _metadata(self, body: bool) -> None:
                 with stub._lock:
-                    data = stub.raw if stub.raw is not None else json.dumps(stub.metadata).encode()
+                    generated = stub.generated
                     modified = stub._modified
+                if generated is not None:
+                    self._generate(*generated, modified, body)
+                    return
+                with stub._lock:
+                    data = stub.raw if stub.raw is not None else json.dumps(stub.metadata).encode()
+                    if self.path.startswith("/v1/"):  # the Heat API's resource metadata
+                        data = json.dumps({"metadata": stub.metadata}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -51,8 +68,37 @@ class HeatStub:
                     with stub._lock:
                         stub.served.append((time.time(), modified))
 
+            def _generate(self, size: int, length: bool, modified: int, body: bool) -> None:
+                """A valid document of ``size`` bytes, written as it is made."""
+                head, tail = b'{"deployments": [], "padding": "', b'"}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                if length:
+                    self.send_header("Content-Length", str(size))
+                self.send_header("Last-Modified", formatdate(modified, usegmt=True))
+                self.end_headers()
+                if not body:
+                    return
+                with stub._lock:
+                    stub.served.append((time.time(), modified))
+                chunk = b"x" * 65536
+                left = size - len(head) - len(tail)
+                try:
+                    self.wfile.write(head)
+                    while left > 0:
+                        part = chunk[: min(left, len(chunk))]
+                        self.wfile.write(part)
+                        left -= len(part)
+                    self.wfile.write(tail)
+                except OSError:
+                    pass  # the client stopped reading: what the limit is for
+                with stub._lock:
+                    stub.generated_sent.append(size - len(head) - len(tail) - left)
+
             def do_HEAD(self) -> None:
                 self._metadata(False)
+                with stub._lock:
+                    stub.heads.append(time.time())
 
             def do_GET(self) -> None:
                 self._metadata(True)
@@ -63,6 +109,13 @@ class HeatStub:
                 with stub._lock:
                     stub.received += 1
                     delay = stub.delay_signals
+                    hold = stub.hold_signals
+                    stub.holding += hold
+                if hold:
+                    stub._released.wait()
+                    with stub._lock:
+                        stub.holding -= 1
+                    return  # never answered: the connection just closes
                 if delay:
                     time.sleep(delay)
                 with stub._lock:
@@ -100,6 +153,7 @@ class HeatStub:
         return self
 
     def stop(self) -> None:
+        self.release()
         self.server.shutdown()
         self.server.server_close()
 
@@ -110,6 +164,7 @@ class HeatStub:
         with self._lock:
             self.metadata = doc
             self.raw = None
+            self.generated = None
             now = int(time.time())
             self._modified = max(self._modified + 1, now) if bump else now
             return self._modified
@@ -117,7 +172,18 @@ class HeatStub:
     def set_raw(self, data: bytes) -> None:
         with self._lock:
             self.raw = data
+            self.generated = None
             self._modified = max(self._modified + 1, int(time.time()))
+
+    def set_generated(self, size: int, content_length: bool = True) -> None:
+        """Serve a valid JSON document of ``size`` bytes, made as it is sent."""
+        with self._lock:
+            self.generated = (size, content_length)
+            self._modified = max(self._modified + 1, int(time.time()))
+
+    def release(self) -> None:
+        """Let held signal requests go (unanswered)."""
+        self._released.set()
 
     def signals_for(self, dep_id: str) -> list[Any]:
         with self._lock:

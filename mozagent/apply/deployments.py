@@ -6,7 +6,9 @@ done/failed. A deployment done or failed is never run again, across restarts
 and reboots; one found *running* at start was interrupted (crash, reboot) and
 is run again (configs are idempotent), then signalled, so nothing stays
 IN_PROGRESS in Heat. Puppet configs that completed become configs the core
-re-applies when data changes (``reapply.json``), without a new signal.
+re-applies when data changes (``reapply.json``), without a new signal. A record
+whose deployment left the metadata is kept (marked ``removed``), so that it is
+not run again if the same id comes back, and status can say it is gone.
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ def read_outputs(path_prefix: str, dep: Deployment) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for spec in dep.outputs:
         name = spec["name"]
+        if "/" in name or "\x00" in name:  # refused when parsed: never a path elsewhere
+            continue
         path = f"{path_prefix}.{name}"
         try:
             with open(path, "rb") as fh:
@@ -145,6 +149,7 @@ class DeploymentQueue:
         self.order: list[str] = []  # deployment names in metadata order
 
     def offer(self, deployments: list[Deployment], now: Callable[[], float] = time.time) -> None:
+        self.log.retain({d.id for d in deployments}, now())
         pending = []
         for dep in deployments:
             record = self.log.get(dep.id)

@@ -1,11 +1,12 @@
 """Heat SoftwareDeployments: what the metadata asks for, validated, and kept apart
 from the credentials that come with it.
 
-Pure: metadata (already-parsed JSON) in, ``Deployment`` objects and problems
-out. Heat metadata is untrusted input like ZooKeeper data: anything malformed
-becomes a problem naming the entry, never an exception, and an entry that can
-still be signalled is kept so that Heat hears it FAILED instead of waiting for a
-timeout.
+Pure: metadata (JSON text decoded with ``loads_bounded``) in, ``Deployment``
+objects and problems out. Heat metadata is untrusted input like ZooKeeper data:
+anything malformed becomes a problem naming the entry, never an exception, and
+an entry that can still be signalled is kept so that Heat hears it FAILED
+instead of waiting for a timeout. Bounds (nesting, size, output names) are
+checked per entry, so one bad deployment fails alone and the others run.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from mozagent.desired.keys import MAX_DEPTH
 from mozagent.desired.layers import Problem
 
 # Inputs Heat adds that carry credentials or where to signal: they reach the
@@ -36,6 +38,23 @@ SECRET_INPUTS = frozenset(
 TRANSPORTS = ("CFN_SIGNAL", "TEMP_URL_SIGNAL", "HEAT_SIGNAL", "ZAQAR_SIGNAL", "NO_SIGNAL")
 INPUT_TYPES = ("String", "Number", "CommaDelimitedList", "Json", "Boolean")
 MAX_DEPLOYMENTS = 1000
+# One entry's JSON: Heat's API takes request bodies of at most 1 MiB, so no
+# config and inputs Heat accepted come near this; above it, the entry is a bug
+# or an attack, and it fails alone.
+MAX_DEPLOYMENT_BYTES = 2 * 1024 * 1024
+# Values nested deeper than this in a whole document are cut while decoding
+# (replaced by TOO_DEEP): far below Python's recursion limit, so neither the
+# decoder nor anything that walks the document later can overflow the stack,
+# and far above an entry's own bound (MAX_DEPTH levels below its fields), so a
+# cut part always makes its entry fail that bound.
+DOCUMENT_DEPTH = 128
+TOO_DEEP = "\x00mozagent: nested too deep"
+_TOO_DEEP_JSON = json.dumps(TOO_DEEP)
+# A JSON string (escapes included) or a bracket: all the nesting there is.
+_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+# heat-config reads output NAME from the file ``<heat_outputs_path>.NAME``.
+_OUTPUT_NAME = re.compile(r"[^/\x00]{1,200}")
+SHORT = 64
 _ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _URL_SECRET = re.compile(r"(?P<keep>(?:https?://|/)[^\s?'\"]*)\?[^\s'\")]*")
 _AUTH = re.compile(r"(?i)(password|token|secret|signature)([=:]\s*)[^\s&'\",)]+")
@@ -46,6 +65,61 @@ def safe_id(dep_id: str) -> str:
     if _ID.fullmatch(dep_id) and dep_id not in (".", ".."):
         return dep_id
     return "id-" + hashlib.sha256(dep_id.encode()).hexdigest()[:32]
+
+
+def short(text: str, limit: int = SHORT) -> str:
+    """An id or name fit for a line of status: a 5,000-character id stays the
+    id everywhere else (records, signals); only its display is trimmed."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def loads_bounded(text: str | bytes, max_depth: int = DOCUMENT_DEPTH) -> Any:
+    """JSON in which every value nested deeper than ``max_depth`` is replaced by
+    ``TOO_DEEP``; ValueError when it is not JSON, never RecursionError.
+
+    Python's decoder recurses once per level: a document with one input nested
+    1,000 deep would fail as a whole. Cutting the deep parts first keeps the
+    rest of the document, so the entry holding them fails alone."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    if text.count("[") + text.count("{") > max_depth:
+        pieces: list[str] = []
+        depth, start, kept = 0, -1, 0
+        for match in _TOKEN.finditer(text):
+            char = text[match.start()]
+            if char in "[{":
+                depth += 1
+                if depth == max_depth + 1:
+                    start = match.start()
+            elif char in "]}":
+                if depth == max_depth + 1 and start >= 0:
+                    pieces += (text[kept:start], _TOO_DEEP_JSON)
+                    kept, start = match.end(), -1
+                depth -= 1
+        if pieces:
+            text = "".join(pieces) + text[kept:]
+    try:
+        return json.loads(text)
+    except RecursionError:  # not reachable by the cut above; a guard all the same
+        raise ValueError(f"nested deeper than {max_depth} levels") from None
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``value`` nests more than ``limit`` lists and mappings (or holds a
+    part cut as too deep while decoding). Iterative: no recursion to overflow."""
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if item == TOO_DEEP:
+            return True
+        if not isinstance(item, (dict, list)):
+            continue
+        if level > limit:
+            return True
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, (dict, list, str)):
+                stack.append((child, level + 1))
+    return False
 
 
 def redact(text: str) -> str:
@@ -138,7 +212,7 @@ def typed_value(kind: str, value: Any) -> Any:
         return [part.strip() for part in value.split(",")] if value else []
     if kind == "Json" and isinstance(value, str):
         try:
-            return json.loads(value)
+            return loads_bounded(value, MAX_DEPTH)
         except ValueError:
             return value
     return value
@@ -169,9 +243,49 @@ def _inputs(raw: Any, where: str) -> tuple[dict[str, Any], dict[str, Any], list[
             heat[name] = value
             continue
         if kind not in INPUT_TYPES:
-            wrong.append(f"{where}: input {name!r} has unknown type {kind!r}")
-        public[name] = typed_value(kind, value)
+            wrong.append(f"{where}: input {short(name)!r} has unknown type {kind!r}")
+        typed = typed_value(kind, value)
+        if too_deep(typed):
+            wrong.append(f"{where}: input {short(name)!r} is nested deeper than {MAX_DEPTH} levels")
+            typed = None
+        public[name] = typed
     return public, heat, wrong
+
+
+def _bounds(entry: dict[str, Any], where: str) -> list[str]:
+    """What makes one entry too big or too deep to run (its inputs are judged
+    one by one in ``_inputs``)."""
+    try:
+        size = len(json.dumps(entry))
+    except RecursionError:  # decoded without loads_bounded: refused all the same
+        return [f"{where}: is nested too deep to be used"]
+    if size > MAX_DEPLOYMENT_BYTES:
+        return [
+            f"{where}: is {size} bytes of JSON, over the "
+            f"{MAX_DEPLOYMENT_BYTES // (1024 * 1024)} MiB limit for one deployment"
+        ]
+    return [
+        f"{where}: {key} is nested deeper than {MAX_DEPTH} levels"
+        for key in ("config", "options", "outputs")
+        if too_deep(entry.get(key))
+    ]
+
+
+def _outputs(raw: Any, where: str) -> tuple[tuple[dict[str, Any], ...], list[str]]:
+    """Named outputs whose names are plain file names: output NAME is read from
+    ``<heat_outputs_path>.NAME``, and ``../x`` would read outside that directory."""
+    outputs = raw or []
+    if not isinstance(outputs, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
+    ):
+        return (), [f"{where}: outputs is not a list of named outputs"]
+    wrong = [
+        f"{where}: output name {short(o['name'])!r} is not a plain file name "
+        "(no '/', no NUL, 1 to 200 characters)"
+        for o in outputs
+        if not _OUTPUT_NAME.fullmatch(o["name"])
+    ]
+    return (() if wrong else tuple(outputs)), wrong
 
 
 def parse_deployments(
@@ -205,25 +319,27 @@ def parse_deployments(
         if dep_id is None:
             problems.append(Problem(here, "has no id: it cannot be run or signalled"))
             continue
-        here = f"{where}.deployments[{dep_id}]"
+        here = f"{where}.deployments[{short(dep_id)}]"
         if dep_id in seen:
             problems.append(Problem(here, "duplicate id: only its first entry is used"))
             continue
         seen.add(dep_id)
+        bounds = _bounds(entry, here)
         public, heat, wrong = _inputs(entry.get("inputs"), here)
         target = _target(heat, public)
+        if bounds:
+            # Kept only to be signalled FAILED: nothing of it is run or stored.
+            entry = {"name": entry.get("name"), "group": entry.get("group"), "config": None}
+            public = {k: v for k, v in public.items() if k.startswith("deploy_")}
+            wrong = bounds + wrong
         name = _string(entry, "name") or dep_id
         group = _string(entry, "group")
         if group is None:
             wrong.append(f"{here}: has no group")
         if "config" not in entry:
             wrong.append(f"{here}: has no config")
-        outputs = entry.get("outputs") or []
-        if not isinstance(outputs, list) or not all(
-            isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
-        ):
-            wrong.append(f"{here}: outputs is not a list of named outputs")
-            outputs = []
+        outputs, bad_outputs = _outputs(entry.get("outputs"), here)
+        wrong += bad_outputs
         options = entry.get("options") or {}
         if not isinstance(options, dict):
             wrong.append(f"{here}: options is not a mapping")
@@ -239,7 +355,7 @@ def parse_deployments(
                 config=entry.get("config"),
                 action=action if isinstance(action, str) else "CREATE",
                 inputs=public,
-                outputs=tuple(outputs),
+                outputs=outputs,
                 options=options,
                 target=target,
                 creation_time=_string(entry, "creation_time"),

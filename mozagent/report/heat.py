@@ -3,16 +3,19 @@
 Built from the executor's deployment records and the outbox's signal states,
 never from the deployments themselves, so no credential can reach status.json.
 Only the latest deployment of each name counts for health: an UPDATE that
-succeeded clears the failure of the CREATE before it.
+succeeded clears the failure of the CREATE before it, and a deployment that
+left the metadata (its stack deleted it) counts no more; it is listed as
+removed, its record kept so that it never runs again.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
-from mozagent.desired.deployments import safe_id
+from mozagent.desired.deployments import safe_id, short
 from mozagent.fileio import read_json_dir, read_json_object, write_json
 from mozagent.report.signals import Outbox
 from mozagent.report.status import StatusStore
@@ -28,6 +31,7 @@ class DeploymentLog:
         self.root = os.path.join(state_dir, "heat")
         self.dir = os.path.join(self.root, "deployments")
         self._lock = threading.Lock()
+        self.on_change: Callable[[], None] = lambda: None  # the report, once there is one
 
     def _path(self, dep_id: str) -> str:
         return os.path.join(self.dir, f"{safe_id(dep_id)}.json")
@@ -42,6 +46,24 @@ class DeploymentLog:
     def records(self) -> list[dict[str, Any]]:
         return read_json_dir(self.dir)
 
+    def retain(self, current: set[str], when: float) -> None:
+        """Records of deployments no longer in the metadata say so, and since
+        when; one that comes back is no longer marked (and is not run again:
+        its record still says it ran)."""
+        changed = False
+        for record in self.records():
+            gone = record["id"] not in current
+            if gone == bool(record.get("removed")):
+                continue
+            if gone:
+                record["removed"] = when
+            else:
+                del record["removed"]
+            self.put(record)
+            changed = True
+        if changed:
+            self.on_change()
+
 
 class HeatReport:
     def __init__(self, status: StatusStore, log: DeploymentLog, outbox: Outbox) -> None:
@@ -49,6 +71,7 @@ class HeatReport:
         self.log = log
         self.outbox = outbox
         self._lock = threading.Lock()
+        log.on_change = self.refresh
 
     def refresh(self) -> None:
         with self._lock:
@@ -56,7 +79,8 @@ class HeatReport:
             records = sorted(self.log.records(), key=lambda r: r.get("created") or 0)
             latest: dict[str, str] = {}
             for r in records:
-                latest[str(r.get("name"))] = r["id"]
+                if not r.get("removed"):
+                    latest[str(r.get("name"))] = r["id"]
             shown: list[dict[str, Any]] = []
             for r in records[-SHOWN:]:
                 sig = signals.get(r["id"]) or {}
@@ -69,6 +93,7 @@ class HeatReport:
                         "state": r.get("state"),
                         "message": r.get("message"),
                         "ended": r.get("ended"),
+                        "removed": r.get("removed"),
                         "latest": latest.get(str(r.get("name"))) == r["id"],
                         "signal": (
                             {"state": "none"}
@@ -90,7 +115,8 @@ class HeatReport:
                 ):
                     errors.append(
                         {
-                            "where": f"signal of deployment {d['name']} ({d['id']})",
+                            "where": f"signal of deployment {short(str(d['name']))} "
+                            f"({short(d['id'])})",
                             "message": f"{sig['state']} after {sig.get('attempts')} attempts: "
                             f"{sig.get('last_error')}",
                         }

@@ -7,25 +7,41 @@ one by one (a ZooKeeper-only host never loads oslo; a Heat host loads only the
 collectors its metadata names), because the whole package costs ~22 MiB here.
 Each collector keeps its own object between polls (the ``request`` collector
 remembers Last-Modified, so an unchanged metadata costs a HEAD).
+
+What a collector reads is bounded while it is read, whatever the source sends:
+HTTP bodies are streamed and refused at ``MAX_METADATA_BYTES`` (Content-Length
+first), files are read up to it, and the JSON the collector modules decode goes
+through ``loads_bounded`` (their module-level ``json`` and, for the file
+collectors, ``open`` are ours: the library has no other injection point for
+them), so no document can cost the agent its memory or its stack. A document
+the source serves but that cannot be used is ``Unusable``, with the reason.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import locale
 import logging
 import os
 import time
+from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
+from urllib.parse import quote
 
-from mozagent.desired.deployments import redact
+from mozagent.config import ConfigError
+from mozagent.desired.deployments import loads_bounded, redact
 
 KNOWN = ("heat_local", "local", "request", "heat", "cfn", "ec2", "zaqar")
 LOCAL = ("heat_local", "local")
 # A metadata document over this size is refused: Heat's own API stops at 1 MiB
 # per request body, and a deployment list this large is an attack or a bug.
 MAX_METADATA_BYTES = 16 * 1024 * 1024
+LIMIT = "16 MiB"
+CHUNK = 64 * 1024
+INSTALL = "pip install 'mozagent[heat]'"
 
 
 class NotConfigured(Exception):
@@ -40,6 +56,130 @@ class NotModified(Exception):
     """The source answered that nothing changed (``request``: Last-Modified)."""
 
 
+class Unusable(Unavailable):
+    """The source served a document that cannot be used (not JSON, over the size
+    limit, not a mapping); str() says why. It stays so until the document changes."""
+
+
+class _Refused(ValueError):
+    """Raised inside a collector's read: the collectors treat a ValueError as a
+    bad document, so they give up on it the way they do on bad JSON."""
+
+
+class _Reading:
+    """What went wrong with the documents of the collect() under way, and what
+    is left of its byte budget. Collectors run on the Heat source's thread only,
+    one at a time, so one instance serves them all."""
+
+    def __init__(self) -> None:
+        self.refused: list[str] = []
+        self.budget = MAX_METADATA_BYTES
+        self.where = "the metadata"
+
+    def reset(self) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    def refuse(self, why: str) -> _Refused:
+        self.refused.append(why)
+        return _Refused(why)
+
+
+_reading = _Reading()
+
+
+def _loads(text: str | bytes, *args: Any, **kwargs: Any) -> Any:
+    """The collector modules' ``json.loads``: bounded depth, and the reason kept.
+    Every document they decode must be a mapping (they merge it into one)."""
+    try:
+        doc = loads_bounded(text)
+    except ValueError as exc:
+        raise _reading.refuse(f"{_reading.where} is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise _reading.refuse(f"{_reading.where} is a {type(doc).__name__}, not a mapping")
+    return doc
+
+
+# The ``json`` the collector modules see.
+_JSON = SimpleNamespace(loads=_loads, load=lambda fh, *a, **k: _loads(fh.read()), dumps=json.dumps)
+
+
+class _BoundedFile:
+    """What ``open`` gives the file collectors: one bounded, UTF-8 read."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fh = open(path, "rb")  # noqa: SIM115 - closed by __exit__
+
+    def __enter__(self) -> _BoundedFile:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._fh.close()
+
+    def read(self) -> str:
+        _reading.where = self.path
+        data = self._fh.read(_reading.budget + 1)
+        if len(data) > _reading.budget:
+            raise _reading.refuse(f"{self.path} is over the {LIMIT} limit for metadata")
+        _reading.budget -= len(data)
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _reading.refuse(f"{self.path} is not UTF-8 ({exc})") from None
+
+
+def _guard(module: Any) -> Any:
+    """Give a collector module our bounded ``json`` (and ``open`` for the file ones)."""
+    if getattr(module, "json", None) is not None:
+        module.json = _JSON
+    if module.__name__.rsplit(".", 1)[-1] in LOCAL:
+        module.open = lambda path, *args, **kwargs: _BoundedFile(path)
+    return module
+
+
+def _read_capped(response: Any) -> bytes:
+    """A streamed body, refused at the limit: by Content-Length before reading,
+    else when the bytes read pass it. Memory stays at the limit at most."""
+    length = str(response.headers.get("Content-Length") or "")
+    if length.isdigit() and int(length) > MAX_METADATA_BYTES:
+        raise _reading.refuse(
+            f"the metadata is {int(length)} bytes (Content-Length), over the {LIMIT} limit"
+        )
+    body = bytearray()
+    for chunk in response.iter_content(CHUNK):
+        body += chunk
+        if len(body) > MAX_METADATA_BYTES:
+            raise _reading.refuse(
+                f"the metadata is over the {LIMIT} limit (stopped reading at {len(body)} bytes)"
+            )
+    return bytes(body)
+
+
+def bounded_get(
+    session: Any, url: str, on_headers: Callable[[Any], None] | None = None, **kwargs: Any
+) -> Any:
+    """``session.get`` whose body is read under the limit, uncompressed (a small
+    compressed body must not inflate past it), and decoded as UTF-8 unless the
+    server says otherwise (JSON is UTF-8; guessing costs a pass over the body).
+    ``on_headers`` sees the headers before the body is read."""
+    headers = {**(kwargs.pop("headers", None) or {}), "Accept-Encoding": "identity"}
+    response = session.request("GET", url, headers=headers, stream=True, **kwargs)
+    if on_headers is not None:
+        on_headers(response.headers)
+    try:
+        response._content = _read_capped(response)
+    except _Refused as exc:
+        import requests
+
+        raise requests.exceptions.RequestException(str(exc)) from None
+    finally:
+        response.close()
+    response._content_consumed = True
+    if response.encoding is None:
+        response.encoding = "utf-8"
+    return response
+
+
 def _request_impl() -> Any:
     """The ``requests`` the request collector is built with (its own injection
     point): records that a HEAD was answered and whether a GET followed,
@@ -49,19 +189,23 @@ def _request_impl() -> Any:
 
     class Session(requests.Session):
         head_answered = 0.0
+        head_headers: Any = {}
         get_called = 0.0
         fresh = False
 
         def head(self, *args: Any, **kwargs: Any) -> Any:
             response = super().head(*args, **kwargs)
             self.head_answered = time.monotonic()
+            self.head_headers = response.headers
             return response
 
-        def get(self, *args: Any, **kwargs: Any) -> Any:
+        def get(self, url: str, **kwargs: Any) -> Any:  # type: ignore[override]
             self.get_called = time.monotonic()
-            response = super().get(*args, **kwargs)
-            self.fresh = _written_recently(response.headers)
-            return response
+            self.fresh = True  # until the answer's headers say otherwise
+            return bounded_get(super(), url, self._answered, **kwargs)
+
+        def _answered(self, headers: Any) -> None:
+            self.fresh = _written_recently(headers)
 
     class Impl:
         exceptions = requests.exceptions
@@ -87,9 +231,47 @@ def _written_recently(headers: Any) -> bool:
     return (served - modified).total_seconds() < 2
 
 
+def _bounded_metadata(client: Any, timeout: float) -> Any:
+    """The heat client's ``resources.metadata``, read under the limit.
+
+    heatclient reads whole bodies with module-level ``requests`` calls, with no
+    session to hand it: the one call the heat collector makes for metadata is
+    made here instead, with the client's endpoint, token and TLS settings."""
+    import requests
+
+    http = client.http_client
+    resources = client.resources
+
+    def metadata(stack_id: str, resource_name: str) -> Any:
+        stack_id = resources._resolve_stack_id(stack_id)
+        url = (
+            f"{http.endpoint_url.rstrip('/')}/stacks/{quote(stack_id)}"
+            f"/resources/{quote(resource_name, safe='')}/metadata"
+        )
+        kwargs: dict[str, Any] = {"timeout": timeout}
+        if http.verify_cert is not None:
+            kwargs["verify"] = http.verify_cert
+        if http.cert_file and http.key_file:
+            kwargs["cert"] = (http.cert_file, http.key_file)
+        _reading.where = "the metadata"
+        with requests.Session() as session:
+            response = bounded_get(
+                session,
+                url,
+                headers={"X-Auth-Token": http.auth_token, "Accept": "application/json"},
+                **kwargs,
+            )
+        response.raise_for_status()
+        body = _loads(response.content)
+        return body.get("metadata") if isinstance(body, dict) else None
+
+    return metadata
+
+
 def _heat_clients(timeout: float) -> dict[str, Any]:
     """keystone and heat clients with a timeout on every request (the heat
-    collector's injection points): a hung API must not hang the source."""
+    collector's injection points): a hung API must not hang the source, and
+    the metadata is read under the limit."""
     from heatclient import client as heatclient
     from keystoneclient.v3 import client as keystoneclient
 
@@ -103,7 +285,9 @@ def _heat_clients(timeout: float) -> dict[str, Any]:
         @staticmethod
         def Client(*args: Any, **kwargs: Any) -> Any:
             kwargs.setdefault("timeout", timeout)
-            return heatclient.Client(*args, **kwargs)
+            client = heatclient.Client(*args, **kwargs)
+            client.resources.metadata = _bounded_metadata(client, timeout)
+            return client
 
     return {"keystoneclient": Keystone, "heatclient": Heat}
 
@@ -167,7 +351,7 @@ class Collectors:
             self._register("keystone")
             cache = os.path.join(self._state_dir, "heat", "keystone-cache")
             conf.set_override("cache_dir", cache, group="keystone")
-        module = importlib.import_module(f"os_collect_config.{name}")
+        module = _guard(importlib.import_module(f"os_collect_config.{name}"))
         if name not in conf:
             conf.register_group(cfg.OptGroup(name=name))
         conf.register_opts(module.opts, group=name)
@@ -185,7 +369,10 @@ class Collectors:
         if self._settings.get(name) == settings:
             return []
         conf = self._conf()
-        module = self._register(name)
+        try:
+            module = self._register(name)
+        except ImportError as exc:
+            return [_missing(name, exc)]
         multi = {o.dest for o in module.opts if getattr(o, "multi", False)}
         group = getattr(conf, name)
         refused = []
@@ -214,34 +401,41 @@ class Collectors:
         self._conf()
         collector = self._instances.get(name)
         if collector is None:
-            module = self._register(name)
+            try:
+                module = self._register(name)
+            except ImportError as exc:
+                raise Unavailable(_missing(name, exc)) from None
             kwargs: dict[str, Any] = {}
-            if name == "request":
+            if name in ("request", "cfn"):
                 kwargs["requests_impl"] = _request_impl()
-                self._cfg.set_override("timeout", self._timeout, group="request")
-            elif name == "cfn":
-                self._cfg.set_override("timeout", self._timeout, group="cfn")
+                self._cfg.set_override("timeout", self._timeout, group=name)
             elif name == "heat":
                 kwargs.update(_heat_clients(self._timeout))
             collector = self._instances[name] = module.Collector(**kwargs)
         from os_collect_config import exc
 
         asked = time.monotonic()
+        session = getattr(collector, "_session", None)
+        _reading.reset()
         try:
             content = _in_c_locale(collector.collect) if name == "local" else collector.collect()
         except exc.SourceNotConfigured as err:
             raise NotConfigured(f"{name}: not configured") from err
         except exc.SourceNotAvailable as err:
-            session = getattr(collector, "_session", None)
             answered = getattr(session, "head_answered", 0.0) >= asked
             fetched = getattr(session, "get_called", 0.0) >= asked
             if answered and not fetched and collector.last_modified:
                 raise NotModified(name) from err
+            if _reading.refused:
+                raise self._unusable(name, collector, session) from err
             raise Unavailable(f"{name}: unavailable ({type(err).__name__})") from err
         except Exception as err:  # the library must not take the source down
+            if _reading.refused:
+                raise self._unusable(name, collector, session) from err
             raise Unavailable(redact(f"{name}: {type(err).__name__}: {err}")) from err
-        session = getattr(collector, "_session", None)
-        if getattr(session, "fresh", False):
+        if _reading.refused:  # a file skipped (heat_local): not the whole metadata
+            raise self._unusable(name, collector, session)
+        if getattr(session, "fresh", False) and hasattr(collector, "last_modified"):
             collector.last_modified = None  # fetch again next poll (see _written_recently)
         if name == "local":
             # One (file name, document) pair per file, in C-locale order: the
@@ -253,11 +447,61 @@ class Collectors:
         else:
             document = dict(content).get(name)
         if not isinstance(document, dict):
-            raise Unavailable(f"{name}: metadata is a {type(document).__name__}, not a mapping")
+            raise Unusable(f"{name}: the metadata is a {type(document).__name__}, not a mapping")
         try:
             size = len(json.dumps(document))
         except (TypeError, ValueError, RecursionError) as err:
-            raise Unavailable(f"{name}: metadata cannot be used ({err})") from err
+            raise Unusable(f"{name}: the metadata cannot be used ({err})") from err
         if size > MAX_METADATA_BYTES:
-            raise Unavailable(f"{name}: metadata is {size} bytes, over the 16 MiB limit")
+            raise Unusable(f"{name}: the metadata is {size} bytes, over the {LIMIT} limit")
         return document
+
+    @staticmethod
+    def _unusable(name: str, collector: Any, session: Any) -> Unusable:
+        """The reason, and no new download of the same document: the request
+        collector fetches again only once Last-Modified moves on."""
+        if not hasattr(collector, "last_modified"):
+            pass  # fetched in full at every poll (cfn, heat): nothing to hold
+        elif getattr(session, "fresh", True):
+            collector.last_modified = None  # may still change within its second
+        elif not collector.last_modified:  # refused before the collector kept it
+            try:
+                collector.last_modified = collector.check_fetch_content(session.head_headers)
+            except Exception:  # the library's own parse of Last-Modified
+                collector.last_modified = None
+        return Unusable(redact(f"{name}: {_reading.refused[0]}"))
+
+
+def _missing(name: str, exc: ImportError) -> str:
+    return (
+        f"{name}: os-collect-config's {name} collector cannot be loaded ({exc}); "
+        f"install mozagent's heat extra: {INSTALL}"
+    )
+
+
+# What a heat: section needs at start, imported there (the first poll imports
+# them anyway); keystoneauth1 is only looked for: it is loaded at the first
+# HEAT_SIGNAL or ZAQAR_SIGNAL.
+_NEEDED = ("oslo_config.cfg", "os_collect_config.exc", "requests")
+_LOOKED_FOR = ("keystoneauth1",)
+
+
+def require_libraries(source: str) -> None:
+    """Refuse a ``heat:`` section the installed mozagent cannot serve: without
+    the heat extra every poll would fail the same way, for ever. ConfigError:
+    exit 2 at start, naming the extra and the command that installs it."""
+    missing = []
+    for module in _NEEDED:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            missing.append(f"{module.split('.')[0]} ({exc})")
+    for module in _LOOKED_FOR:
+        if importlib.util.find_spec(module) is None:
+            missing.append(f"{module} (not installed)")
+    if missing:
+        raise ConfigError(
+            f"{source}: heat: needs mozagent's heat extra (os-collect-config, "
+            f"keystoneauth1, requests), and {', '.join(missing)} cannot be imported; "
+            f"install it: {INSTALL}"
+        )

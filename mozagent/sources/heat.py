@@ -9,6 +9,11 @@ interval (back to the minimum after every change, growing to the maximum while
 nothing changes, backing off on failures, with splay), keeps the last good
 metadata of each collector under the state dir (0600: it holds credentials),
 and hands the deployment list to the executor. It changes nothing on the host.
+
+A collector whose source serves an unusable document (not JSON, over the size
+limit, not a mapping) is in error for as long as it serves that document: a
+poll that finds it unchanged keeps the error, and "last success" (``last_ok``)
+is the last poll that found a usable document.
 """
 
 from __future__ import annotations
@@ -26,11 +31,19 @@ from typing import Any
 import structlog
 
 from mozagent.config import Config, HeatConfig
-from mozagent.desired.deployments import Deployment, parse_deployments
-from mozagent.fileio import read_json, write_json
+from mozagent.desired.deployments import Deployment, loads_bounded, parse_deployments
+from mozagent.fileio import read_bytes, write_json
 from mozagent.report.health import Worker
 from mozagent.report.status import StatusStore, when
-from mozagent.sources.collectors import LOCAL, Collectors, NotConfigured, NotModified, Unavailable
+from mozagent.sources.collectors import (
+    LOCAL,
+    Collectors,
+    NotConfigured,
+    NotModified,
+    Unavailable,
+    Unusable,
+    require_libraries,
+)
 
 log = structlog.get_logger("mozagent")
 
@@ -73,6 +86,7 @@ class HeatSource:
         stopping: threading.Event,
     ) -> None:
         assert cfg.heat is not None
+        require_libraries(cfg.source)  # exit 2 at start, not a failure at every poll
         self.h: HeatConfig = cfg.heat
         self.dir = os.path.join(cfg.state_dir, "heat", "metadata")
         self._offer = offer
@@ -96,7 +110,8 @@ class HeatSource:
 
     def _cached(self, name: str) -> dict[str, Any] | None:
         try:
-            doc = read_json(self._cache(name))
+            data = read_bytes(self._cache(name))
+            doc = None if data is None else loads_bounded(data)
         except (ValueError, OSError):
             return None
         return doc if isinstance(doc, dict) else None
@@ -117,14 +132,27 @@ class HeatSource:
     def _poll_one(self, name: str) -> tuple[dict[str, Any] | None, bool]:
         """(document, failed). A failure or "not modified" falls back to the cache."""
         state = self._state.setdefault(name, {"collector": name})
+        now = time.time()
         try:
             doc = self.collectors.collect(name)
         except NotModified:
-            state.update(last_ok=time.time(), error=None)
+            if not state.get("unusable"):  # unchanged and usable: a success
+                state.update(last_ok=now, error=None, failed_since=None)
             return self._cached(name), False
         except NotConfigured:
             state.update(error=None, configured=False)
             return None, False
+        except Unusable as exc:
+            if state.get("unusable") != str(exc):
+                log.error("metadata_unusable", collector=name, error=str(exc))
+            state.update(
+                unusable=str(exc),
+                unusable_since=state.get("unusable_since") or now,
+                error=None,
+                failed_since=None,
+                configured=True,
+            )
+            return self._cached(name), name not in LOCAL
         except Unavailable as exc:
             if name in LOCAL:
                 # No local metadata is what a server not booted by Heat has.
@@ -132,11 +160,18 @@ class HeatSource:
                 return self._cached(name), False
             cached = self._cached(name)
             first = state.get("error") is None
-            state.update(error=str(exc), failed_since=state.get("failed_since") or time.time())
+            state.update(error=str(exc), failed_since=state.get("failed_since") or now)
             if first:
                 log.warning("metadata_unavailable", collector=name, error=str(exc))
             return cached, name not in LOCAL
-        state.update(last_ok=time.time(), error=None, failed_since=None, configured=True)
+        state.update(
+            last_ok=now,
+            error=None,
+            failed_since=None,
+            unusable=None,
+            unusable_since=None,
+            configured=True,
+        )
         self._store(name, doc)
         return doc, False
 
@@ -183,6 +218,15 @@ class HeatSource:
         deployments, bad = parse_deployments(metadata, "heat metadata")
         problems.extend(p.as_dict() for p in bad)
         for name, state in self._state.items():
+            if state.get("unusable"):
+                problems.append(
+                    {
+                        "where": f"heat metadata ({name})",
+                        "message": f"{state['unusable']} (unusable since "
+                        f"{when(state.get('unusable_since'))}); the deployments stay as in "
+                        "the last good metadata until it is fixed",
+                    }
+                )
             if state.get("error"):
                 problems.append(
                     {
