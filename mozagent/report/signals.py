@@ -7,6 +7,10 @@ jitter, a cap), then again later with a longer backoff, across restarts. Once
 sent, the credentials and body are dropped from the file. The HTTP status is
 checked (heat-config-notify never did). Heat ignores a signal for a deployment
 that is no longer IN_PROGRESS, so sending one twice after a crash is harmless.
+
+Signals are sent per endpoint (transport, host and port): one at a time to each
+endpoint, oldest first, and up to ``MAX_ENDPOINTS`` endpoints at once, so a
+server that accepts a request and never answers holds up only its own signals.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 from tenacity import (
@@ -35,6 +41,9 @@ log = structlog.get_logger("mozagent")
 # Heat answers these when the deployment or its stack is gone: retrying cannot help.
 GONE = (404, 410)
 GIVE_UP_AFTER = 5
+# Endpoints sent to at once: each stuck one costs a thread for at most three
+# request timeouts, and Heat signals are few.
+MAX_ENDPOINTS = 4
 
 
 class SendError(Exception):
@@ -182,8 +191,21 @@ class Outbox:
         return {e["id"]: {k: e.get(k) for k in keep} for e in self.entries()}
 
 
+def endpoint(entry: dict[str, Any]) -> str:
+    """What one slow server holds up: the signals to the same transport, host
+    and port (a Heat API, a Swift, a Keystone). Never shown: it may be a URL."""
+    target = entry.get("target") or {}
+    url = target.get("url") or target.get("auth_url") or ""
+    try:
+        parts = urlsplit(str(url))
+        where = f"{parts.scheme}://{parts.hostname}:{parts.port}"
+    except ValueError:  # a port that is not a number: its own queue
+        where = str(url)
+    return f"{entry.get('transport')} {where}"
+
+
 class Sender:
-    """The worker that delivers pending signals, oldest first."""
+    """The worker that delivers pending signals: per endpoint, oldest first."""
 
     worker = "signals"
 
@@ -205,6 +227,8 @@ class Sender:
         self.on_change = on_change
         self.transport = transport
         self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._busy: dict[str, threading.Thread] = {}  # endpoint → its sender
 
     def wake(self) -> None:
         self._wake.set()
@@ -258,22 +282,61 @@ class Sender:
             log.info("signal_sent", deployment=dep_id, transport=target.transport, status=code)
         self.on_change()
 
-    def run_once(self) -> None:
-        """Deliver every signal that is due, oldest first."""
+    def _due(self) -> dict[str, list[dict[str, Any]]]:
+        """The signals due now, by endpoint, oldest first."""
         now = time.time()
         due = [
             e
             for e in self.outbox.entries()
             if e.get("state") == "pending" and float(e.get("next_try") or 0) <= now
         ]
+        queues: dict[str, list[dict[str, Any]]] = {}
         for entry in sorted(due, key=lambda e: e.get("created") or 0):
+            queues.setdefault(endpoint(entry), []).append(entry)
+        return queues
+
+    def _drain(self, entries: list[dict[str, Any]]) -> None:
+        """One endpoint's signals, one after the other: its order is kept."""
+        for entry in entries:
             if self.stopping.is_set():
-                break
+                return
             self.health.beat()
-            self.deliver(entry)
+            ok, _ = self.health.guarded(lambda e=entry: self.deliver(e))
+            if not ok:
+                break  # a bug, logged: the rest waits for the next round
+        self._wake.set()  # this endpoint is free: what came meanwhile goes now
+
+    def run_once(self) -> None:
+        """Deliver every signal that is due, and wait for them (``daemon --once``)."""
+        queues = list(self._due().values())
+        if not queues:
+            return
+        workers = min(MAX_ENDPOINTS, len(queues))
+        with ThreadPoolExecutor(workers, thread_name_prefix="mozagent-signal") as pool:
+            list(pool.map(self._drain, queues))
+
+    def dispatch(self) -> None:
+        """Start a sender for every endpoint with signals due and none under way."""
+        with self._lock:
+            self._busy = {k: t for k, t in self._busy.items() if t.is_alive()}
+            for key, entries in self._due().items():
+                if key in self._busy:
+                    continue
+                if len(self._busy) >= MAX_ENDPOINTS:
+                    break
+                thread = threading.Thread(
+                    target=self._drain, args=(entries,), name="mozagent-signal", daemon=True
+                )
+                self._busy[key] = thread
+                thread.start()
 
     def run(self) -> None:
         while not self.stopping.is_set():
-            self.health.guarded(self.run_once)
+            self.health.guarded(self.dispatch)
             self._wake.wait(1.0)
             self._wake.clear()
+        # A send under way ends within its timeout; what it leaves pending is
+        # sent again at the next start (Heat ignores a repeat).
+        deadline = time.monotonic() + 5.0
+        for thread in list(self._busy.values()):
+            thread.join(max(deadline - time.monotonic(), 0.0))
