@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mozagent import __version__
+from mozagent.desired.deployments import short
 from mozagent.fileio import read_json, write_json
 from mozagent.report.health import HEARTBEAT_STALE
 
@@ -280,14 +281,23 @@ def format_heat(doc: dict[str, Any]) -> list[str]:
         return []
     lines = []
     if isinstance(heat, dict):
-        in_use = heat.get("in_use")
-        collectors = {c.get("collector"): c for c in heat.get("collectors") or []}
-        source = collectors.get(in_use) or {}
+        collectors = [c for c in heat.get("collectors") or [] if isinstance(c, dict)]
+        by_name = {c.get("collector"): c for c in collectors}
+        # "last success" is the last poll that found a usable document, of the
+        # collector in use (else the first one polled).
+        source = by_name.get(heat.get("in_use")) or next(
+            (by_name[n] for n in heat.get("polling") or [] if n in by_name), {}
+        )
         polling = ", ".join(heat.get("polling") or []) or "local metadata only"
         lines.append(
-            f"  heat metadata: polling {polling}; last success "
-            f"{when(source.get('last_ok')) if source else '-'}"
+            f"  heat metadata: polling {polling}; last success {when(source.get('last_ok'))}"
         )
+        for c in collectors:
+            if c.get("unusable"):
+                lines.append(
+                    f"    {c.get('collector')}: UNUSABLE since {when(c.get('unusable_since'))}"
+                    " (last good metadata in use)"
+                )
     if deployments:
         lines.append("  deployments:")
     for d in deployments[-10:]:
@@ -295,9 +305,12 @@ def format_heat(doc: dict[str, Any]) -> list[str]:
         signal = sig.get("state", "-")
         if signal == "pending" and sig.get("attempts"):
             signal += f" ({sig['attempts']} attempts: {sig.get('last_error')})"
+        state = str(d.get("state"))
+        if d.get("removed"):
+            state += f", removed from metadata at {when(d['removed'])}"
         lines.append(
-            f"    {d.get('name')} [{d.get('group')} {d.get('action')}] {d.get('state')}"
-            f" — {d.get('message') or '-'}; signal {signal}  ({d.get('id')})"
+            f"    {short(str(d.get('name')))} [{d.get('group')} {d.get('action')}] {state}"
+            f" — {d.get('message') or '-'}; signal {signal}  ({short(str(d.get('id')))})"
         )
     return lines
 
