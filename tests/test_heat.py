@@ -10,6 +10,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,19 @@ env > {env_dump}
 """
 
 
+@contextmanager
+def running_stub() -> Iterator[HeatStub]:
+    server = HeatStub().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def stub() -> Iterator[HeatStub]:
-    server = HeatStub().start()
-    yield server
-    server.stop()
+    with running_stub() as server:
+        yield server
 
 
 class HeatBox:
@@ -97,12 +106,20 @@ class HeatBox:
         }
 
 
+@contextmanager
+def heat_box(tmp_path: Path, stub: HeatStub) -> Iterator[HeatBox]:
+    """A sandboxed agent polling ``stub``; its daemons stopped at the end."""
+    box = Sandbox(tmp_path, None, "/unused")
+    try:
+        yield HeatBox(box, stub)
+    finally:
+        box.stop_daemons()
+
+
 @pytest.fixture
 def heat(tmp_path: Path, stub: HeatStub, puppet_bin: str) -> Iterator[HeatBox]:
-    box = Sandbox(tmp_path, None, "/unused")
-    hb = HeatBox(box, stub)
-    yield hb
-    box.stop_daemons()
+    with heat_box(tmp_path, stub) as hb:
+        yield hb
 
 
 TYPED = {

@@ -1,0 +1,281 @@
+"""Heat metadata and signals under hostile or careless input (issue 13): real agent
+processes against the Heat stand-in (``mozagent/heatstub.py``), real scripts.
+
+What a user sees is asserted: ``mozagent status`` (text, JSON, exit code), the
+signals the stand-in receives, the daemon's exit code and message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mozagent.heatstub import HeatStub
+from tests.conftest import wait_for
+from tests.test_heat import HeatBox, heat_box, running_stub
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def stub() -> Iterator[HeatStub]:
+    with running_stub() as server:
+        yield server
+
+
+@pytest.fixture
+def heat(tmp_path: Path, stub: HeatStub, puppet_bin: str) -> Iterator[HeatBox]:
+    with heat_box(tmp_path, stub) as hb:
+        yield hb
+
+
+def _errors(box: Any) -> list[dict[str, str]]:
+    return ((box.status_doc() or {}).get("errors") or {}).get("heat") or []
+
+
+def _peak_rss_mib(pid: int) -> float:
+    """The process's peak resident set (VmHWM): what a fault path cost at most."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def _polls_after_last_get(stub: HeatStub) -> int:
+    """HEADs answered since the last GET: polls that found the document unchanged."""
+    last_get = stub.served[-1][0] if stub.served else 0.0
+    return sum(1 for t in stub.heads if t > last_get)
+
+
+@pytest.mark.parametrize(
+    "serve",
+    ["truncated JSON", "not a mapping"],
+)
+def test_unusable_metadata_stays_an_error_while_it_is_served(heat: HeatBox, serve: str) -> None:
+    """Polls that find the unusable document unchanged (HEAD, same Last-Modified)
+    keep the error: status is exit 3 with what is wrong and since when, and
+    "last success" stays the last usable document."""
+    box, stub = heat.box, heat.stub
+    stub.set_metadata({"deployments": [heat.deployment("u-1", "script", "#!/bin/sh\n")]})
+    box.start_daemon()
+    wait_for(lambda: stub.signals_for("u-1"), timeout=60, what="the good deployment signalled")
+    wait_for(lambda: box.status()[0] == 0, timeout=30, what="a healthy status")
+    good = box.status_doc()["heat"]["collectors"]
+    last_ok = next(c["last_ok"] for c in good if c["collector"] == "request")
+
+    stub.set_raw(b'{"deployments": [{"id": "u-2"' if serve == "truncated JSON" else b"[1, 2]")
+    wait_for(lambda: _errors(box), timeout=30, what="the unusable metadata reported")
+    # Past Last-Modified's second (the agent fetches again until then), then
+    # three polls that found the document unchanged.
+    wait_for(lambda: _polls_after_last_get(stub) >= 3, timeout=30, what="unchanged polls")
+    code, doc = box.status()
+    assert code == 3, doc["errors"]
+    (error,) = [e for e in doc["errors"]["heat"] if "request" in e["where"]]
+    why = "not valid JSON" if serve == "truncated JSON" else "is a list, not a mapping"
+    assert why in error["message"] and "unusable since 20" in error["message"], error
+    request = next(c for c in doc["heat"]["collectors"] if c["collector"] == "request")
+    assert request["last_ok"] == last_ok  # no success while the document is unusable
+    text = box.cli("status").stdout
+    assert "request: UNUSABLE since" in text and "errors: none" not in text, text
+
+    # Fixed: the error clears and the new deployment runs.
+    stub.set_metadata({"deployments": [heat.deployment("u-3", "script", "#!/bin/sh\n")]})
+    wait_for(lambda: stub.signals_for("u-3"), timeout=60, what="the fixed metadata used")
+    wait_for(lambda: box.status()[0] == 0, timeout=30, what="the error cleared")
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["HTTP with Content-Length", "HTTP without Content-Length", "local file"],
+)
+def test_a_100_mb_document_is_refused_while_it_is_read(heat: HeatBox, source: str) -> None:
+    """The size limit holds while reading, whatever the source sends: memory
+    stays flat (the agent's peak RSS, not a sample), status names the limit."""
+    box, stub = heat.box, heat.stub
+    stub.set_metadata({"deployments": [heat.deployment("m-1", "script", "#!/bin/sh\n")]})
+    proc = box.start_daemon()
+    wait_for(lambda: stub.signals_for("m-1"), timeout=60, what="the good deployment signalled")
+    if source == "local file":
+        with open(heat.local, "r+b") as fh:  # sparse: 100 MB on no disk
+            fh.truncate(100 * MiB)
+        collector = "heat_local"
+    else:
+        stub.set_generated(100 * MiB, content_length=source == "HTTP with Content-Length")
+        collector = "request"
+    wait_for(
+        lambda: any(collector in e["where"] for e in _errors(box)),
+        timeout=30,
+        what="the document refused",
+    )
+    time.sleep(3)  # a few more polls, and the refetches within Last-Modified's second
+    code, doc = box.status()
+    assert code == 3
+    (error,) = [e for e in doc["errors"]["heat"] if collector in e["where"]]
+    assert "over the 16 MiB limit" in error["message"], error
+    assert proc.poll() is None
+    assert _peak_rss_mib(proc.pid) < 120, _peak_rss_mib(proc.pid)
+    if source != "local file":
+        # It stopped reading (what the server could write includes socket buffers).
+        assert stub.generated_sent and max(stub.generated_sent) < 24 * MiB, stub.generated_sent
+    # The last good metadata is still in use: its deployment is not run again.
+    assert len(stub.signals_for("m-1")) == 1
+
+
+DEEP_VALUE = "[" * 1000 + "]" * 1000
+
+
+def test_one_bad_deployment_fails_alone_and_the_others_run(heat: HeatBox, tmp_path: Path) -> None:
+    """Per-deployment bounds: nesting (as JSON and as a Json string), size and
+    output names each fail their own deployment, signalled FAILED with the
+    reason; the deployments around them run."""
+    box, stub = heat.box, heat.stub
+    secret = tmp_path / "secret.txt"
+    secret.write_text("outside the outputs directory")
+    deep = heat.deployment("b-deep", "script", "#!/bin/sh\necho ran > /dev/null\n")
+    deep["inputs"].append({"name": "nested", "type": "Json", "value": "DEEP-HERE"})
+    deep_string = heat.deployment("b-deepstr", "script", "#!/bin/sh\n")
+    deep_string["inputs"].append({"name": "nested", "type": "Json", "value": DEEP_VALUE})
+    huge = heat.deployment("b-huge", "script", "#!/bin/sh\n# " + "x" * (3 * MiB) + "\n")
+    escape = os.path.relpath(secret, box.state / "heat" / "outputs")
+    outputs = heat.deployment("b-outputs", "script", "#!/bin/sh\n", outputs=[{"name": escape}])
+    deps = [
+        heat.deployment("b-first", "script", "#!/bin/sh\necho first\n"),
+        deep,
+        deep_string,
+        huge,
+        outputs,
+        heat.deployment("b-last", "script", "#!/bin/sh\necho last\n"),
+    ]
+    # Python cannot even write the deep value as JSON: the document is made as text.
+    stub.set_raw(json.dumps({"deployments": deps}).replace('"DEEP-HERE"', DEEP_VALUE).encode())
+    box.start_daemon()
+    wait_for(lambda: len(stub.signals) == 6, timeout=90, what="six signals")
+    assert [s[1] for s in stub.signals] == [d["id"] for d in deps]  # in list order
+    for dep_id, text in (("b-first", "first"), ("b-last", "last")):
+        body = stub.signals_for(dep_id)[0]
+        assert body["deploy_status_code"] == 0 and text in body["deploy_stdout"], body
+    expected = {
+        "b-deep": "input 'nested' is nested deeper than 64 levels",
+        "b-deepstr": "input 'nested' is nested deeper than 64 levels",
+        "b-huge": "over the 2 MiB limit for one deployment",
+        "b-outputs": "is not a plain file name",
+    }
+    for dep_id, why in expected.items():
+        body = stub.signals_for(dep_id)[0]
+        assert body["deploy_status_code"] != 0, body
+        assert why in body["deploy_stderr"], body["deploy_stderr"]
+        assert "outside the outputs directory" not in json.dumps(body)
+    code, doc = box.status()
+    assert code == 1  # deployments failed; the document itself is fine
+    states = {d["id"]: d["state"] for d in doc["deployments"]}
+    assert states == {d["id"]: "failed" if d["id"] in expected else "done" for d in deps}
+
+
+def test_long_ids_are_trimmed_for_display_and_removed_deployments_say_so(
+    heat: HeatBox,
+) -> None:
+    """A 5,000-character id is the id (records, signals, status JSON) but status
+    prints 64 characters of it; a deployment that left the metadata is listed
+    as removed, no longer counts for health, and is not run again if it comes back."""
+    box, stub = heat.box, heat.stub
+    long_id = "L" * 5000
+    marker = box.root / "runs"
+    fails = heat.deployment("r-fails", "script", "#!/bin/sh\nexit 3\n")
+    stays = heat.deployment(long_id, "script", f"#!/bin/sh\necho run >> {marker}\n")
+    stub.set_metadata({"deployments": [fails, stays]})
+    box.start_daemon()
+    wait_for(lambda: len(stub.signals) == 2, timeout=60, what="two signals")
+    assert stub.signals_for(long_id)
+    wait_for(lambda: box.status()[0] == 1, timeout=30, what="the failed deployment in status")
+    text = box.cli("status").stdout
+    assert long_id not in text and "L" * 64 + "…" in text, text
+    assert long_id in {d["id"] for d in box.status()[1]["deployments"]}
+
+    stub.set_metadata({"deployments": [stays]})  # the stack deleted r-fails
+    wait_for(lambda: box.status()[0] == 0, timeout=30, what="the removed failure not counted")
+    text = box.cli("status").stdout
+    assert "failed, removed from metadata at" in text, text
+
+    stub.set_metadata({"deployments": [fails, stays]})  # back again: not run again
+    wait_for(
+        lambda: (
+            not any(d.get("removed") for d in (box.status_doc() or {}).get("deployments") or [])
+        ),
+        timeout=30,
+        what="back in the metadata",
+    )
+    time.sleep(2)
+    assert len(stub.signals) == 2 and marker.read_text().count("run") == 1
+
+
+def test_a_dead_signal_endpoint_does_not_hold_up_another_deployments_signal(
+    heat: HeatBox,
+) -> None:
+    """One deployment's signal URL is on a server that accepts and never answers;
+    the next deployment's signal reaches its own server while that request is
+    still held open (its timeout is far longer than the wait)."""
+    box, stub = heat.box, heat.stub
+    heat.heat_settings["request_timeout"] = 60
+    heat.write()
+    with running_stub() as dead:
+        dead.hold_signals = True
+        held = heat.deployment("s-dead", "script", "#!/bin/sh\n", "CFN_SIGNAL")
+        for item in held["inputs"]:
+            if item["name"] == "deploy_signal_id":
+                item["value"] = f"{dead.url}/cfn/s-dead?signature=x"
+        stub.set_metadata(
+            {"deployments": [held, heat.deployment("s-live", "script", "#!/bin/sh\n")]}
+        )
+        box.start_daemon()
+        wait_for(lambda: dead.holding >= 1, timeout=60, what="the dead endpoint holding a send")
+        wait_for(lambda: stub.signals_for("s-live"), timeout=20, what="the other signal")
+        assert dead.holding >= 1 and dead.signals == []  # still held: nothing was answered
+
+
+def test_heat_without_the_heat_extra_exits_2_at_start(heat: HeatBox, tmp_path: Path) -> None:
+    """A mozagent installed without [heat] and a config with heat: stops at once,
+    naming the extra and the install command (it looped on a traceback)."""
+    shadow = tmp_path / "shadow" / "oslo_config"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'oslo_config'\", name='oslo_config')\n"
+    )
+    path = [str(shadow.parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    res = subprocess.run(
+        [sys.executable, "-m", "mozagent", "daemon", "--config", str(heat.box.config_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=heat.box.root,
+        timeout=60,
+    )
+    assert res.returncode == 2, res.stderr
+    assert "heat: needs mozagent's heat extra" in res.stderr
+    assert "pip install 'mozagent[heat]'" in res.stderr and "oslo_config" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (heat.box.state / "status.json").exists()  # refused before starting
+
+
+def test_the_heat_collector_reads_metadata_under_the_limit(stub: HeatStub) -> None:
+    """POLL_SERVER_HEAT: heatclient reads whole bodies; the heat client the heat
+    collector is given reads the resource metadata streamed, and stops at the
+    limit (no Keystone here: the client is made as the collector makes it, with
+    a token, against the stand-in's Heat API path)."""
+    from mozagent.sources.collectors import _heat_clients
+
+    client = _heat_clients(10.0)["heatclient"].Client("1", f"{stub.url}/v1/p", token="t")
+    stub.set_metadata({"deployments": []})
+    assert client.resources.metadata("stack/id", "server") == {"deployments": []}
+    stub.set_generated(100 * MiB, content_length=False)
+    with pytest.raises(Exception, match="over the 16 MiB limit"):
+        client.resources.metadata("stack/id", "server")
+    assert stub.generated_sent and max(stub.generated_sent) < 24 * MiB, stub.generated_sent
