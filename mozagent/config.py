@@ -53,6 +53,12 @@ class ApplyConfig:
     interval: float = 0.0
     retry_initial: float = 30.0
     retry_max: float = 600.0
+    # How a run's processes are held: a cgroup per run where one can be made
+    # ("auto", or "cgroup" to refuse to start without), else /proc sweeps.
+    containment: str = "auto"
+
+
+CONTAINMENTS = ("auto", "cgroup", "processes")
 
 
 @dataclass(frozen=True)
@@ -321,7 +327,10 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
 
     a = _section(source, raw, "apply")
     _check_keys(
-        source, "apply", a, {"min_wait", "max_wait", "interval", "retry_initial", "retry_max"}
+        source,
+        "apply",
+        a,
+        {"min_wait", "max_wait", "interval", "retry_initial", "retry_max", "containment"},
     )
     apply = ApplyConfig(
         min_wait=_get(source, "apply", a, "min_wait", _number, 0.5),
@@ -329,6 +338,7 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
         interval=_get(source, "apply", a, "interval", _number, 0.0),
         retry_initial=_get(source, "apply", a, "retry_initial", _positive, 30.0),
         retry_max=_get(source, "apply", a, "retry_max", _positive, 600.0),
+        containment=_get(source, "apply", a, "containment", _choice(CONTAINMENTS), "auto"),
     )
     if apply.max_wait < apply.min_wait:
         raise _fail(source, "apply.max_wait", "must be >= apply.min_wait")

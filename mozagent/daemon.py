@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,10 +21,11 @@ from typing import TYPE_CHECKING
 import structlog
 
 from mozagent import __version__
+from mozagent.apply import contain
 from mozagent.apply.deployments import Applier, DeploymentQueue, DeploymentRunner, Reapply
 from mozagent.apply.executor import Executor
 from mozagent.apply.hook import HookApplier
-from mozagent.apply.process import Ledger, become_subreaper
+from mozagent.apply.process import Ledger
 from mozagent.apply.puppet import (
     ApplyItem,
     PuppetDeploymentApplier,
@@ -134,6 +136,7 @@ class Daemon:
         self._started = time.time()
         self._lock_fd: int | None = None
         self._run_requested = threading.Event()
+        self._containment = "not chosen yet"
 
     def _wire_heat(self, cfg: Config, h: HeatConfig) -> None:
         """Heat deployments: metadata source → executor jobs → appliers → outbox → sender."""
@@ -279,6 +282,7 @@ class Daemon:
                 "started": self._started,
                 "mode": self.mode,
                 "stopped": None,
+                "containment": self._containment,
             }
         )
 
@@ -287,10 +291,23 @@ class Daemon:
         agent["stopped"] = time.time()
         self.status.update(agent=agent, next_apply=None, applying=None)
 
+    def _choose_containment(self) -> bool:
+        """How runs are held (apply/contain.py): False when the configured way
+        is not to be had, which no restart can fix (exit 2)."""
+        try:
+            chosen, self._containment = contain.choose(self.cfg.apply.containment)
+        except RuntimeError as exc:
+            log.error("containment_unavailable", error=str(exc))
+            print(f"mozagent: {self.cfg.source}: apply.containment: {exc}", file=sys.stderr)
+            return False
+        contain.set_default(chosen)
+        log.info("containment", runs_held_by=self._containment)
+        return True
+
     def _recover_previous_run(self) -> None:
         """A previous agent killed mid-run may have left puppet running: stop it
         before this one starts a run of its own."""
-        become_subreaper()
+        contain.become_subreaper()
         what, killed = self.ledger.recover()
         if what is not None:
             log.warning("previous_run_interrupted", command=what, processes_killed=killed)
@@ -380,6 +397,8 @@ class Daemon:
         signal.signal(signal.SIGHUP, lambda *_: self._run_requested.set())
         if not self.acquire_lock(wait=True):
             return 0  # asked to stop while waiting for the lock
+        if not self._choose_containment():
+            return 2
         self.start()
         notify(f"READY=1\nSTATUS=mozagent {__version__} running\nMAINPID={os.getpid()}")
         ping = watchdog_interval()
@@ -401,6 +420,7 @@ class Daemon:
                 if due_ping:
                     notify("WATCHDOG=1")
                 touch_heartbeat(self.cfg.state_dir)
+            self.status.flush()  # a status.json a full disk kept behind
             last_beat = now
             if due_ping:
                 last_ping = now
@@ -411,6 +431,8 @@ class Daemon:
     def run_once(self) -> int:
         """One full cycle: read ZooKeeper, render, apply. Exit code as ``mozagent status``."""
         signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
+        if not self._choose_containment():
+            return 2
         self._recover_previous_run()
         self._announce()
         ok = False

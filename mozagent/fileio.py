@@ -65,6 +65,25 @@ def write_if_changed(path: str, content: bytes, mode: int = 0o644, durable: bool
     return True
 
 
+# Less room than this left on a file system counts as full: the agent's own
+# records (status, ledger, order records) need a few KiB each.
+LOW_SPACE_BYTES = 1024 * 1024
+
+
+def free_space(path: str) -> tuple[int, int] | None:
+    """(bytes, inodes) an unprivileged writer may still use where ``path`` lives."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize, st.f_favail
+
+
+def disk_full(path: str) -> bool:
+    free = free_space(path)
+    return free is not None and (free[0] < LOW_SPACE_BYTES or free[1] == 0)
+
+
 def write_json(path: str, doc: Any, mode: int = 0o644, durable: bool = True) -> None:
     data = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
     write_atomic(path, data, mode, durable)

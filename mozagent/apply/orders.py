@@ -428,6 +428,8 @@ def judge(out: Outcome, timeout: float) -> tuple[int | None, str, str]:
         if out.leftovers_killed
         else ""
     )
+    if out.cleanup_error:
+        return code, "failed", f"exited with status {code}, but {out.cleanup_error}"
     if out.stopped == "timeout":
         return code, "failed", f"timed out after {timeout:g} s and was killed{extra}"
     if out.stopped == "aborted":

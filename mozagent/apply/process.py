@@ -1,26 +1,24 @@
 """Running one child program for an applier, and leaving nothing of it behind.
 
-puppet (and, later, scripts and hooks) start children of their own: an
-``exec`` resource, a package manager, a daemon started the wrong way. A
-process group is not enough to find them all (a child can call ``setsid``), so
-two nets are used together:
+puppet, scripts, hooks, git, install scripts and orders start children of
+their own: an ``exec`` resource, a package manager, a daemon started the wrong
+way, a chain of processes that each start the next. Every run is held by the
+agent's containment (``apply/contain.py``: a cgroup per run where the kernel
+offers one, /proc sweeps of the run's ``MOZAGENT_RUN`` mark and of the orphans
+re-parented to the agent elsewhere). While the run lasts, exited orphans are
+reaped at every wake of its wait loop, so a fork loop cannot fill the process
+table with zombies; when it ends (finished, timed out or aborted), everything
+of it still alive is killed, and a run whose processes could not all be
+stopped is a failed run, with the reason (``Outcome.cleanup_error``).
 
-* the agent is a *child subreaper* (``PR_SET_CHILD_SUBREAPER``): an orphan of
-  the run is re-parented to the agent, not to PID 1, so it can be found and
-  reaped;
-* every process of a run inherits ``MOZAGENT_RUN=<mark>`` in its environment,
-  and the mark is recorded in a ledger file while the run lasts, so an agent
-  restarted after ``kill -9`` finds and stops what its predecessor left running
-  before it starts a run of its own (two puppets never run at once).
-
-When a run ends (finished, timed out or aborted), every process carrying its
-mark and every orphan re-parented to the agent is killed and reaped.
+The run in progress is recorded in a ledger file (its mark and cgroup), so an
+agent restarted after ``kill -9`` stops what its predecessor left running
+before it starts a run of its own (two puppets never run at once).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import select
 import signal
@@ -34,119 +32,36 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
+from mozagent.apply import contain
+from mozagent.apply.contain import MARK_ENV, Containment, RunGroup
 from mozagent.apply.runas import RunAs
 from mozagent.fileio import read_json, write_json
 
-MARK_ENV = "MOZAGENT_RUN"
+__all__ = ["MARK_ENV", "Ledger", "Outcome", "run_program"]
+
 ABORT_GRACE_SECONDS = 10.0
-CLEANUP_SECONDS = 10.0
-PR_SET_CHILD_SUBREAPER = 36
 
-
-_subreaper = False
-
-
-def become_subreaper() -> bool:
-    """Ask Linux to re-parent our descendants' orphans to us; False where unsupported.
-
-    Only the daemon (and ``daemon --once``) does this: they have no children but
-    their runs, so any other child of theirs is an orphan of a run. A process
-    that did not ask (a test runner with servers of its own) never has its
-    children touched.
-    """
-    global _subreaper
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        _subreaper = libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        _subreaper = False
-    return _subreaper
-
-
-def _pids() -> list[int]:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
-
-
-def _ppid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            data = fh.read()
-    except OSError:
-        return None
-    # The command name may hold spaces and parentheses: parse after the last ')'.
-    fields = data[data.rfind(b")") + 2 :].split()
-    return int(fields[1]) if len(fields) > 1 else None
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            data = fh.read()
-    except OSError:
-        return True
-    return data[data.rfind(b")") + 2 : data.rfind(b")") + 3] == b"Z"
-
-
-def carries_mark(pid: int, mark: str) -> bool:
-    needle = f"{MARK_ENV}={mark}".encode()
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as fh:
-            return needle in fh.read().split(b"\0")
-    except OSError:
-        return False
-
-
-def leftovers(mark: str, spare: Sequence[int] = ()) -> list[int]:
-    """Live processes of the run: those with its mark, and orphans re-parented to us."""
-    me = os.getpid()
-    out = []
-    for pid in _pids():
-        if pid == me or pid in spare or _is_zombie(pid):
-            continue
-        if (_subreaper and _ppid(pid) == me) or carries_mark(pid, mark):
-            out.append(pid)
-    return out
-
-
-def _reap_children() -> None:
-    """Collect exit statuses of orphans re-parented to us, so none stays a zombie."""
-    if not _subreaper:
-        return
-    me = os.getpid()
-    for pid in _pids():
-        if _ppid(pid) == me and _is_zombie(pid):
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(pid, os.WNOHANG)
-
-
-def kill_leftovers(mark: str, spare: Sequence[int] = (), timeout: float = CLEANUP_SECONDS) -> int:
-    """SIGKILL everything the run left, until nothing is left or ``timeout`` passes.
-
-    Returns how many processes were killed. Loops because a dying parent can
-    hand its children over to us between two scans.
-    """
-    killed: set[int] = set()
-    deadline = time.monotonic() + timeout
-    while True:
-        _reap_children()
-        found = leftovers(mark, spare)
-        if not found or time.monotonic() > deadline:
-            return len(killed)
-        for pid in found:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-            killed.add(pid)
-        time.sleep(0.02)
+log = structlog.get_logger("mozagent")
 
 
 class Ledger:
-    """The run in progress, on disk, so that a restarted agent can clean up after it."""
+    """The run in progress, on disk, so that a restarted agent can clean up after
+    it; and how runs are held (the daemon's containment, chosen at start)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, containment: Containment | None = None) -> None:
         self.path = path
+        self._containment = containment
 
-    def begin(self, mark: str, what: str) -> None:
-        write_json(self.path, {"mark": mark, "what": what, "started": time.time()}, 0o600, False)
+    @property
+    def containment(self) -> Containment:
+        return self._containment or contain.default()
+
+    def begin(self, group: RunGroup, what: str) -> None:
+        write_json(
+            self.path, {**group.record(), "what": what, "started": time.time()}, 0o600, False
+        )
 
     def end(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -161,7 +76,7 @@ class Ledger:
         if not isinstance(doc, dict) or not isinstance(doc.get("mark"), str):
             self.end()
             return None, 0
-        killed = kill_leftovers(doc["mark"])
+        killed = self.containment.recover(doc)
         self.end()
         return str(doc.get("what") or "?"), killed
 
@@ -173,6 +88,8 @@ class Outcome:
     returncode: int | None
     stopped: str | None = None  # why we stopped it (timeout, abort), if we did
     start_error: str | None = None
+    # Set when some process of the run could not be stopped: the run failed.
+    cleanup_error: str | None = None
     tail: list[str] = field(default_factory=list)
     leftovers_killed: int = 0
     # With ``split_stderr``: the end of each stream, at most ``keep_bytes`` each.
@@ -240,90 +157,136 @@ def run_program(
     mark = uuid.uuid4().hex
     full_env = dict(env)
     full_env[MARK_ENV] = mark
-    if ledger is not None:
-        ledger.begin(mark, " ".join(cmd[:2]))
+    group = _open_group(ledger, mark)
     try:
-        try:
-            proc = subprocess.Popen(
-                list(cmd),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE if split_stderr else subprocess.STDOUT,
-                stdin=subprocess.DEVNULL if stdin_data is None else subprocess.PIPE,
-                env=full_env,
-                cwd=cwd,
-                start_new_session=True,
-                text=True,
-                errors="replace",
-                **(run_as.popen_args() if run_as is not None else {}),
-            )
-        except FileNotFoundError:
-            return Outcome(None, start_error="not found")
-        except OSError as exc:  # not executable, not a program, out of memory...
-            return Outcome(None, start_error=str(exc))
-        tail: deque[str] = deque(maxlen=tail_lines)
-        streams = {"stdout": _Tail(keep_bytes), "stderr": _Tail(keep_bytes)}
-
-        def pump(stream: Any, kept: _Tail) -> None:
-            for raw in stream:
-                kept.add(raw)
-                line = raw.rstrip("\n")
-                tail.append(line)
-                if on_line is not None:
-                    on_line(line)
-
-        assert proc.stdout is not None
-        readers = [
-            threading.Thread(target=pump, args=(proc.stdout, streams["stdout"]), daemon=True)
-        ]
-        if split_stderr:
-            assert proc.stderr is not None
-            readers.append(
-                threading.Thread(target=pump, args=(proc.stderr, streams["stderr"]), daemon=True)
-            )
-        for reader in readers:
-            reader.start()
-        if stdin_data is not None:
-            threading.Thread(target=_feed, args=(proc, stdin_data), daemon=True).start()
-        deadline = time.monotonic() + timeout  # a clock step must not cut a run short
-        stopped = None
-        exited = _exit_waiter(proc.pid)
-        try:
-            while proc.poll() is None:
-                if progress is not None:
-                    progress()
-                if cancel.is_set():
-                    stopped = "aborted"
-                elif time.monotonic() >= deadline:
-                    stopped = "timeout"
-                if stopped:
-                    _terminate(proc)
-                    break
-                # Wakes the moment the child exits (a pidfd), else after 50 ms
-                # to check cancel and the deadline: polling alone cost a Heat
-                # signal up to 50 ms after puppet was done.
-                exited(0.05)
-            proc.wait()
-        finally:
-            if proc.poll() is None:
-                _terminate(proc)
-            # Its children may hold the output pipe open: kill them before
-            # waiting for the reader to see the end of it.
-            killed = kill_leftovers(mark, spare=())
-            for reader in readers:
-                reader.join(timeout=5)
-        return Outcome(
-            proc.returncode,
-            stopped,
-            None,
-            list(tail),
-            killed,
-            streams["stdout"].text(),
-            streams["stderr"].text(),
-            streams["stdout"].trimmed or streams["stderr"].trimmed,
-        )
+        if ledger is not None:
+            ledger.begin(group, " ".join(cmd[:2]))
+    except OSError as exc:  # a full disk: nothing may start that cannot be found again
+        group.clean()
+        return Outcome(None, start_error=f"cannot record the run in {ledger.path}: {exc}")
+    try:
+        return _supervise(
+            cmd, full_env, timeout, cancel, group, on_line, progress, tail_lines, cwd,
+            stdin_data, split_stderr, keep_bytes, run_as,
+        )  # fmt: skip
     finally:
         if ledger is not None:
             ledger.end()
+
+
+def _open_group(ledger: Ledger | None, mark: str) -> RunGroup:
+    containment = ledger.containment if ledger is not None else contain.default()
+    try:
+        return containment.open(mark)
+    except OSError as exc:
+        # The cgroup tree refused this one run (it worked at start): hold it
+        # with sweeps rather than not at all, and say so.
+        log.warning("run_cgroup_unavailable", error=str(exc), fallback="process sweeps")
+        return contain.SweepContainment().open(mark)
+
+
+def _supervise(
+    cmd: Sequence[str],
+    env: Mapping[str, str],
+    timeout: float,
+    cancel: threading.Event,
+    group: RunGroup,
+    on_line: Callable[[str], None] | None,
+    progress: Callable[[], None] | None,
+    tail_lines: int,
+    cwd: str | None,
+    stdin_data: str | None,
+    split_stderr: bool,
+    keep_bytes: int,
+    run_as: RunAs | None,
+) -> Outcome:
+    try:
+        proc = subprocess.Popen(
+            list(cmd),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE if split_stderr else subprocess.STDOUT,
+            stdin=subprocess.DEVNULL if stdin_data is None else subprocess.PIPE,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            text=True,
+            errors="replace",
+            preexec_fn=group.preexec(),
+            **(run_as.popen_args() if run_as is not None else {}),
+        )
+    except FileNotFoundError:
+        group.clean()
+        return Outcome(None, start_error="not found")
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        # not executable, not a program, out of memory, a NUL byte in an
+        # argument or the environment, the cgroup refused the child...
+        group.clean()
+        return Outcome(None, start_error=str(exc) or type(exc).__name__)
+    contain.own_child(proc.pid)
+    tail: deque[str] = deque(maxlen=tail_lines)
+    streams = {"stdout": _Tail(keep_bytes), "stderr": _Tail(keep_bytes)}
+
+    def pump(stream: Any, kept: _Tail) -> None:
+        for raw in stream:
+            kept.add(raw)
+            line = raw.rstrip("\n")
+            tail.append(line)
+            if on_line is not None:
+                on_line(line)
+
+    assert proc.stdout is not None
+    readers = [threading.Thread(target=pump, args=(proc.stdout, streams["stdout"]), daemon=True)]
+    if split_stderr:
+        assert proc.stderr is not None
+        readers.append(
+            threading.Thread(target=pump, args=(proc.stderr, streams["stderr"]), daemon=True)
+        )
+    for reader in readers:
+        reader.start()
+    if stdin_data is not None:
+        threading.Thread(target=_feed, args=(proc, stdin_data), daemon=True).start()
+    deadline = time.monotonic() + timeout  # a clock step must not cut a run short
+    stopped = None
+    exited = _exit_waiter(proc.pid)
+    try:
+        while proc.poll() is None:
+            if progress is not None:
+                progress()
+            if cancel.is_set():
+                stopped = "aborted"
+            elif time.monotonic() >= deadline:
+                stopped = "timeout"
+            if stopped:
+                _terminate(proc)
+                break
+            # Wakes the moment the child exits (a pidfd), else after 50 ms
+            # to check cancel and the deadline: polling alone cost a Heat
+            # signal up to 50 ms after puppet was done.
+            exited(0.05)
+            contain.reap_orphans()
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            _terminate(proc)
+        contain.disown_child(proc.pid)
+        # Its children may hold the output pipe open: kill them before
+        # waiting for the reader to see the end of it.
+        cleanup = group.clean()
+        for reader in readers:
+            reader.join(timeout=5)
+    if cleanup.error:
+        log.error("run_not_cleaned_up", command=" ".join(cmd[:2]), error=cleanup.error)
+    return Outcome(
+        proc.returncode,
+        stopped,
+        None,
+        cleanup.error,
+        list(tail),
+        cleanup.killed,
+        streams["stdout"].text(),
+        streams["stderr"].text(),
+        streams["stdout"].trimmed or streams["stderr"].trimmed,
+    )
 
 
 def _exit_waiter(pid: int) -> Callable[[float], None]:

@@ -245,6 +245,8 @@ def run_puppet(
             out.returncode,
             tail,
         )
+    if out.cleanup_error:
+        return _result(item, started, False, f"failed: {out.cleanup_error}", out.returncode, tail)
     ok, message = interpret_exit(out.returncode)
     counts = read_summary(summary)
     if ok and counts["failed"]:

@@ -44,7 +44,7 @@ from mozagent.apply.runas import RunAs
 from mozagent.apply.script import base_env
 from mozagent.desired.keys import check_name
 from mozagent.desired.release import Release, display_source, is_commit, pick_ref
-from mozagent.fileio import read_json_object, write_atomic, write_json
+from mozagent.fileio import disk_full, read_json_object, write_atomic, write_json
 
 MAX_LOG_BYTES = 1024 * 1024
 LOGS_PER_RELEASE = 5
@@ -244,9 +244,22 @@ class ReleaseInstaller:
         except OSError as exc:
             result.message = f"cannot install {release.ref}: {exc}"
         if not result.ok and result.message and not result.switched:
+            if self._drop_if_disk_full(result.commit, result.previous):
+                result.message += "; the disk is full: the tree it left was removed"
             result.message += f"; current stays at {self._describe(result.previous)}"
         result.ended = time.time()
         return result
+
+    def _drop_if_disk_full(self, commit: str | None, previous: str | None) -> bool:
+        """A failed release that left the disk full is removed (its log stays):
+        kept for its explanation, it would keep the host from working at all."""
+        if commit is None or commit == previous or not disk_full(self.app_dir):
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._record_path(commit))
+        _remove(self._release_dir(commit))
+        self._clean_tmp()
+        return True
 
     def _describe(self, commit: str | None) -> str:
         if commit is None:
@@ -346,6 +359,8 @@ class ReleaseInstaller:
             raise _Failed(f"{what} timed out after {self.fetch_timeout:g} s (fetch_timeout)")
         if out.stopped == "aborted":
             raise _Failed(f"{what} was stopped: the agent is shutting down")
+        if out.cleanup_error:
+            raise _Failed(f"{what}: {out.cleanup_error}")
         if source and source != display_source(source):
             out.stderr = out.stderr.replace(source, display_source(source))
         return out
@@ -539,6 +554,8 @@ class ReleaseInstaller:
             verdict = f"the {name} was stopped: the agent is shutting down"
         elif out.returncode != 0:
             verdict = f"the {name} failed with exit code {out.returncode}"
+        elif out.cleanup_error:
+            verdict = f"the {name} exited 0, but {out.cleanup_error}"
         else:
             verdict = ""
         result.log_path = self._write_log(commit, begun, release, output, out, verdict)

@@ -35,8 +35,10 @@ def outcome_of(out, what: str, timeout: float, outputs: dict) -> Outcome:  # typ
         stderr += f"\nmozagent: the {what} timed out after {timeout:g} s and was killed"
     elif out.stopped == "aborted":
         stderr += f"\nmozagent: the {what} was stopped: the agent is shutting down"
+    if out.cleanup_error:
+        stderr += f"\nmozagent: the {what} ended, but {out.cleanup_error}"
     code = out.returncode if out.returncode >= 0 else 128 - out.returncode
-    if out.stopped and code == 0:
+    if (out.stopped or out.cleanup_error) and code == 0:
         code = 1
     return Outcome(code, out.stdout, stderr, outputs)
 

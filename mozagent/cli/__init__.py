@@ -336,10 +336,15 @@ def _state_dir_of_broken(path: str) -> str:
 
 
 def _with_health(doc: dict[str, Any], state_dir: str) -> dict[str, Any]:
+    from mozagent.fileio import free_space
     from mozagent.report.health import heartbeat_age
 
     doc = dict(doc)
     doc["heartbeat_age"] = heartbeat_age(state_dir)
+    free = free_space(state_dir)
+    doc["state_dir_space"] = (
+        None if free is None else {"path": state_dir, "bytes": free[0], "inodes": free[1]}
+    )
     return doc
 
 

@@ -31,6 +31,9 @@ MAX_OUTPUT_BYTES = 8 * 1024
 # multi-gigabyte file, a FIFO) from costing the agent its memory.
 MAX_PROCFILE_BYTES = 64 * 1024
 MAX_BY_CHARS = 256
+# A command name is a word an operator types: the bound keeps status, results
+# and the CLI's tables readable whatever a release or an order carries.
+MAX_COMMAND_NAME = 64
 
 STATES = ("running", "done", "failed", "refused", "expired")
 FINAL_STATES = frozenset(STATES) - {"running"}
@@ -101,10 +104,10 @@ def parse_order(name: str, raw: bytes | None, created: float, where: str) -> Ord
     command = doc.get("command")
     if not isinstance(command, str) or not command:
         raise InvalidOrder(f"{where}: 'command' must be the name of a command, got {command!r}")
-    if not NAME_RE.fullmatch(command):
+    if not NAME_RE.fullmatch(command) or len(command) > MAX_COMMAND_NAME:
         raise InvalidOrder(
-            f"{where}: command {command!r} is not a command name "
-            "(letters, digits, '.', '_' and '-' only)"
+            f"{where}: command {command!r:.80} is not a command name "
+            f"(letters, digits, '.', '_' and '-' only, at most {MAX_COMMAND_NAME})"
         )
     by = doc.get("by", "")
     if not isinstance(by, str) or len(by) > MAX_BY_CHARS:
@@ -185,9 +188,10 @@ def parse_procfile(text: str, where: str) -> Procfile:
             problems.append(f"{at}: not a 'name: command' line: {stripped!r:.80}")
             continue
         name, command = match.group(1), match.group(2).strip()
-        if not NAME_RE.fullmatch(name):
+        if not NAME_RE.fullmatch(name) or len(name) > MAX_COMMAND_NAME:
             problems.append(
-                f"{at}: {name!r:.40} is not a command name (letters, digits, '.', '_' and '-')"
+                f"{at}: {name!r:.40} is not a command name (letters, digits, '.', '_' and '-', "
+                f"at most {MAX_COMMAND_NAME})"
             )
             continue
         if name in first_line:
@@ -200,8 +204,12 @@ def parse_procfile(text: str, where: str) -> Procfile:
             commands.pop(name, None)
             continue
         first_line[name] = number
-        if not command:
-            why = f"{at}: command {name!r} has no command line"
+        if not command or "\0" in command:
+            # A NUL cannot reach a shell (exec refuses it): the line is unusable,
+            # said here rather than found when an order tries to start it.
+            why = f"{at}: command {name!r} " + (
+                "contains a NUL byte" if command else "has no command line"
+            )
             problems.append(why)
             unusable[name] = why
             continue

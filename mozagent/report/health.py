@@ -11,6 +11,7 @@ heartbeat is stale is reported unhealthy whatever its pid says.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import threading
 import time
@@ -63,7 +64,9 @@ def touch_heartbeat(state_dir: str) -> None:
     try:
         os.utime(path)
     except FileNotFoundError:
-        with open(path, "w", encoding="ascii") as fh:
+        # Creating it needs an inode: on a full disk the beat is skipped (status
+        # then says the heartbeat is stale, and why the disk is the reason).
+        with contextlib.suppress(OSError), open(path, "w", encoding="ascii") as fh:
             fh.write(f"{os.getpid()}\n")
 
 
@@ -100,14 +103,19 @@ class Worker:
     def crashed(self, exc: BaseException) -> None:
         """Best effort: the status file may be what is failing (disk full)."""
         self.crashes += 1
+        what = (
+            f"cannot write to disk since {_utc(time.time())}: {exc}"
+            if _disk_trouble(exc)
+            else f"crashed at {_utc(time.time())}: {exc!r}"
+        )
         try:
             self.status.set_errors(
                 f"agent.{self.name}",
                 [
                     {
                         "where": f"agent ({self.name} worker)",
-                        "message": f"crashed at {_utc(time.time())}: {exc!r} "
-                        f"({self.crashes} crash(es) since start; see the log)",
+                        "message": f"{what} ({self.crashes} failed step(s) since start; "
+                        "see the log)",
                     }
                 ],
             )
@@ -129,7 +137,11 @@ class Worker:
         except Exception as exc:
             import structlog  # here, so that `mozagent status` needs no logging stack
 
-            structlog.get_logger("mozagent").exception(f"{self.name}_failed", error=repr(exc))
+            logger = structlog.get_logger("mozagent")
+            if _disk_trouble(exc):  # the host's trouble, not a bug: no traceback
+                logger.error(f"{self.name}_failed", error=str(exc))
+            else:
+                logger.exception(f"{self.name}_failed", error=repr(exc))
             self.crashed(exc)
             return False, None
         self.recovered()
@@ -160,6 +172,16 @@ def run_woken(
         if not ok:
             wake.set()
             stopping.wait(1.0)
+
+
+def _disk_trouble(exc: BaseException) -> bool:
+    """A full, read-only or failing disk: retried like a crash, reported as what it is."""
+    return isinstance(exc, OSError) and exc.errno in (
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EROFS,
+        errno.EIO,
+    )
 
 
 def _utc(ts: float) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 from mozagent import __version__
 from mozagent.desired.deployments import short
-from mozagent.fileio import read_json, write_json
+from mozagent.fileio import LOW_SPACE_BYTES, read_json, write_json
 from mozagent.report.health import HEARTBEAT_STALE
 
 EXIT_OK = 0
@@ -45,6 +45,9 @@ class StatusStore:
             "errors": {},
         }
         self._doc.update(base)
+        # Why the last write failed (a full disk), while the file is behind
+        # the document; flush() tries again.
+        self.write_error: str | None = None
 
     def update(self, **sections: Any) -> None:
         """Replace sections; the file is rewritten only when something changed.
@@ -73,9 +76,36 @@ class StatusStore:
         with self._lock:
             return _copy(self._doc)
 
+    def flush(self) -> bool:
+        """Write the document again if the last write failed; True when the file is current."""
+        with self._lock:
+            if self.write_error is not None:
+                self._write(durable=True)
+            return self.write_error is None
+
     def _write(self, durable: bool = False) -> None:
+        """Never raises: a worker must not die because status.json cannot be
+        written (a full disk). The document stays current in memory, the
+        failure is logged once, and ``flush`` (the main loop, every few
+        seconds) writes it when space returns; ``mozagent status`` checks the
+        state dir's free space itself meanwhile."""
         self._doc["updated"] = time.time()
-        write_json(self._path, self._doc, 0o644, durable=durable)
+        try:
+            write_json(self._path, self._doc, 0o644, durable=durable)
+        except OSError as exc:
+            if self.write_error is None:
+                import structlog  # here, so that `mozagent status` needs no logging stack
+
+                structlog.get_logger("mozagent").error(
+                    "status_write_failed", path=self._path, error=str(exc)
+                )
+            self.write_error = str(exc)
+            return
+        if self.write_error is not None:
+            import structlog
+
+            structlog.get_logger("mozagent").info("status_written_again", path=self._path)
+        self.write_error = None
 
 
 def _copy(doc: Any) -> Any:
@@ -218,6 +248,18 @@ def all_errors(doc: dict[str, Any]) -> list[dict[str, str]]:
                 "message": f"daemon pid {agent.get('pid')} is not making progress: no heartbeat "
                 f"for {doc['heartbeat_age']:.0f} s (stopped, or a worker is stuck); what "
                 "status shows may be out of date",
+            }
+        )
+    space = doc.get("state_dir_space")
+    if isinstance(space, dict) and (
+        space.get("bytes", LOW_SPACE_BYTES) < LOW_SPACE_BYTES or space.get("inodes") == 0
+    ):
+        out.append(
+            {
+                "where": "disk",
+                "message": f"the file system of {space.get('path')} is full "
+                f"({space.get('bytes')} bytes, {space.get('inodes')} inodes free): the agent "
+                "cannot record what it does; what status shows may be out of date",
             }
         )
     return out
