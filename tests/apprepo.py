@@ -50,13 +50,17 @@ class AppRepo:
     def url(self) -> str:
         return f"file://{self.path}"
 
-    def release(self, tag: str, fail_nodes: str = "none-such", slow: str = "") -> str:
+    def release(
+        self, tag: str, fail_nodes: str = "none-such", slow: str = "", commands: str = ""
+    ) -> str:
+        """A tagged commit; ``slow`` is shell run at the end of the install
+        script, ``commands`` extra procfile lines."""
         bin_dir = self.path / "bin"
         bin_dir.mkdir(exist_ok=True)
         install = bin_dir / "install"
         install.write_text(INSTALL.format(fail_nodes=fail_nodes, slow=slow))
         install.chmod(0o755)
-        (bin_dir / "commands.procfile").write_text(PROCFILE.format(marks=self.marks))
+        (bin_dir / "commands.procfile").write_text(PROCFILE.format(marks=self.marks) + commands)
         (self.path / "VERSION").write_text(tag + "\n")
         git(self.path, "add", "-A")
         git(self.path, "commit", "-q", "-m", tag)
