@@ -35,7 +35,7 @@ class HeatStub:
         self.delay_signals = 0.0  # seconds to sit on a signal before answering
         self.received = 0  # signal requests seen, answered or not
         self.served: list[tuple[float, int]] = []  # (when, Last-Modified) of each GET
-        self.heads: list[float] = []  # when each HEAD was answered
+        self.head_times: list[float] = []  # when each HEAD was answered
         self.generated: tuple[int, bool] | None = None  # (size, send Content-Length)
         self.generated_sent: list[int] = []  # body bytes written, per GET of a generated one
         self.hold_signals = False  # signal requests wait, unanswered, until release()
@@ -98,7 +98,7 @@ class HeatStub:
             def do_HEAD(self) -> None:
                 self._metadata(False)
                 with stub._lock:
-                    stub.heads.append(time.time())
+                    stub.head_times.append(time.time())
 
             def do_GET(self) -> None:
                 self._metadata(True)

@@ -52,7 +52,7 @@ def _peak_rss_mib(pid: int) -> float:
 def _polls_after_last_get(stub: HeatStub) -> int:
     """HEADs answered since the last GET: polls that found the document unchanged."""
     last_get = stub.served[-1][0] if stub.served else 0.0
-    return sum(1 for t in stub.heads if t > last_get)
+    return sum(1 for t in stub.head_times if t > last_get)
 
 
 @pytest.mark.parametrize(
