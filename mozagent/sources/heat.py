@@ -142,9 +142,7 @@ class HeatSource:
         except NotConfigured:
             state.update(error=None, configured=False)
             return None, False
-        except Unusable as exc:
-            if state.get("unusable") != str(exc):
-                log.error("metadata_unusable", collector=name, error=str(exc))
+        except Unusable as exc:  # logged as a problem (bad_metadata) by _report
             state.update(
                 unusable=str(exc),
                 unusable_since=state.get("unusable_since") or now,
