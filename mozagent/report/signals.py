@@ -8,7 +8,7 @@ sent, the credentials and body are dropped from the file. The HTTP status is
 checked (heat-config-notify never did). Heat ignores a signal for a deployment
 that is no longer IN_PROGRESS, so sending one twice after a crash is harmless.
 
-Signals are sent per endpoint (transport, host and port): one at a time to each
+Signals are sent per endpoint (scheme, host and port): one at a time to each
 endpoint, oldest first, and up to ``MAX_ENDPOINTS`` endpoints at once, so a
 server that accepts a request and never answers holds up only its own signals.
 """
@@ -192,16 +192,16 @@ class Outbox:
 
 
 def endpoint(entry: dict[str, Any]) -> str:
-    """What one slow server holds up: the signals to the same transport, host
-    and port (a Heat API, a Swift, a Keystone). Never shown: it may be a URL."""
+    """What one slow server holds up: the signals to the same scheme, host and
+    port (a heat-api-cfn, a Swift, a Keystone), whatever their transport, in
+    the order their deployments ran. Never shown: it may be a URL."""
     target = entry.get("target") or {}
-    url = target.get("url") or target.get("auth_url") or ""
+    url = str(target.get("url") or target.get("auth_url") or "")
     try:
-        parts = urlsplit(str(url))
-        where = f"{parts.scheme}://{parts.hostname}:{parts.port}"
-    except ValueError:  # a port that is not a number: its own queue
-        where = str(url)
-    return f"{entry.get('transport')} {where}"
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.hostname}:{parts.port}"
+    except ValueError:  # a port that is not a number: a queue of its own
+        return url
 
 
 class Sender:
