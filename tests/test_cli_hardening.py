@@ -750,7 +750,11 @@ def get_key(server: ZooKeeperServer, path: str) -> bytes:
 class StallingProxy:
     """A TCP relay to a real ZooKeeper that SIGSTOPs the server as soon as it has
     answered the first session handshake: the client is connected, then the server
-    stops answering, which is what the --timeout of a data command must survive."""
+    stops answering, which is what the --timeout of a data command must survive.
+
+    From that moment the relay also holds everything the client sends: a
+    SIGSTOP takes effect a moment after kill() returns, and a request sent in
+    that moment was answered (the command then finished before any stall)."""
 
     def __init__(self, server: ZooKeeperServer) -> None:
         self.server = server
@@ -801,6 +805,10 @@ class StallingProxy:
                 break
             if not chunk:
                 break
+            if not from_server and self.stalled.is_set():
+                continue  # held: never reaches the server
+            if from_server and self.stalled.is_set():
+                continue  # anything after the handshake's answer is not passed on
             if from_server and not self.stalled.is_set():
                 assert self.server.proc is not None
                 os.kill(self.server.proc.pid, signal.SIGSTOP)
