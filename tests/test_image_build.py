@@ -306,5 +306,8 @@ def test_mozagent_starts_at_boot(image):
     assert f'"puppet_ref": "{fx.TREE_TAG}"' in started
     finished = next(line for line in agent if "apply_finished" in line)
     assert '"ok": true' in finished, finished
+    # Delegate=yes gave the agent its subtree: each run in a cgroup of its own.
+    held = next(line for line in agent if '"event": "containment"' in line)
+    assert "a cgroup per run under /sys/fs/cgroup/system.slice/mozagent.service" in held, held
     assert "Failed to start mozagent.service" not in text
     assert "Started puppet.service" not in text
