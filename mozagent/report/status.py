@@ -424,6 +424,8 @@ def format_status(doc: dict[str, Any]) -> str:
     ]
     if doc.get("puppet_ref"):
         lines.append(f"  puppet tree: {doc['puppet_ref']}")
+    if agent.get("containment"):
+        lines.append(f"  runs held by: {agent['containment']}")
     zk = doc.get("zookeeper") or {}
     zk_line = f"  zookeeper: {zk.get('state', '?')}"
     if zk.get("hosts"):
