@@ -329,7 +329,9 @@ def test_timed_out_run_leaves_no_process(sandbox: Sandbox) -> None:
         "</dev/null >/dev/null 2>&1 &'\" }\n"
         "exec { 'hang': command => '/bin/sleep 3118', timeout => 0, require => Exec[escape] }\n"
     )
-    sandbox.write_config(puppet={"timeout": 4}, apply={"retry_initial": 600, "retry_max": 600})
+    # Long enough for puppet to reach the hanging exec on a slow machine (a
+    # bare `puppet apply` takes 2-5 s here): a timeout before it proves nothing.
+    sandbox.write_config(puppet={"timeout": 15}, apply={"retry_initial": 600, "retry_max": 600})
     try:
         sandbox.start_daemon()
         wait_for(lambda: processes_with("sleep", "3117"), timeout=60, what="the escaped child")
