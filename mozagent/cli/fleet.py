@@ -38,6 +38,7 @@ from kazoo.exceptions import (
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import ZnodeStat
 
+from mozagent.cli import fleetviews as views
 from mozagent.cli.data import EXIT_FAILED, EXIT_INVALID, EXIT_OK, DataError
 from mozagent.desired import convergence as cv
 from mozagent.desired import fleet
@@ -234,11 +235,11 @@ def cmd_fleet(session: Session, app: str, as_json: bool, out: TextIO | None = No
     else:
         code = EXIT_OK
     if as_json:
-        doc = cv.fleet_json(app, shared, app_release, states)
+        doc = views.fleet_json(app, shared, app_release, states)
         doc["exit_code"] = code
         out.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     else:
-        out.write(cv.format_fleet(app, shared, app_release, states, time.time()))
+        out.write(views.format_fleet(app, shared, app_release, states, time.time()))
     return code
 
 
@@ -291,7 +292,7 @@ def follow(
             outcome = outcomes[label]
             if outcome.state in cv.FINAL and label not in reported:
                 reported.add(label)
-                line = cv.progress_line(label, outcome, time.monotonic() - start)
+                line = views.progress_line(label, outcome, time.monotonic() - start)
                 print(line, file=out, flush=True)
         remaining = deadline - time.monotonic()
         if remaining <= 0 or all(outcomes[label].state in cv.FINAL for label in labels):
@@ -303,7 +304,7 @@ def conclude(
     session: Session, outcomes: dict[str, cv.Outcome], out: TextIO, prefix: str = ""
 ) -> int:
     """The summary line on stdout when all are done; else the error naming the others."""
-    summary = prefix + cv.wait_summary(outcomes, session.timeout)
+    summary = prefix + views.wait_summary(outcomes, session.timeout)
     code = cv.exit_code(outcomes, EXIT_FAILED)
     if code != EXIT_OK:
         raise DataError(summary, code)
@@ -572,15 +573,15 @@ def cmd_order_status(
         print(f"{name}: {order.command}: waiting for {len(waiting)} hosts", file=shown)
         for node, outcome in outcomes.items():
             if node not in waiting:
-                print(cv.progress_line(node, outcome, 0.0), file=shown)
+                print(views.progress_line(node, outcome, 0.0), file=shown)
         outcomes = follow(session, waiting, poll, shown, outcomes)
         code = cv.exit_code(outcomes, EXIT_FAILED)
     if as_json:
-        doc = cv.order_json(name, order, outcomes, results)
+        doc = views.order_json(name, order, outcomes, results)
         doc["exit_code"] = code
         out.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
         return code
     if not wait:
-        out.write(cv.format_order(name, order, outcomes, results, time.time()))
+        out.write(views.format_order(name, order, outcomes, results, time.time()))
         return code
     return conclude(session, outcomes, out, f"{name}: ")
