@@ -25,18 +25,26 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def make_client(hosts: str, session_timeout: float = 10.0, retry_max: float = 30.0) -> KazooClient:
+def make_client(
+    hosts: str,
+    session_timeout: float = 10.0,
+    retry_max: float = 30.0,
+    logger: logging.Logger | None = None,
+) -> KazooClient:
     """Reconnect forever, with jittered exponential backoff capped at ``retry_max``.
 
     kazoo's default cap is an hour, which would leave an agent deaf for a long
-    time after an outage; the cap is the operator's setting.
+    time after an outage; the cap is the operator's setting. An operator
+    command passes its whole time budget as the cap (a longer wait would end
+    after the command) and its own ``logger``, so that kazoo's lines look
+    like the command's (``logs.route_client_logs``).
     """
     retry = KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_jitter=0.4, max_delay=retry_max)
     return KazooClient(
         hosts=hosts,
         timeout=session_timeout,
         connection_retry=retry,
-        logger=logging.getLogger("kazoo.client"),
+        logger=logger or logging.getLogger("kazoo.client"),
     )
 
 
