@@ -8,9 +8,18 @@ import json
 import math
 import os
 import subprocess
+import sys
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
+
+# The checkout's root, where mozagent_dev (the loopback ZooKeeper, the Heat
+# stand-in) and tests/ live: neither is installed, so no image carries them.
+# Every bench imports this module before those (isort puts it with the
+# third-party imports), so this is the one place that makes them importable.
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 
 def bench_parser(doc: str | None, quick: str, keep: str) -> argparse.ArgumentParser:

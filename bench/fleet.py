@@ -3,7 +3,7 @@ and what an idle fleet costs ZooKeeper.
 
 Not a test: it prints figures (and optionally JSON) and exits 0 whatever they
 are. Everything is real and local: one ZooKeeper on a free ``127.0.0.1`` port
-(``mozagent.testing.ZooKeeperServer``), N ``mozagent daemon`` processes of one
+(``mozagent_dev.testing.ZooKeeperServer``), N ``mozagent daemon`` processes of one
 app (each its own node name, state dir and apps dir under one temp dir), the
 release a real git repository (``file://``) with a trivial ``bin/install``,
 and the operator's commands run as a user runs them, as subprocesses:
@@ -55,12 +55,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # the release repo helper lives in tests/, which is not installed
-    sys.path.insert(0, str(REPO))
-
-import yaml  # noqa: E402
-from benchlib import (  # noqa: E402
+import yaml
+from benchlib import (
+    REPO,
     BenchError,
     LoggedProcess,
     bench_parser,
@@ -70,14 +67,14 @@ from benchlib import (  # noqa: E402
     to_json,
     write_report,
 )
-from kazoo.client import KazooClient  # noqa: E402
-from kazoo.exceptions import NoNodeError  # noqa: E402
-from kazoo.protocol.states import WatchedEvent  # noqa: E402
-from run import say, zk_client, zookeeper  # noqa: E402
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
+from kazoo.protocol.states import WatchedEvent
+from run import say, zk_client, zookeeper
 
-from mozagent import __version__  # noqa: E402
-from mozagent.desired.fleet import host_path, release_path  # noqa: E402
-from tests.apprepo import AppRepo  # noqa: E402
+from mozagent import __version__
+from mozagent.desired.fleet import host_path, release_path
+from tests.apprepo import AppRepo
 
 APP = "bench"
 KEY = "bench_key"

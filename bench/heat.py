@@ -2,7 +2,7 @@
 
 Not a test: it prints figures next to their targets and exits 0 even when a
 target is missed. Both agents poll the same local Heat stand-in
-(``mozagent.heatstub.HeatStub``, TEMP_URL_SIGNAL: metadata by HEAD+GET, signals
+(``mozagent_dev.heatstub.HeatStub``, TEMP_URL_SIGNAL: metadata by HEAD+GET, signals
 by PUT) for the same deployment (a one-file puppet manifest), one agent at a
 time, on this machine, in one run. The chain (os-collect-config →
 os-refresh-config → os-apply-config → 55-heat-config → heat-agents' puppet
@@ -53,8 +53,8 @@ from benchlib import (
 )
 
 from mozagent import __version__
-from mozagent.heatstub import HeatStub, inputs
-from mozagent.testing import text_of, wait_until
+from mozagent_dev.heatstub import HeatStub, inputs
+from mozagent_dev.testing import text_of, wait_until
 
 # --- what is compared -----------------------------------------------------------
 

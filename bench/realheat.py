@@ -33,11 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # the fixture lives in tests/, which is not installed
-    sys.path.insert(0, str(REPO))
-
-from benchlib import (  # noqa: E402
+from benchlib import (
     BenchError,
     bench_parser,
     code_version,
@@ -45,7 +41,7 @@ from benchlib import (  # noqa: E402
     to_json,
     write_report,
 )
-from heat import (  # noqa: E402
+from heat import (
     CLEANUP,
     MANIFEST,
     OUTSIDE_PATHS,
@@ -66,12 +62,12 @@ from heat import (  # noqa: E402
     stats,
 )
 
-from mozagent import __version__  # noqa: E402
-from mozagent.config import HeatConfig  # noqa: E402
-from mozagent.testing import text_of, wait_until  # noqa: E402
-from tests.glance.cloud import CloudError  # noqa: E402
-from tests.realheat.cloud import PACKAGES, HeatCloud, heat_missing  # noqa: E402
-from tests.test_realheat import OCC, Stacks, attr, config, deployment, server, template  # noqa: E402
+from mozagent import __version__
+from mozagent.config import HeatConfig
+from mozagent_dev.testing import text_of, wait_until
+from tests.glance.cloud import CloudError
+from tests.realheat.cloud import PACKAGES, HeatCloud, heat_missing
+from tests.test_realheat import OCC, Stacks, attr, config, deployment, server, template
 
 FAST_POLL_S = 0.2  # mozagent's "fast" row: config takes any value > 0 (see the README)
 STACK_BOUND_S = 180.0  # create → CREATE_COMPLETE, at most

@@ -50,7 +50,7 @@ from kazoo.client import KazooClient
 
 from mozagent import __version__
 from mozagent.desired.keys import encode_value
-from mozagent.testing import ZooKeeperServer, text_of, wait_until, zookeeper_available
+from mozagent_dev.testing import ZooKeeperServer, text_of, wait_until, zookeeper_available
 
 APP = "bench"
 NODE = "bench-node"

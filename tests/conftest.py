@@ -17,7 +17,7 @@ import pytest
 import yaml
 from kazoo.client import KazooClient
 
-from mozagent.testing import ZooKeeperServer, text_of, wait_until, zookeeper_available
+from mozagent_dev.testing import ZooKeeperServer, text_of, wait_until, zookeeper_available
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -13,7 +13,7 @@ import yaml
 from kazoo.client import KazooClient
 from kazoo.security import make_digest_acl
 
-from mozagent.testing import ZooKeeperServer, free_port
+from mozagent_dev.testing import ZooKeeperServer, free_port
 from tests.conftest import Sandbox, wait_for
 
 

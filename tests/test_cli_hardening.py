@@ -27,7 +27,7 @@ from kazoo.client import KazooClient
 
 from mozagent.cli import main
 from mozagent.config import ConfigError, load_config, parse_config
-from mozagent.testing import ZooKeeperServer, free_port
+from mozagent_dev.testing import ZooKeeperServer, free_port
 from tests.conftest import Sandbox
 from tests.poison import POISON
 

@@ -9,7 +9,7 @@ import yaml
 from kazoo.client import KazooClient
 
 from mozagent.cli import main
-from mozagent.testing import ZooKeeperServer, free_port
+from mozagent_dev.testing import ZooKeeperServer, free_port
 
 
 @pytest.fixture

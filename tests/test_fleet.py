@@ -18,7 +18,7 @@ import pytest
 from kazoo.client import KazooClient
 
 from mozagent.desired.fleet import host_path, orders_path, release_path, result_path
-from mozagent.testing import ZooKeeperServer, text_of
+from mozagent_dev.testing import ZooKeeperServer, text_of
 from tests.apprepo import AppRepo, git
 from tests.conftest import Sandbox, wait_for
 

@@ -26,7 +26,7 @@ from mozagent.cli import main
 from mozagent.desired import convergence as cv
 from mozagent.desired.fleet import DesiredRelease
 from mozagent.desired.release import InvalidRelease, Release
-from mozagent.testing import ZooKeeperServer, free_port, wait_until
+from mozagent_dev.testing import ZooKeeperServer, free_port, wait_until
 
 COMMIT = "1a2b3c4d5e" + "0" * 30
 SOURCE = "file:///srv/git/shop"

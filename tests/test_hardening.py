@@ -24,7 +24,7 @@ from mozagent.daemon import Daemon
 from mozagent.render import hieradata as hieradata_module
 from mozagent.report.health import HEARTBEAT_FILE, Progress, Worker
 from mozagent.report.status import StatusStore
-from mozagent.testing import ZooKeeperServer, text_of
+from mozagent_dev.testing import ZooKeeperServer, text_of
 from tests.conftest import Sandbox, wait_for
 from tests.poison import POISON
 from tests.test_agent import app_path, put

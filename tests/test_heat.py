@@ -1,6 +1,6 @@
 """Heat SoftwareDeployments end to end: os-collect-config's collectors (real, as a
 library), real ``puppet apply``, real scripts and hooks, signals to a local
-server that follows Heat's instance-facing contract (``tests/heatstub.py``).
+server that follows Heat's instance-facing contract (``mozagent_dev/heatstub.py``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from mozagent.heatstub import HeatStub, inputs
-from mozagent.testing import free_port, text_of
+from mozagent_dev.heatstub import HeatStub, inputs
+from mozagent_dev.testing import free_port, text_of
 from tests.conftest import Sandbox, wait_for
 
 PUPPET_CONFIG = """\

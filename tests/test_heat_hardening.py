@@ -1,5 +1,5 @@
 """Heat metadata and signals under hostile or careless input (issue 13): real agent
-processes against the Heat stand-in (``mozagent/heatstub.py``), real scripts.
+processes against the Heat stand-in (``mozagent_dev/heatstub.py``), real scripts.
 
 What a user sees is asserted: ``mozagent status`` (text, JSON, exit code), the
 signals the stand-in receives, the daemon's exit code and message.
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from mozagent.heatstub import HeatStub
+from mozagent_dev.heatstub import HeatStub
 from tests.conftest import wait_for
 from tests.test_heat import HeatBox, heat_box, running_stub
 

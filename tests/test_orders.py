@@ -37,7 +37,7 @@ from mozagent.desired.orders import (
     parse_order,
     parse_procfile,
 )
-from mozagent.testing import wait_until
+from mozagent_dev.testing import wait_until
 from tests.poison import POISON
 
 REPO = Path(__file__).resolve().parent.parent

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mozagent.testing import text_of
+from mozagent_dev.testing import text_of
 from tests.conftest import Sandbox, wait_for
 from tests.glance.cloud import CloudError
 from tests.realheat.cloud import PACKAGES, HeatCloud, heat_missing

@@ -1,9 +1,9 @@
 """A real ZooKeeper server on a free loopback port, for tests, benchmarks and the demo.
 
 It runs Debian's ``zookeeper`` package (``/usr/share/java/zookeeper.jar``)
-standalone with a private data dir. Kept in the package, like
-``kazoo.testing``, because the tests, ``bench/`` and the README's demo all need
-the same thing.
+standalone with a private data dir. One module, because the tests,
+``bench/`` and the README's demo all need the same thing; outside the agent's
+package (``mozagent_dev``), so no image carries it.
 """
 
 from __future__ import annotations
@@ -157,14 +157,14 @@ class ZooKeeperServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m mozagent.testing DIR``: run a loopback ZooKeeper until SIGTERM.
+    """``python -m mozagent_dev.testing DIR``: run a loopback ZooKeeper until SIGTERM.
 
     Writes ``host:port`` to ``DIR/hosts`` once it answers, so shell scripts (the
     README's demo) can use a real server without knowing Java.
     """
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m mozagent.testing")
+    parser = argparse.ArgumentParser(prog="python -m mozagent_dev.testing")
     parser.add_argument("dir", help="data dir; the server's address is written to DIR/hosts")
     args = parser.parse_args(argv)
     server = ZooKeeperServer(data_dir=args.dir)

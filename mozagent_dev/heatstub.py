@@ -1,5 +1,5 @@
 """A local server that follows Heat's instance-facing contract, for fast tests,
-the Heat bench and demos (kept in the package, like ``mozagent.testing``).
+the Heat bench and demos (beside ``mozagent_dev.testing``, not shipped).
 
 It plays what a POLL_TEMP_URL / CFN_SIGNAL / TEMP_URL_SIGNAL server sees from
 an instance: the metadata document at ``/metadata`` (HEAD and GET, with
@@ -209,7 +209,7 @@ def inputs(transport: str, url: str, dep_id: str, action: str = "CREATE", **extr
 
 
 def serve_directory(directory: str) -> None:
-    """``python -m mozagent.heatstub DIR`` (the demo): serve ``DIR/metadata.json``
+    """``python -m mozagent_dev.heatstub DIR`` (the demo): serve ``DIR/metadata.json``
     (re-read on every request) and store each signal as ``DIR/signals/<id>.json``.
     Writes its URL to ``DIR/url`` and serves until killed."""
     import os
