@@ -19,6 +19,9 @@ setup(
     long_description_content_type="text/x-rst",
     license="MPL-2.0",
     python_requires=">=3.11",
+    # The agent only: mozagent_dev (test servers) and tests/ stay in the
+    # checkout, so an image carries no ZooKeeper or Heat stand-in
+    # (tests/test_packaging.py checks the wheel's file list).
     packages=find_packages(include=["mozagent", "mozagent.*"]),
     install_requires=[
         "kazoo>=2.9",
@@ -33,7 +36,15 @@ setup(
         # of mozagent needs 5 MiB), none of it used by a ZooKeeper-only host.
         # A heat: config without it exits 2 at start, naming this extra.
         "heat": ["os-collect-config>=14.1", "keystoneauth1>=5.0", "requests>=2.28"],
-        "test": ["pytest>=7.4", "pytest-timeout>=2.2", "ruff>=0.4", "hypothesis>=6.80"],
+        # setuptools: tests/test_packaging.py builds the wheel offline, with
+        # the venv's setuptools, which has bdist_wheel built in from 70.1.
+        "test": [
+            "pytest>=7.4",
+            "pytest-timeout>=2.2",
+            "ruff>=0.4",
+            "hypothesis>=6.80",
+            "setuptools>=70.1",
+        ],
     },
     entry_points={"console_scripts": ["mozagent = mozagent.cli:main"]},
     classifiers=[
