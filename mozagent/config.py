@@ -4,10 +4,16 @@ Every path the agent touches is a setting, so the same code runs as root on an
 image and unprivileged in a sandbox. Validation is strict (unknown keys are
 errors) because a typo in an infrastructure config that is silently ignored is
 worse than a daemon that refuses to start.
+
+Each section is a frozen dataclass whose fields say, once, their default and
+how a YAML value becomes them (``_setting``); one builder (``_typed_section``)
+reads every section the same way, so a new setting is one line and every
+message names the file, the key and what is wrong.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import socket
@@ -23,111 +29,6 @@ DEFAULT_ROOT = "/mozagent"
 
 class ConfigError(Exception):
     """The configuration is unusable; the message names the file and the key."""
-
-
-@dataclass(frozen=True)
-class ZooKeeperConfig:
-    hosts: str
-    root: str = DEFAULT_ROOT
-    session_timeout: float = 10.0
-    connect_timeout: float = 10.0
-    retry_initial: float = 0.5
-    retry_max: float = 30.0
-    resync_interval: float = 600.0
-
-
-@dataclass(frozen=True)
-class PuppetConfig:
-    binary: str = "puppet"
-    manifests: tuple[str, ...] = ()
-    modulepath: tuple[str, ...] = ()
-    timeout: float = 1800.0
-    extra_args: tuple[str, ...] = ()
-    tree_ref_file: str | None = None
-
-
-@dataclass(frozen=True)
-class ApplyConfig:
-    min_wait: float = 0.5
-    max_wait: float = 5.0
-    interval: float = 0.0
-    retry_initial: float = 30.0
-    retry_max: float = 600.0
-    # How a run's processes are held: a cgroup per run where one can be made
-    # ("auto", or "cgroup" to refuse to start without), else /proc sweeps.
-    containment: str = "auto"
-
-
-CONTAINMENTS = ("auto", "cgroup", "processes")
-
-
-@dataclass(frozen=True)
-class HeatConfig:
-    """Heat SoftwareDeployments: where metadata comes from and how often."""
-
-    # Remote collectors to poll; empty: as the local metadata's os-collect-config
-    # section says (what a Heat-booted server is told).
-    collectors: tuple[str, ...] = ()
-    heat_local_paths: tuple[str, ...] = (
-        "/var/lib/heat-cfntools/cfn-init-data",
-        "/var/lib/cloud/data/cfn-init-data",
-    )
-    local_paths: tuple[str, ...] = ("/var/lib/os-collect-config/local-data",)
-    os_collect_config_conf: str | None = "/etc/os-collect-config.conf"
-    poll_min: float = 1.0
-    poll_max: float = 2.0
-    retry_max: float = 60.0
-    request_timeout: float = 10.0
-    hook_dirs: tuple[str, ...] = ("/var/lib/heat-config/hooks", "/usr/libexec/heat-config/hooks")
-    timeout: float = 3600.0  # per script or hook deployment
-    signal_retry_max: float = 300.0
-
-
-@dataclass(frozen=True)
-class ReleasesConfig:
-    """App code: where releases live and how their install script runs."""
-
-    apps_dir: str = "/srv/apps"
-    keep: int = 3  # releases kept on disk, the current one included
-    user: str | None = None  # default: a user named like the app, else nobody
-    timeout: float = 1800.0  # the install script
-    fetch_timeout: float = 600.0  # git fetching the ref
-
-
-@dataclass(frozen=True)
-class OrdersConfig:
-    """Commands pushed to the app's hosts (what Shove did)."""
-
-    max_age: float = 3600.0  # an agent that comes back later than this skips (expires) the order
-    retention: float = 7 * 86400.0  # orders (znodes and local records) older than this are removed
-    timeout: float = 3600.0  # one command
-
-
-@dataclass(frozen=True)
-class Config:
-    app: str | None
-    node: str
-    state_dir: str
-    hieradata_dir: str
-    hiera_config: str
-    facts_file: str
-    puppet: PuppetConfig
-    apply: ApplyConfig
-    zookeeper: ZooKeeperConfig | None = None
-    heat: HeatConfig | None = None
-    releases: ReleasesConfig = field(default_factory=ReleasesConfig)
-    orders: OrdersConfig = field(default_factory=OrdersConfig)
-    log_level: str = "info"
-    log_format: str = "auto"
-    source: str = field(default="<defaults>", compare=False)
-
-    @property
-    def status_file(self) -> str:
-        return os.path.join(self.state_dir, "status.json")
-
-    @property
-    def lastgood_file(self) -> str:
-        return os.path.join(self.state_dir, "lastgood.json")
 
 
 # --- validation helpers -------------------------------------------------------
@@ -246,138 +147,8 @@ def _choice(choices: tuple[str, ...]) -> Callable[[str, str, Any], str]:
     return conv
 
 
-def parse_config(raw: Any, source: str = "<config>") -> Config:
-    """Turn the parsed YAML into a Config, or raise ConfigError naming the bad key."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping, got {type(raw).__name__}")
-    top = {
-        "app",
-        "node",
-        "state_dir",
-        "zookeeper",
-        "heat",
-        "hiera",
-        "facts",
-        "puppet",
-        "apply",
-        "releases",
-        "orders",
-        "log",
-    }
-    _check_keys(source, "", raw, top)
-
-    app = _get(source, "", raw, "app", _app_name, None)
-    node = _get(source, "", raw, "node", _app_name, None) or socket.getfqdn()
-    state_dir = _get(source, "", raw, "state_dir", _string, "/var/lib/mozagent")
-
-    zk_raw = raw.get("zookeeper")
-    zookeeper = None
-    if zk_raw is not None:
-        zk_raw = _section(source, raw, "zookeeper")
-        _check_keys(
-            source,
-            "zookeeper",
-            zk_raw,
-            {
-                "hosts",
-                "root",
-                "session_timeout",
-                "connect_timeout",
-                "retry_initial",
-                "retry_max",
-                "resync_interval",
-            },
-        )
-        if "hosts" not in zk_raw:
-            raise _fail(source, "zookeeper.hosts", "is required when zookeeper is configured")
-        zookeeper = ZooKeeperConfig(
-            hosts=_get(source, "zookeeper", zk_raw, "hosts", parse_zk_hosts, None),
-            root=_get(source, "zookeeper", zk_raw, "root", parse_zk_root, DEFAULT_ROOT),
-            session_timeout=_get(source, "zookeeper", zk_raw, "session_timeout", _positive, 10.0),
-            connect_timeout=_get(source, "zookeeper", zk_raw, "connect_timeout", _positive, 10.0),
-            retry_initial=_get(source, "zookeeper", zk_raw, "retry_initial", _positive, 0.5),
-            retry_max=_get(source, "zookeeper", zk_raw, "retry_max", _positive, 30.0),
-            resync_interval=_get(source, "zookeeper", zk_raw, "resync_interval", _number, 600.0),
-        )
-        if app is None:
-            raise _fail(source, "app", "is required when zookeeper is configured")
-
-    hiera = _section(source, raw, "hiera")
-    _check_keys(source, "hiera", hiera, {"datadir", "config"})
-    facts = _section(source, raw, "facts")
-    _check_keys(source, "facts", facts, {"path"})
-
-    p = _section(source, raw, "puppet")
-    _check_keys(
-        source,
-        "puppet",
-        p,
-        {"binary", "manifests", "modulepath", "timeout", "extra_args", "tree_ref_file"},
-    )
-    puppet = PuppetConfig(
-        binary=_get(source, "puppet", p, "binary", _string, "puppet"),
-        manifests=_get(source, "puppet", p, "manifests", _string_list, ()),
-        modulepath=_get(source, "puppet", p, "modulepath", _string_list, ()),
-        timeout=_get(source, "puppet", p, "timeout", _positive, 1800.0),
-        extra_args=_get(source, "puppet", p, "extra_args", _string_list, ()),
-        tree_ref_file=_get(source, "puppet", p, "tree_ref_file", _string, None),
-    )
-
-    a = _section(source, raw, "apply")
-    _check_keys(
-        source,
-        "apply",
-        a,
-        {"min_wait", "max_wait", "interval", "retry_initial", "retry_max", "containment"},
-    )
-    apply = ApplyConfig(
-        min_wait=_get(source, "apply", a, "min_wait", _number, 0.5),
-        max_wait=_get(source, "apply", a, "max_wait", _number, 5.0),
-        interval=_get(source, "apply", a, "interval", _number, 0.0),
-        retry_initial=_get(source, "apply", a, "retry_initial", _positive, 30.0),
-        retry_max=_get(source, "apply", a, "retry_max", _positive, 600.0),
-        containment=_get(source, "apply", a, "containment", _choice(CONTAINMENTS), "auto"),
-    )
-    if apply.max_wait < apply.min_wait:
-        raise _fail(source, "apply.max_wait", "must be >= apply.min_wait")
-
-    log = _section(source, raw, "log")
-    _check_keys(source, "log", log, {"level", "format"})
-    heat = _heat(source, raw) if raw.get("heat") is not None or "heat" in raw else None
-    releases, orders = _releases(source, raw), _orders(source, raw)
-
-    return Config(
-        app=app,
-        node=node,
-        state_dir=state_dir,
-        hieradata_dir=_get(
-            source, "hiera", hiera, "datadir", _string, os.path.join(state_dir, "hieradata")
-        ),
-        hiera_config=_get(
-            source, "hiera", hiera, "config", _string, os.path.join(state_dir, "hiera.yaml")
-        ),
-        facts_file=_get(
-            source,
-            "facts",
-            facts,
-            "path",
-            _string,
-            os.path.join(state_dir, "facts.d", "mozagent.json"),
-        ),
-        puppet=puppet,
-        apply=apply,
-        zookeeper=zookeeper,
-        heat=heat,
-        releases=releases,
-        orders=orders,
-        log_level=_get(source, "log", log, "level", _choice(LOG_LEVELS), "info"),
-        log_format=_get(source, "log", log, "format", _choice(LOG_FORMATS), "auto"),
-        source=source,
-    )
-
-
+# os-collect-config collectors that mozagent can drive (sources/collectors.py
+# uses this list as its own, so the config and the sources agree).
 COLLECTORS = ("heat_local", "local", "request", "heat", "cfn", "ec2", "zaqar")
 
 
@@ -404,26 +175,6 @@ def _poll_interval(source: str, key: str, value: Any) -> float:
     return number
 
 
-def _heat(source: str, raw: dict[str, Any]) -> HeatConfig:
-    convs: dict[str, Converter] = {
-        "collectors": _collectors,
-        "heat_local_paths": _string_list,
-        "local_paths": _string_list,
-        "os_collect_config_conf": _string,
-        "poll_min": _poll_interval,
-        "poll_max": _poll_interval,
-        "retry_max": _positive,
-        "request_timeout": _positive,
-        "hook_dirs": _string_list,
-        "timeout": _positive,
-        "signal_retry_max": _positive,
-    }
-    out = _typed_section(source, raw, "heat", HeatConfig, convs)
-    if out.poll_max < out.poll_min:
-        raise _fail(source, "heat.poll_max", "must be >= heat.poll_min")
-    return out
-
-
 def _count(source: str, key: str, value: Any) -> int:
     """A number of things kept: at least the one in use."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -431,36 +182,219 @@ def _count(source: str, key: str, value: Any) -> int:
     return value
 
 
-def _typed_section(
-    source: str, raw: dict[str, Any], key: str, cls: type[T], convs: dict[str, Converter]
-) -> T:
-    """A section that maps one to one onto a dataclass: each field converted,
-    its default where it is not set."""
-    section = _section(source, raw, key)
-    _check_keys(source, key, section, set(convs))
-    defaults = cls()
-    return cls(
-        **{
-            name: _get(source, key, section, name, conv, getattr(defaults, name))
-            for name, conv in convs.items()
-        }
+# --- sections -----------------------------------------------------------------
+
+_CONVERT = "mozagent.convert"
+_AT_LEAST = "mozagent.at_least"
+
+
+def _setting(conv: Converter, default: Any = dataclasses.MISSING, at_least: str = "") -> Any:
+    """A section's field: its one default (none: the key is required once the
+    section is there), how a YAML value becomes it, and the field it may not
+    be below (``max_wait`` and ``min_wait``)."""
+    return field(default=default, metadata={_CONVERT: conv, _AT_LEAST: at_least})
+
+
+@dataclass(frozen=True)
+class ZooKeeperConfig:
+    hosts: str = _setting(parse_zk_hosts)
+    root: str = _setting(parse_zk_root, DEFAULT_ROOT)
+    session_timeout: float = _setting(_positive, 10.0)
+    connect_timeout: float = _setting(_positive, 10.0)
+    retry_initial: float = _setting(_positive, 0.5)
+    retry_max: float = _setting(_positive, 30.0)
+    resync_interval: float = _setting(_number, 600.0)
+
+
+@dataclass(frozen=True)
+class PuppetConfig:
+    binary: str = _setting(_string, "puppet")
+    manifests: tuple[str, ...] = _setting(_string_list, ())
+    modulepath: tuple[str, ...] = _setting(_string_list, ())
+    timeout: float = _setting(_positive, 1800.0)
+    extra_args: tuple[str, ...] = _setting(_string_list, ())
+    tree_ref_file: str | None = _setting(_string, None)
+
+
+CONTAINMENTS = ("auto", "cgroup", "processes")
+
+
+@dataclass(frozen=True)
+class ApplyConfig:
+    min_wait: float = _setting(_number, 0.5)
+    max_wait: float = _setting(_number, 5.0, at_least="min_wait")
+    interval: float = _setting(_number, 0.0)
+    retry_initial: float = _setting(_positive, 30.0)
+    retry_max: float = _setting(_positive, 600.0)
+    # How a run's processes are held: a cgroup per run where one can be made
+    # ("auto", or "cgroup" to refuse to start without), else /proc sweeps.
+    containment: str = _setting(_choice(CONTAINMENTS), "auto")
+
+
+@dataclass(frozen=True)
+class HeatConfig:
+    """Heat SoftwareDeployments: where metadata comes from and how often."""
+
+    # Remote collectors to poll; empty: as the local metadata's os-collect-config
+    # section says (what a Heat-booted server is told).
+    collectors: tuple[str, ...] = _setting(_collectors, ())
+    heat_local_paths: tuple[str, ...] = _setting(
+        _string_list, ("/var/lib/heat-cfntools/cfn-init-data", "/var/lib/cloud/data/cfn-init-data")
     )
+    local_paths: tuple[str, ...] = _setting(
+        _string_list, ("/var/lib/os-collect-config/local-data",)
+    )
+    os_collect_config_conf: str | None = _setting(_string, "/etc/os-collect-config.conf")
+    poll_min: float = _setting(_poll_interval, 1.0)
+    poll_max: float = _setting(_poll_interval, 2.0, at_least="poll_min")
+    retry_max: float = _setting(_positive, 60.0)
+    request_timeout: float = _setting(_positive, 10.0)
+    hook_dirs: tuple[str, ...] = _setting(
+        _string_list, ("/var/lib/heat-config/hooks", "/usr/libexec/heat-config/hooks")
+    )
+    timeout: float = _setting(_positive, 3600.0)  # per script or hook deployment
+    signal_retry_max: float = _setting(_positive, 300.0)
 
 
-def _releases(source: str, raw: dict[str, Any]) -> ReleasesConfig:
-    convs: dict[str, Converter] = {
-        "apps_dir": _string,
-        "keep": _count,
-        "user": _app_name,
-        "timeout": _positive,
-        "fetch_timeout": _positive,
-    }
-    return _typed_section(source, raw, "releases", ReleasesConfig, convs)
+@dataclass(frozen=True)
+class ReleasesConfig:
+    """App code: where releases live and how their install script runs."""
+
+    apps_dir: str = _setting(_string, "/srv/apps")
+    keep: int = _setting(_count, 3)  # releases kept on disk, the current one included
+    user: str | None = _setting(_app_name, None)  # default: a user named like the app, else nobody
+    timeout: float = _setting(_positive, 1800.0)  # the install script
+    fetch_timeout: float = _setting(_positive, 600.0)  # git fetching the ref
 
 
-def _orders(source: str, raw: dict[str, Any]) -> OrdersConfig:
-    convs: dict[str, Converter] = dict.fromkeys(("max_age", "retention", "timeout"), _positive)
-    return _typed_section(source, raw, "orders", OrdersConfig, convs)
+@dataclass(frozen=True)
+class OrdersConfig:
+    """Commands pushed to the app's hosts (what Shove did)."""
+
+    # An agent that comes back later than this skips (expires) the order.
+    max_age: float = _setting(_positive, 3600.0)
+    # Orders (znodes and local records) older than this are removed.
+    retention: float = _setting(_positive, 7 * 86400.0)
+    timeout: float = _setting(_positive, 3600.0)  # one command
+
+
+@dataclass(frozen=True)
+class HieraConfig:
+    """Where the rendered data and hiera.yaml go; unset: under state_dir."""
+
+    datadir: str | None = _setting(_string, None)
+    config: str | None = _setting(_string, None)
+
+
+@dataclass(frozen=True)
+class FactsConfig:
+    path: str | None = _setting(_string, None)  # unset: under state_dir
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = _setting(_choice(LOG_LEVELS), "info")
+    format: str = _setting(_choice(LOG_FORMATS), "auto")
+
+
+@dataclass(frozen=True)
+class Config:
+    """What ``parse_config`` made of the file; every default lives in a section."""
+
+    app: str | None
+    node: str
+    state_dir: str
+    hieradata_dir: str
+    hiera_config: str
+    facts_file: str
+    puppet: PuppetConfig
+    apply: ApplyConfig
+    zookeeper: ZooKeeperConfig | None
+    heat: HeatConfig | None
+    releases: ReleasesConfig
+    orders: OrdersConfig
+    log_level: str
+    log_format: str
+    source: str = field(compare=False)
+
+    @property
+    def status_file(self) -> str:
+        return os.path.join(self.state_dir, "status.json")
+
+    @property
+    def lastgood_file(self) -> str:
+        return os.path.join(self.state_dir, "lastgood.json")
+
+
+def _typed_section(source: str, raw: dict[str, Any], key: str, cls: type[T]) -> T:
+    """Read section ``key`` into ``cls`` as its fields say: unknown keys refused,
+    each value converted (unset or null: the default), required ones present,
+    then each ``at_least`` pair compared."""
+    section = _section(source, raw, key)
+    settings = dataclasses.fields(cls)  # type: ignore[arg-type]
+    _check_keys(source, key, section, {s.name for s in settings})
+    values: dict[str, Any] = {}
+    for s in settings:
+        if s.default is dataclasses.MISSING and section.get(s.name) is None:
+            raise _fail(source, f"{key}.{s.name}", f"is required when {key} is configured")
+        values[s.name] = _get(source, key, section, s.name, s.metadata[_CONVERT], s.default)
+    for s in settings:
+        lower = s.metadata[_AT_LEAST]
+        if lower and values[s.name] < values[lower]:
+            raise _fail(source, f"{key}.{s.name}", f"must be >= {key}.{lower}")
+    return cls(**values)
+
+
+def parse_config(raw: Any, source: str = "<config>") -> Config:
+    """Turn the parsed YAML into a Config, or raise ConfigError naming the bad key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(raw).__name__}")
+    sections = (
+        "zookeeper",
+        "heat",
+        "hiera",
+        "facts",
+        "puppet",
+        "apply",
+        "releases",
+        "orders",
+        "log",
+    )
+    _check_keys(source, "", raw, {"app", "node", "state_dir", *sections})
+
+    def section(key: str, cls: type[T]) -> T:
+        return _typed_section(source, raw, key, cls)
+
+    app = _get(source, "", raw, "app", _app_name, None)
+    node = _get(source, "", raw, "node", _app_name, None) or socket.getfqdn()
+    state_dir = _get(source, "", raw, "state_dir", _string, "/var/lib/mozagent")
+    zookeeper = None
+    if raw.get("zookeeper") is not None:  # zookeeper: null is no ZooKeeper
+        zookeeper = section("zookeeper", ZooKeeperConfig)
+        if app is None:
+            raise _fail(source, "app", "is required when zookeeper is configured")
+    hiera = section("hiera", HieraConfig)
+    facts = section("facts", FactsConfig)
+    log = section("log", LogConfig)
+    return Config(
+        app=app,
+        node=node,
+        state_dir=state_dir,
+        hieradata_dir=hiera.datadir or os.path.join(state_dir, "hieradata"),
+        hiera_config=hiera.config or os.path.join(state_dir, "hiera.yaml"),
+        facts_file=facts.path or os.path.join(state_dir, "facts.d", "mozagent.json"),
+        puppet=section("puppet", PuppetConfig),
+        apply=section("apply", ApplyConfig),
+        zookeeper=zookeeper,
+        heat=section("heat", HeatConfig) if "heat" in raw else None,  # heat: null is all defaults
+        releases=section("releases", ReleasesConfig),
+        orders=section("orders", OrdersConfig),
+        log_level=log.level,
+        log_format=log.format,
+        source=source,
+    )
 
 
 def check_runnable(cfg: Config) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,6 +49,7 @@ def test_full_config_parses() -> None:
         ({"apply": {"min_wait": 5, "max_wait": 1}}, "apply.max_wait: must be >= apply.min_wait"),
         ({"zookeeper": {"hosts": "h:1"}}, "app: is required when zookeeper is configured"),
         ({"app": "a", "zookeeper": {}}, "zookeeper.hosts: is required"),
+        ({"app": "a", "zookeeper": {"hosts": None}}, "zookeeper.hosts: is required"),
         ({"app": "a", "zookeeper": {"hosts": "h", "root": "rel"}}, "zookeeper.root: must be"),
         ({"app": "bad/name"}, "app: 'bad/name' is not a valid name"),
         ({"puppet": {"timeout": True}}, "puppet.timeout: must be a number"),
@@ -107,3 +110,17 @@ def test_duplicate_keys_in_config_are_refused(tmp_path: Path) -> None:
     cfg.write_text("app: a\napp: b\n")
     with pytest.raises(ConfigError, match="duplicate key 'app'"):
         load_config(str(cfg))
+
+
+def test_each_default_is_a_value_its_key_accepts() -> None:
+    """Defaults are stated once, in each section's dataclass: writing one out in
+    the file changes nothing, so none is a value the key would refuse."""
+    base: dict[str, Any] = {"app": "a", "zookeeper": {"hosts": "h:1"}, "heat": {}}
+    default = parse_config(base, "t.yaml")
+    for name in ("zookeeper", "puppet", "apply", "heat", "releases", "orders"):
+        section = getattr(default, name)
+        for setting in dataclasses.fields(section):
+            value = getattr(section, setting.name)
+            written = list(value) if isinstance(value, tuple) else value
+            raw = {**base, name: {**base.get(name, {}), setting.name: written}}
+            assert parse_config(raw, "t.yaml") == default, f"{name}.{setting.name}: {value!r}"

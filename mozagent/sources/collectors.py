@@ -31,10 +31,10 @@ from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote
 
-from mozagent.config import ConfigError
+from mozagent.config import COLLECTORS, ConfigError
 from mozagent.desired.deployments import loads_bounded, redact
 
-KNOWN = ("heat_local", "local", "request", "heat", "cfn", "ec2", "zaqar")
+KNOWN = COLLECTORS  # the names heat.collectors accepts: one list, kept in config
 LOCAL = ("heat_local", "local")
 # A metadata document over this size is refused: Heat's own API stops at 1 MiB
 # per request body, and a deployment list this large is an attack or a bug.
