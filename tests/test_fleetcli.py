@@ -22,6 +22,7 @@ import yaml
 from kazoo.client import KazooClient
 
 from mozagent.cli import fleet as fleetcli
+from mozagent.cli import fleetviews as views
 from mozagent.cli import main
 from mozagent.desired import convergence as cv
 from mozagent.desired.fleet import DesiredRelease
@@ -681,7 +682,7 @@ def test_summary_and_exit_code() -> None:
         "web3": cv.Outcome(cv.PENDING, "pending"),
         "web4": cv.Outcome(cv.SKIPPED, "canary"),
     }
-    assert cv.wait_summary(outcomes, 5) == (
+    assert views.wait_summary(outcomes, 5) == (
         "1 of 3 hosts done; failed: web2; did not answer within 5 s: web3"
     )
     assert cv.exit_code(outcomes, 4) == 1
