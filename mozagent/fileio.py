@@ -70,13 +70,15 @@ def write_if_changed(path: str, content: bytes, mode: int = 0o644, durable: bool
 LOW_SPACE_BYTES = 1024 * 1024
 
 
-def free_space(path: str) -> tuple[int, int] | None:
-    """(bytes, inodes) an unprivileged writer may still use where ``path`` lives."""
+def free_space(path: str) -> tuple[int, int | None] | None:
+    """(bytes, inodes) an unprivileged writer may still use where ``path`` lives;
+    inodes None where the file system has no inode count (btrfs, vfat report 0
+    of 0: that is not "none left")."""
     try:
         st = os.statvfs(path)
     except OSError:
         return None
-    return st.f_bavail * st.f_frsize, st.f_favail
+    return st.f_bavail * st.f_frsize, (st.f_favail if st.f_files > 0 else None)
 
 
 def disk_full(path: str) -> bool:

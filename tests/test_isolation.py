@@ -17,7 +17,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +28,8 @@ from mozagent.apply.orders import judge
 from mozagent.apply.process import Ledger, Outcome, run_program
 from mozagent.apply.script import outcome_of
 from mozagent.desired.orders import InvalidOrder, parse_order, parse_procfile
+from mozagent.fileio import disk_full, free_space
+from mozagent.report.status import all_errors
 from tests.conftest import wait_for
 from tests.test_fleet import (  # noqa: F401 (fleet is a fixture)
     Fleet,
@@ -259,7 +261,8 @@ def test_a_run_that_could_not_be_cleaned_up_is_a_failure(tmp_path: Path) -> None
 
 
 def test_the_sweep_reports_what_it_could_not_stop() -> None:
-    proc = subprocess.Popen(["sleep", "3121"])
+    # Marked as a process of run "no-mark" is: the kill checks the mark again.
+    proc = subprocess.Popen(["sleep", "3121"], env={**os.environ, "MOZAGENT_RUN": "no-mark"})
     try:
         result = sweep(
             "no-mark", timeout=0.3, kill=lambda pid, sig: None, find=lambda mark: [proc.pid]
@@ -290,3 +293,61 @@ def test_procfile_and_order_command_names_are_bounded() -> None:
     assert any("at most 64" in p for p in procfile.problems)
     with pytest.raises(InvalidOrder, match="at most 64"):
         parse_order("order-0000000001", json.dumps({"command": "y" * 65}).encode(), 0.0, "here")
+
+
+class RefusesJoin(Containment):
+    """Our own containment, made to fail the way an old kernel does: the child
+    cannot join the run's cgroup."""
+
+    name = "refuses"
+
+    def open(self, mark: str) -> RunGroup:
+        class Group(RunGroup):
+            def preexec(self) -> Callable[[], None]:
+                def join() -> None:
+                    raise PermissionError("cgroup.procs: permission denied")
+
+                return join
+
+            def clean(self, timeout: float = 10.0) -> Cleanup:
+                return Cleanup()
+
+        return Group(mark)
+
+    def recover(self, record: dict[str, object]) -> int:
+        return 0
+
+
+def test_a_run_that_cannot_join_its_cgroup_runs_held_by_sweeps(tmp_path: Path) -> None:
+    ledger = Ledger(str(tmp_path / "running.json"), RefusesJoin())
+    out = run_program(["/bin/echo", "ran"], {}, 10, threading.Event(), ledger=ledger)
+    assert out.returncode == 0 and out.tail == ["ran"], out
+
+
+def test_a_file_system_without_inode_counts_is_not_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = os.statvfs(tmp_path)
+    fake = os.statvfs_result(
+        (real.f_bsize, real.f_frsize, real.f_blocks, real.f_bfree, real.f_bavail, 0, 0, 0, 0, 255)
+    )  # btrfs and vfat report 0 inodes of 0
+    monkeypatch.setattr("mozagent.fileio.os.statvfs", lambda path: fake)
+    assert free_space(str(tmp_path)) == (real.f_bavail * real.f_frsize, None)
+    assert not disk_full(str(tmp_path))
+    doc = {"state_dir_space": {"path": str(tmp_path), "bytes": 10**9, "inodes": None}}
+    assert not [e for e in all_errors(doc) if e["where"] == "disk"]
+    doc["state_dir_space"]["inodes"] = 0
+    assert [e for e in all_errors(doc) if e["where"] == "disk"]
+
+
+def test_a_sweep_never_kills_a_process_that_only_reused_a_pid() -> None:
+    """A pid found in /proc may belong to another process by the time the
+    signal goes out: the kill checks the run's mark through a pidfd first."""
+    stranger = subprocess.Popen(["sleep", "3122"])  # no mark: not the run's
+    try:
+        result = sweep("the-run", timeout=0.3, find=lambda mark: [stranger.pid])
+        assert stranger.poll() is None, "an unrelated process was killed"
+        assert result.error and result.left == [stranger.pid]
+    finally:
+        stranger.kill()
+        stranger.wait()

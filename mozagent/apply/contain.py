@@ -135,18 +135,24 @@ def orphans() -> list[int]:
     return [pid for pid in out if pid not in _own_children]
 
 
-def kill_orphans(kill: Callable[[int, int], None], rounds: int = 2000) -> int:
-    """SIGKILL orphans as fast as they are re-parented to us, until none is alive."""
+def kill_orphans(kill: Callable[[int, int], None], seconds: float = 2.0) -> int:
+    """SIGKILL orphans as fast as they are re-parented to us, until none is alive
+    or ``seconds`` pass.
+
+    Killed before they are reaped: a child's pid is not free for reuse until we
+    collect it, so a kill by pid cannot reach another process.
+    """
     killed = 0
-    for _ in range(rounds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
         live = [pid for pid in orphans() if _state(pid) not in (b"Z", b"X", b"")]
-        reap_orphans()
-        if not live:
-            break
         for pid in live:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 kill(pid, signal.SIGKILL)
             killed += 1
+        reap_orphans()
+        if not live:
+            break
     return killed
 
 
@@ -171,7 +177,8 @@ def reap_orphans(limit: int = 10_000) -> int:
     Called often while a run lasts (every wake of its wait loop), so a run
     whose children fork and exit in a loop never fills the process table with
     zombies. ``waitid(WNOWAIT)`` names a waitable child without collecting it;
-    one of ours is left for subprocess, and then the scan below takes over.
+    when that is one of ours (left for subprocess), our children's list
+    (``orphans``, a few small files) is read instead.
     """
     if not _subreaper:
         return 0
@@ -181,26 +188,18 @@ def reap_orphans(limit: int = 10_000) -> int:
             info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
             return reaped
-        if info is None or info.si_pid in _own_children:
+        if info is None:
+            return reaped
+        if info.si_pid in _own_children:
             break
         with contextlib.suppress(ChildProcessError):
             os.waitpid(info.si_pid, os.WNOHANG)
         reaped += 1
-    return reaped + _reap_scan()
-
-
-def _reap_scan() -> int:
-    """Every zombie child of ours that is not subprocess's own (a slower scan)."""
-    if not _subreaper:
-        return 0
-    me = os.getpid()
-    reaped = 0
-    for pid in _pids():
-        if pid in _own_children or _ppid(pid) != me or _state(pid) != b"Z":
-            continue
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(pid, os.WNOHANG)
-            reaped += 1
+    for pid in orphans():
+        if _state(pid) == b"Z":
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)
+                reaped += 1
     return reaped
 
 
@@ -258,6 +257,33 @@ def _send(pid: int, sig: int) -> None:
     os.kill(pid, sig)
 
 
+def _checked_kill(mark: str, kill: Kill) -> Kill:
+    """A kill by pid that cannot reach a process that merely reused the pid.
+
+    A process of the run found in /proc may exit, and its pid be taken by an
+    unrelated process, before the signal goes out (a fork loop wraps
+    ``pid_max`` fast). A pidfd holds one process; the mark (or being our
+    child) is checked again through it before the signal is sent.
+    """
+    if kill is not _send:
+        return kill  # an injected kill (tests) is called as it is
+
+    def send(pid: int, sig: int) -> None:
+        try:
+            fd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            return  # gone (or no pidfds: then we do not guess)
+        try:
+            if carries_mark(pid, mark) or (_subreaper and _ppid(pid) == os.getpid()):
+                signal.pidfd_send_signal(fd, sig)
+        except ProcessLookupError:
+            pass
+        finally:
+            os.close(fd)
+
+    return send
+
+
 def sweep(
     mark: str,
     timeout: float = CLEANUP_SECONDS,
@@ -273,6 +299,7 @@ def sweep(
     The stopping half is bounded too, so a process that never stops (one in
     uninterruptible sleep) is still sent SIGKILL.
     """
+    kill = _checked_kill(mark, kill)
     killed: set[int] = set()
     stopped: set[int] = set()
     start = clock()
@@ -501,13 +528,35 @@ def cgroup_parent() -> tuple[str | None, str]:
     if own is None:
         return None, "this process is in no cgroup v2 group"
     parent = os.path.normpath(mount + "/" + own.lstrip("/"))
-    probe = os.path.join(parent, f"{RUN_CGROUP_PREFIX}probe-{os.getpid()}")
     try:
-        os.mkdir(probe)
-        os.rmdir(probe)
+        probe = _CgroupRun("probe", os.path.join(parent, f"{RUN_CGROUP_PREFIX}probe-{os.getpid()}"))
     except OSError as exc:
         return None, f"cannot create a cgroup under {parent}: {exc.strerror or exc}"
-    return parent, ""
+    try:
+        why = _probe_join(probe)
+    finally:
+        probe.clean(timeout=2.0)
+    return (None, why) if why else (parent, "")
+
+
+def _probe_join(probe: RunGroup) -> str:
+    """Can a child that dropped to another user join a cgroup through our fd?
+
+    That is how every run joins its cgroup (an app's install script and orders
+    run as its user). Linux judges a ``cgroup.procs`` write by the opener's
+    credentials since 5.16; an older kernel refuses it, and then each run
+    would fail to start: better to know at start and use sweeps.
+    """
+    import subprocess  # here: only the daemon's start pays for it
+
+    drop: dict[str, Any] = (
+        {"user": 65534, "group": 65534, "extra_groups": []} if os.geteuid() == 0 else {}
+    )
+    try:
+        subprocess.run(["/bin/true"], preexec_fn=probe.preexec(), check=True, timeout=10, **drop)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"a child cannot join a cgroup after dropping privileges ({exc})"
+    return ""
 
 
 def choose(mode: str) -> tuple[Containment, str]:

@@ -200,8 +200,8 @@ def _supervise(
     keep_bytes: int,
     run_as: RunAs | None,
 ) -> Outcome:
-    try:
-        proc = subprocess.Popen(
+    def start(join: Callable[[], None] | None) -> subprocess.Popen[str]:
+        return subprocess.Popen(
             list(cmd),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE if split_stderr else subprocess.STDOUT,
@@ -211,9 +211,24 @@ def _supervise(
             start_new_session=True,
             text=True,
             errors="replace",
-            preexec_fn=group.preexec(),
+            preexec_fn=join,
             **(run_as.popen_args() if run_as is not None else {}),
         )
+
+    try:
+        join = group.preexec()
+        try:
+            proc = start(join)
+        except subprocess.SubprocessError as exc:
+            if join is None:
+                raise
+            # The child could not join the run's cgroup (the probe at start
+            # passed, so the cgroup tree changed since): hold this run with
+            # sweeps rather than not run it.
+            log.warning("run_cgroup_join_failed", error=str(exc), fallback="process sweeps")
+            group.clean()
+            group = contain.SweepContainment().open(group.mark)
+            proc = start(None)
     except FileNotFoundError:
         group.clean()
         return Outcome(None, start_error="not found")

@@ -68,6 +68,8 @@ def touch_heartbeat(state_dir: str) -> None:
         # then says the heartbeat is stale, and why the disk is the reason).
         with contextlib.suppress(OSError), open(path, "w", encoding="ascii") as fh:
             fh.write(f"{os.getpid()}\n")
+    except OSError:
+        pass  # a read-only or failing disk: the main loop must not die of a beat
 
 
 def heartbeat_age(state_dir: str, now: float | None = None) -> float | None:
