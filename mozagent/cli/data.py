@@ -6,11 +6,14 @@ replaces a whole layer in one ZooKeeper transaction: the agent sees the old
 layer or the new one, never a mix.
 
 Exit codes: 0 done; 1 failed (not found, ZooKeeper unreachable or changed
-meanwhile); 2 invalid input (nothing written).
+meanwhile); 2 invalid input (nothing written). ``cmd_data`` checks the words
+and the value before connecting; each action then works on the session's
+client, and a write with ``--wait`` follows the hosts (``cli.fleet``).
 """
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import json
 import sys
@@ -21,6 +24,18 @@ import yaml
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
 
+from mozagent.cli.fleet import layer_version, wait_for_data
+from mozagent.cli.parser import DATA_ARITY, Usage, check_word, fail
+from mozagent.cli.session import (
+    EXIT_FAILED,
+    EXIT_INVALID,
+    EXIT_OK,
+    CommandError,
+    Session,
+    connected,
+    target_of,
+    timeout_of,
+)
 from mozagent.desired.keys import (
     MAX_VALUE_BYTES,
     InvalidValue,
@@ -32,17 +47,81 @@ from mozagent.desired.keys import (
 )
 from mozagent.desired.layers import layer_paths
 
-EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 # ZooKeeper refuses a request over jute.maxbuffer (1 MiB by default); keep margin.
 MAX_TRANSACTION_BYTES = 1_000_000
 
 
-class DataError(Exception):
-    """A failure to report to the operator; ``code`` is the exit code."""
+def cmd_data(args: argparse.Namespace) -> int:
+    cmd = args.data_command
+    is_global = getattr(args, "is_global", False)
+    node = getattr(args, "node", None)
+    wait = getattr(args, "wait", False)
+    timeout = timeout_of(args, wait)
+    names = DATA_ARITY[cmd]
+    expected = names if is_global else ["APP", *names]
+    whole_layer = cmd == "delete" and len(args.words) == len(expected) - 1
+    if whole_layer:
+        expected = expected[:-1]
+    if len(args.words) != len(expected):
+        usage = " ".join(expected) + (" --global" if is_global else "")
+        return fail(f"data {cmd} takes {usage} (got {len(args.words)} arguments)")
+    words = dict(zip(expected, args.words, strict=False))
+    if "APP" in words:
+        check_word("app", words["APP"])
+    if wait and (
+        cmd not in ("set", "import", "delete") or whole_layer or getattr(args, "dry_run", False)
+    ):
+        raise Usage(
+            "--wait follows a set, an import or a key's delete: "
+            "not a read, a --dry-run or a whole-layer delete"
+        )
+    target = target_of(args)
 
-    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.code = code
+    try:
+        ref = layer_ref(target[1], words.get("APP"), node, is_global)
+        value = None
+        if cmd == "set":
+            _check_key(words["KEY"])
+            text = read_stdin_value() if words["VALUE"] == "-" else words["VALUE"]
+            value = parse_cli_value(text, args.string, words["KEY"])
+        elif cmd == "import":
+            load_import_file(words["FILE"]) if words["FILE"] != "-" else None
+        elif "KEY" in words:
+            _check_key(words["KEY"])
+        if whole_layer and not args.force:
+            raise CommandError(
+                f"`data delete` without a KEY deletes the whole {ref.label} ({ref.path}); "
+                "hosts then render it empty. Add --force to do that.",
+                EXIT_INVALID,
+            )
+    except CommandError as exc:
+        return fail(str(exc), exc.code)
+
+    def work(session: Session) -> int:
+        client = session.client
+        if cmd == "set":
+            code = set_key(client, ref, words["KEY"], value, args.dry_run)
+        elif cmd == "get":
+            return get_key(client, ref, words["KEY"])
+        elif cmd == "delete" and whole_layer:
+            return delete_layer(client, ref)
+        elif cmd == "delete":
+            code = delete_key(client, ref, words["KEY"])
+        elif cmd == "list":
+            return list_keys(client, ref)
+        elif cmd == "export":
+            return export_layer(client, ref)
+        else:
+            code = import_layer(client, ref, words["FILE"], args.dry_run)
+        if not wait or code != EXIT_OK:
+            return code
+        session.written = True
+        version = layer_version(session, ref.path)
+        app = None if is_global else words["APP"]
+        return wait_for_data(session, app, node, version, sys.stdout)
+
+    changes = cmd in ("set", "delete", "import") and not getattr(args, "dry_run", False)
+    return connected(args, timeout, changes, work, target)
 
 
 @dataclass(frozen=True)
@@ -57,17 +136,17 @@ def layer_ref(root: str, app: str | None, node: str | None, is_global: bool) -> 
     try:
         if is_global:
             if node:
-                raise DataError("--global and --node exclude each other", EXIT_INVALID)
+                raise CommandError("--global and --node exclude each other", EXIT_INVALID)
             return LayerRef(layer_paths(root, "_", "_")["global"], "global layer")
         if not app:
-            raise DataError("an APP is required (or --global)", EXIT_INVALID)
+            raise CommandError("an APP is required (or --global)", EXIT_INVALID)
         check_name("app", app)
         if node:
             check_name("node", node)
             return LayerRef(layer_paths(root, app, node)["node"], f"node {node} of app {app}")
         return LayerRef(layer_paths(root, app, "_")["app"], f"app {app}")
     except InvalidValue as exc:
-        raise DataError(str(exc), EXIT_INVALID) from None
+        raise CommandError(str(exc), EXIT_INVALID) from None
 
 
 def parse_cli_value(text: str, as_string: bool, where: str) -> Any:
@@ -78,10 +157,10 @@ def parse_cli_value(text: str, as_string: bool, where: str) -> Any:
         try:
             value = parse_yaml_text(text, where)
         except InvalidValue as exc:
-            raise DataError(str(exc), EXIT_INVALID) from None
+            raise CommandError(str(exc), EXIT_INVALID) from None
     size = len(encode_value(value))
     if size > MAX_VALUE_BYTES:
-        raise DataError(f"{where}: value is {size} bytes, over the 1 MiB limit", EXIT_INVALID)
+        raise CommandError(f"{where}: value is {size} bytes, over the 1 MiB limit", EXIT_INVALID)
     return value
 
 
@@ -89,7 +168,7 @@ def read_stdin_value() -> str:
     """``set KEY -``: an empty stdin is a mistake (a failed pipe), never a null."""
     text = sys.stdin.read()
     if not text.strip():
-        raise DataError(
+        raise CommandError(
             "no value on stdin (it was empty); to store undef, pass `null` as the VALUE",
             EXIT_INVALID,
         )
@@ -100,7 +179,7 @@ def _check_key(key: str) -> str:
     try:
         return check_key(key)
     except InvalidValue as exc:
-        raise DataError(str(exc), EXIT_INVALID) from None
+        raise CommandError(str(exc), EXIT_INVALID) from None
 
 
 @dataclass
@@ -140,7 +219,7 @@ def read_layer(client: KazooClient, ref: LayerRef) -> LayerContent:
 def existing_layer(client: KazooClient, ref: LayerRef) -> LayerContent:
     content = read_layer(client, ref)
     if not content.exists:
-        raise DataError(f"the {ref.label} does not exist ({ref.path})")
+        raise CommandError(f"the {ref.label} does not exist ({ref.path})")
     return content
 
 
@@ -169,7 +248,7 @@ def _shown(content: LayerContent) -> dict[str, Any]:
     return shown
 
 
-def cmd_set(
+def set_key(
     client: KazooClient,
     ref: LayerRef,
     key: str,
@@ -197,17 +276,17 @@ def cmd_set(
     return EXIT_OK
 
 
-def cmd_get(client: KazooClient, ref: LayerRef, key: str, out: TextIO | None = None) -> int:
+def get_key(client: KazooClient, ref: LayerRef, key: str, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     _check_key(key)
     try:
         data, _ = client.retry(client.get, f"{ref.path}/{key}")
     except NoNodeError:
-        raise DataError(f"{key}: no such key in the {ref.label} ({ref.path})") from None
+        raise CommandError(f"{key}: no such key in the {ref.label} ({ref.path})") from None
     try:
         value = parse_value(data, f"{ref.path}/{key}")
     except InvalidValue as exc:
-        raise DataError(f"{exc} (the agent ignores this value)") from None
+        raise CommandError(f"{exc} (the agent ignores this value)") from None
     out.write(format_value(value))
     return EXIT_OK
 
@@ -220,20 +299,20 @@ def format_value(value: Any) -> str:
     return text[: -len("...\n")] if text.endswith("\n...\n") else text
 
 
-def cmd_delete(client: KazooClient, ref: LayerRef, key: str, out: TextIO | None = None) -> int:
+def delete_key(client: KazooClient, ref: LayerRef, key: str, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     _check_key(key)
     try:
         client.retry(client.delete, f"{ref.path}/{key}")
     except NoNodeError:
-        raise DataError(f"{key}: no such key in the {ref.label} ({ref.path})") from None
+        raise CommandError(f"{key}: no such key in the {ref.label} ({ref.path})") from None
     except NotEmptyError:
-        raise DataError(f"{ref.path}/{key} has children: it is not a key znode") from None
+        raise CommandError(f"{ref.path}/{key} has children: it is not a key znode") from None
     out.write(f"deleted {key} from the {ref.label}\n")
     return EXIT_OK
 
 
-def cmd_delete_layer(client: KazooClient, ref: LayerRef, out: TextIO | None = None) -> int:
+def delete_layer(client: KazooClient, ref: LayerRef, out: TextIO | None = None) -> int:
     """Delete a layer and its keys in one transaction: hosts see it whole or empty."""
     out = out or sys.stdout
     content = existing_layer(client, ref)
@@ -243,7 +322,7 @@ def cmd_delete_layer(client: KazooClient, ref: LayerRef, out: TextIO | None = No
     txn.delete(ref.path, version=content.version)
     failures = [r for r in txn.commit() if isinstance(r, Exception)]
     if failures:
-        raise DataError(
+        raise CommandError(
             f"deleting the {ref.label} failed: it changed meanwhile or has nested znodes "
             f"({type(failures[0]).__name__}); nothing was deleted"
         )
@@ -251,7 +330,7 @@ def cmd_delete_layer(client: KazooClient, ref: LayerRef, out: TextIO | None = No
     return EXIT_OK
 
 
-def cmd_list(
+def list_keys(
     client: KazooClient, ref: LayerRef, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
     out, err = out or sys.stdout, err or sys.stderr
@@ -265,7 +344,7 @@ def cmd_list(
     return EXIT_FAILED if bad else EXIT_OK
 
 
-def cmd_export(
+def export_layer(
     client: KazooClient, ref: LayerRef, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
     out, err = out or sys.stdout, err or sys.stderr
@@ -286,15 +365,15 @@ def load_import_file(path: str) -> dict[str, Any]:
             with open(path, encoding="utf-8") as fh:
                 text = fh.read()
     except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read: {exc}", EXIT_INVALID) from None
+        raise CommandError(f"{path}: cannot read: {exc}", EXIT_INVALID) from None
     try:
         doc = parse_yaml_text(text, path)
     except InvalidValue as exc:
-        raise DataError(str(exc), EXIT_INVALID) from None
+        raise CommandError(str(exc), EXIT_INVALID) from None
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
-        raise DataError(
+        raise CommandError(
             f"{path}: must be a mapping of key: value, got {type(doc).__name__}", EXIT_INVALID
         )
     problems = []
@@ -316,7 +395,7 @@ def load_import_file(path: str) -> dict[str, Any]:
             f"{MAX_TRANSACTION_BYTES}): split the data, or use `set` per key"
         )
     if problems:
-        raise DataError("\n".join(problems), EXIT_INVALID)
+        raise CommandError("\n".join(problems), EXIT_INVALID)
     return doc
 
 
@@ -330,7 +409,7 @@ def same_value(data: bytes, value: Any) -> bool:
     return json.dumps(current, sort_keys=True) == json.dumps(value, sort_keys=True)
 
 
-def cmd_import(
+def import_layer(
     client: KazooClient, ref: LayerRef, path: str, dry_run: bool, out: TextIO | None = None
 ) -> int:
     out = out or sys.stdout
@@ -369,11 +448,11 @@ def cmd_import(
             if isinstance(first, (BadVersionError, NodeExistsError, NoNodeError))
             else f"ZooKeeper refused the transaction ({type(first).__name__}); nothing written"
         )
-        raise DataError(f"import into the {ref.label} failed: {why}")
+        raise CommandError(f"import into the {ref.label} failed: {why}")
     out.write(text or f"no change: the {ref.label} already matches {path}\n")
     extra = sorted(set(client.retry(client.get_children, ref.path)) - set(encoded))
     if extra:
-        raise DataError(
+        raise CommandError(
             f"imported {len(desired)} keys, but {', '.join(extra)} appeared in the "
             f"{ref.label} meanwhile; run the import again to remove them"
         )

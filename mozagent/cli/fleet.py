@@ -1,8 +1,11 @@
 """``mozagent fleet``, ``deploy``, ``order`` and ``data … --wait``: the operator's
 view of what the agents publish in ZooKeeper, and waiting for them.
 
+Each command is ``cmd_<name>(args)``: it checks its words (a bad one exits 2
+before connecting), then runs its work on a session (``session.connected``).
 The ZooKeeper I/O lives here; every decision (who is done, failed, lagging,
-a canary) is ``desired.convergence``'s, so the commands cannot disagree.
+a canary) is ``desired.convergence``'s and every view ``cli.fleetviews``', so
+the commands cannot disagree.
 
 Waiting is polling (every ``POLL_INTERVAL`` s) rather than watches: a poll
 re-reads everything, so it cannot miss an update around a reconnect, and
@@ -17,17 +20,17 @@ a persistent one is shown, never waited for.
 
 from __future__ import annotations
 
+import argparse
 import getpass
 import io
 import json
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from kazoo.client import KazooClient
 from kazoo.exceptions import (
     BadVersionError,
     ConnectionLoss,
@@ -35,11 +38,21 @@ from kazoo.exceptions import (
     NoNodeError,
     SessionExpiredError,
 )
-from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import ZnodeStat
 
 from mozagent.cli import fleetviews as views
-from mozagent.cli.data import EXIT_FAILED, EXIT_INVALID, EXIT_OK, DataError
+from mozagent.cli.parser import Usage, check_word
+from mozagent.cli.session import (
+    EXIT_FAILED,
+    EXIT_INVALID,
+    EXIT_OK,
+    CommandError,
+    OutOfTime,
+    Session,
+    Stalled,
+    connected,
+    timeout_of,
+)
 from mozagent.desired import convergence as cv
 from mozagent.desired import fleet
 from mozagent.desired.fleet import DesiredRelease
@@ -65,81 +78,6 @@ from mozagent.desired.release import (
 EXIT_NOTHING = 3  # no live host to show or to wait for; no such order
 EXIT_IN_PROGRESS = 4  # order status without --wait: some hosts have not finished
 POLL_INTERVAL = 0.25
-
-
-class Stalled(Exception):
-    """ZooKeeper did not answer a read it had ``waited`` seconds for."""
-
-    def __init__(self, waited: float) -> None:
-        super().__init__(waited)
-        self.waited = waited
-
-
-class OutOfTime(Exception):
-    """The deadline passed before a read was even asked: time ran out, which
-    says nothing about ZooKeeper."""
-
-
-@dataclass
-class Session:
-    """One command's connection and time budget. ``written`` tells the
-    timeout message whether the change was made before ZooKeeper stalled."""
-
-    client: KazooClient
-    root: str
-    started: float  # time.monotonic() when the command started
-    timeout: float
-    written: bool = False
-    hosts: str = "?"  # for messages: which ZooKeeper
-
-    @property
-    def wait_deadline(self) -> float:
-        """A wait ends a little before the whole-command alarm, so that it can
-        still name the hosts that did not answer."""
-        return self.started + self.timeout - min(1.0, self.timeout / 10)
-
-    @property
-    def read_deadline(self) -> float:
-        """Reads of a wait may end halfway between the wait's end and the
-        alarm: the last poll, made as the wait ends, still has time to be
-        answered by a healthy server, so a timeout is not taken for a stall."""
-        return (self.wait_deadline + self.started + self.timeout) / 2
-
-    def result(self, pending: Any, deadline: float | None = None) -> Any:
-        remaining = (deadline or self.started + self.timeout + 5) - time.monotonic()
-        if remaining <= 0:
-            raise OutOfTime()
-        try:
-            return pending.get(timeout=remaining)
-        except KazooTimeoutError:
-            raise Stalled(remaining) from None
-
-    def get_many(
-        self, paths: Iterable[str], deadline: float | None = None
-    ) -> dict[str, tuple[bytes, ZnodeStat] | None]:
-        pending = {path: self.client.get_async(path) for path in paths}
-        found: dict[str, tuple[bytes, ZnodeStat] | None] = {}
-        for path, result in pending.items():
-            try:
-                data, stat = self.result(result, deadline)
-                found[path] = (data or b"", stat)
-            except NoNodeError:
-                found[path] = None
-        return found
-
-    def get(self, path: str, deadline: float | None = None) -> tuple[bytes, ZnodeStat] | None:
-        return self.get_many([path], deadline)[path]
-
-    def children(
-        self, path: str, deadline: float | None = None
-    ) -> tuple[list[str], ZnodeStat] | None:
-        try:
-            names, stat = self.result(
-                self.client.get_children_async(path, include_data=True), deadline
-            )
-        except NoNodeError:
-            return None
-        return sorted(names), stat
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -212,7 +150,20 @@ def identity() -> str:
 # --- fleet -------------------------------------------------------------------------------------
 
 
-def cmd_fleet(session: Session, app: str, as_json: bool, out: TextIO | None = None) -> int:
+def _words(args: argparse.Namespace, command: str, names: Sequence[str]) -> list[str]:
+    if len(args.words) != len(names):
+        raise Usage(f"{command} takes {' '.join(names)} (got {len(args.words)} arguments)")
+    return list(args.words)
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    (app,) = _words(args, "fleet", ["APP"])
+    check_word("app", app)
+    timeout = timeout_of(args, False)
+    return connected(args, timeout, False, lambda s: show_fleet(s, app, args.json))
+
+
+def show_fleet(session: Session, app: str, as_json: bool, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     root = session.root
     presences = read_presences(session, app)
@@ -307,7 +258,7 @@ def conclude(
     summary = prefix + views.wait_summary(outcomes, session.timeout)
     code = cv.exit_code(outcomes, EXIT_FAILED)
     if code != EXIT_OK:
-        raise DataError(summary, code)
+        raise CommandError(summary, code)
     print(summary, file=out, flush=True)
     return code
 
@@ -324,8 +275,8 @@ def _poll_presences(
     return poll
 
 
-def _nothing_to_wait_for(what: str) -> DataError:
-    return DataError(f"{what}: no live host to wait for (the change is written)", EXIT_NOTHING)
+def _nothing_to_wait_for(what: str) -> CommandError:
+    return CommandError(f"{what}: no live host to wait for (the change is written)", EXIT_NOTHING)
 
 
 def wait_for_data(
@@ -366,7 +317,25 @@ def _valid_name(name: str) -> bool:
 # --- deploy ------------------------------------------------------------------------------------
 
 
-def cmd_deploy(
+def cmd_deploy(args: argparse.Namespace) -> int:
+    app, ref = _words(args, "deploy", ["APP", "REF"])
+    check_word("app", app)
+    try:
+        cv.check_release(ref, args.source, args.install_script)
+    except InvalidRelease as exc:
+        raise Usage(str(exc)) from None
+    if args.node is not None:
+        check_word("node", args.node)
+    wait = getattr(args, "wait", False)
+    timeout = timeout_of(args, wait)
+
+    def work(session: Session) -> int:
+        return deploy(session, app, ref, args.source, args.install_script, args.node, wait)
+
+    return connected(args, timeout, True, work)
+
+
+def deploy(
     session: Session,
     app: str,
     ref: str,
@@ -386,7 +355,7 @@ def cmd_deploy(
     current, stat = read_release(session, path)
     base = current if current is not None or not node else read_release(session, app_path)[0]
     if base is not None and base.release is None and (source is None or install_script is None):
-        raise DataError(
+        raise CommandError(
             f"the current release is unreadable ({base.error}); "
             "pass --source and --install-script to replace it",
             EXIT_INVALID,
@@ -395,7 +364,7 @@ def cmd_deploy(
         source = source or base.release.source
         install_script = install_script or base.release.install_script
     if source is None:
-        raise DataError(
+        raise CommandError(
             f"no current release of app {app} to take the source from: pass --source URL",
             EXIT_INVALID,
         )
@@ -404,7 +373,7 @@ def cmd_deploy(
             ref, source, install_script or DEFAULT_INSTALL_SCRIPT, identity(), time.time()
         )
     except InvalidRelease as exc:
-        raise DataError(str(exc), EXIT_INVALID) from None
+        raise CommandError(str(exc), EXIT_INVALID) from None
     written = write_release(session, path, encode_value(release.as_dict()), stat)
     session.written = True
     what = f"node {node} of app {app}" if node else f"app {app}"
@@ -426,7 +395,7 @@ def write_release(session: Session, path: str, data: bytes, stat: ZnodeStat | No
             return client.create(path, data, makepath=True, include_data=True)[1]
         return client.set(path, data, version=stat.version)
     except (BadVersionError, NodeExistsError, NoNodeError):
-        raise DataError(
+        raise CommandError(
             f"someone else changed the release meanwhile ({path}); nothing written: "
             "look at it (`mozagent fleet`) and deploy again",
             EXIT_FAILED,
@@ -462,7 +431,45 @@ def _wait_for_release(
 # --- orders ------------------------------------------------------------------------------------
 
 
-def cmd_order(
+def cmd_order(args: argparse.Namespace) -> int:
+    """``order status APP [SEQ]`` or ``order APP NAME``: the word ``status`` first
+    means the status command; ``--app`` takes the place of APP in both."""
+    words = list(args.words)
+    wait = getattr(args, "wait", False)
+    status = bool(words) and words[0] == "status"
+    if status:
+        words = words[1:]
+    if args.app is None:
+        if not words:
+            raise Usage("order takes APP NAME, or status APP [SEQ]")
+        app, words = words[0], words[1:]
+    else:
+        app = args.app
+    check_word("app", app)
+    nodes = [check_word("node", n) for n in args.nodes] if args.nodes else None
+    timeout = timeout_of(args, wait)
+    if status:
+        if len(words) > 1:
+            raise Usage(f"order status takes APP [SEQ] (got {' '.join(args.words)})")
+        if nodes is not None:
+            raise Usage("--node is for creating an order, not for order status")
+        seq = check_word("order", words[0]) if words else None
+
+        def show(session: Session) -> int:
+            return order_status(session, app, seq, wait, args.json)
+
+        return connected(args, timeout, False, show)
+    if len(words) != 1:
+        raise Usage(f"order takes APP NAME (got {' '.join(args.words) or 'nothing'})")
+    command = check_word("order command", words[0])
+
+    def create(session: Session) -> int:
+        return push_order(session, app, command, nodes, wait, args.json)
+
+    return connected(args, timeout, True, create)
+
+
+def push_order(
     session: Session,
     app: str,
     command: str,
@@ -481,7 +488,7 @@ def cmd_order(
     if wait and (missing or not live):
         # Waiting for a host that is not there could only end in "went away".
         who = f"no such live host: {', '.join(missing)}" if missing else "no live hosts"
-        raise DataError(
+        raise CommandError(
             f"app {app} has {who} (no agent's presence under "
             f"{fleet.hosts_path(session.root, app)}); nothing written. Without --wait the "
             "order is pushed anyway, and a host that joins within orders.max_age runs it",
@@ -499,14 +506,14 @@ def cmd_order(
         print(f"mozagent: warning: app {app} has no live hosts now", file=err)
     if not wait:
         return EXIT_OK
-    return cmd_order_status(session, app, name, True, as_json, out)
+    return order_status(session, app, name, True, as_json, out)
 
 
 def newest_order(session: Session, app: str) -> str:
     listing = session.children(fleet.orders_path(session.root, app))
     names = [n for n in (listing[0] if listing else []) if ORDER_NAME_RE.fullmatch(n)]
     if not names:
-        raise DataError(f"app {app} has no orders", EXIT_NOTHING)
+        raise CommandError(f"app {app} has no orders", EXIT_NOTHING)
     return max(names, key=order_seq)
 
 
@@ -514,11 +521,11 @@ def read_order(session: Session, app: str, name: str) -> Order:
     path = fleet.order_path(session.root, app, name)
     found = session.get(path)
     if found is None:
-        raise DataError(f"app {app} has no order {name}", EXIT_NOTHING)
+        raise CommandError(f"app {app} has no order {name}", EXIT_NOTHING)
     try:
         return parse_order(name, found[0], found[1].ctime / 1000, path)
     except InvalidOrder as exc:
-        raise DataError(f"order {name} of app {app} is unreadable: {exc}", EXIT_FAILED) from None
+        raise CommandError(f"order {name} of app {app} is unreadable: {exc}", EXIT_FAILED) from None
 
 
 def read_results(
@@ -537,7 +544,7 @@ def read_results(
     }
 
 
-def cmd_order_status(
+def order_status(
     session: Session,
     app: str,
     seq: str | None,
@@ -561,7 +568,7 @@ def cmd_order_status(
 
     outcomes = poll()
     if not outcomes:
-        raise DataError(
+        raise CommandError(
             f"{name}: no targeted host of app {app} is live, and no host answered", EXIT_NOTHING
         )
     if not wait:

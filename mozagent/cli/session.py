@@ -1,0 +1,246 @@
+"""One operator command's ZooKeeper session: where it connects, its time
+budget, and the one way each failure is said.
+
+Every command that talks to ZooKeeper (``data``, ``fleet``, ``deploy``,
+``order``) runs its work through ``connected``, so that each one fails the
+same way: one line, exit 1, saying whether a change may have been made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import KazooException, NoNodeError
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.states import ZnodeStat
+
+from mozagent.cli.parser import (
+    DEFAULT_TIMEOUT,
+    DEFAULT_WAIT_TIMEOUT,
+    ROOT_ENV,
+    ZOOKEEPER_ENV,
+    Usage,
+    config_of,
+    fail,
+)
+from mozagent.config import DEFAULT_ROOT, ConfigError, config_path, parse_zk_hosts, parse_zk_root
+from mozagent.logs import route_client_logs
+from mozagent.zkclient import CONNECTION_ERRORS, describe, make_client
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+class CommandError(Exception):
+    """A failure to report to the operator; ``code`` is the exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Stalled(Exception):
+    """ZooKeeper did not answer a read it had ``waited`` seconds for."""
+
+    def __init__(self, waited: float) -> None:
+        super().__init__(waited)
+        self.waited = waited
+
+
+class OutOfTime(Exception):
+    """The deadline passed before a read was even asked: time ran out, which
+    says nothing about ZooKeeper."""
+
+
+@dataclass
+class Session:
+    """One command's connection and time budget. ``written`` tells the
+    timeout message whether the change was made before ZooKeeper stalled."""
+
+    client: KazooClient
+    root: str
+    started: float  # time.monotonic() when the command started
+    timeout: float
+    written: bool = False
+    hosts: str = "?"  # for messages: which ZooKeeper
+
+    @property
+    def wait_deadline(self) -> float:
+        """A wait ends a little before the whole-command alarm, so that it can
+        still name the hosts that did not answer."""
+        return self.started + self.timeout - min(1.0, self.timeout / 10)
+
+    @property
+    def read_deadline(self) -> float:
+        """Reads of a wait may end halfway between the wait's end and the
+        alarm: the last poll, made as the wait ends, still has time to be
+        answered by a healthy server, so a timeout is not taken for a stall."""
+        return (self.wait_deadline + self.started + self.timeout) / 2
+
+    def result(self, pending: Any, deadline: float | None = None) -> Any:
+        remaining = (deadline or self.started + self.timeout + 5) - time.monotonic()
+        if remaining <= 0:
+            raise OutOfTime()
+        try:
+            return pending.get(timeout=remaining)
+        except KazooTimeoutError:
+            raise Stalled(remaining) from None
+
+    def get_many(
+        self, paths: Iterable[str], deadline: float | None = None
+    ) -> dict[str, tuple[bytes, ZnodeStat] | None]:
+        pending = {path: self.client.get_async(path) for path in paths}
+        found: dict[str, tuple[bytes, ZnodeStat] | None] = {}
+        for path, result in pending.items():
+            try:
+                data, stat = self.result(result, deadline)
+                found[path] = (data or b"", stat)
+            except NoNodeError:
+                found[path] = None
+        return found
+
+    def get(self, path: str, deadline: float | None = None) -> tuple[bytes, ZnodeStat] | None:
+        return self.get_many([path], deadline)[path]
+
+    def children(
+        self, path: str, deadline: float | None = None
+    ) -> tuple[list[str], ZnodeStat] | None:
+        try:
+            names, stat = self.result(
+                self.client.get_children_async(path, include_data=True), deadline
+            )
+        except NoNodeError:
+            return None
+        return sorted(names), stat
+
+
+def target_of(args: argparse.Namespace) -> tuple[str, str]:
+    """ZooKeeper hosts and root: option, then environment, then config file."""
+    cfg = config_of(args, required=False)
+    zk_cfg = cfg.zookeeper if cfg else None
+    hosts = getattr(args, "zookeeper", None) or os.environ.get(ZOOKEEPER_ENV)
+    if hosts:
+        parse_zk_hosts("command line", "--zookeeper", hosts)
+    elif zk_cfg:
+        hosts = zk_cfg.hosts
+    else:
+        raise ConfigError(
+            f"no ZooKeeper hosts: pass --zookeeper HOSTS, set ${ZOOKEEPER_ENV}, or set "
+            f"zookeeper.hosts in {config_path(getattr(args, 'config', None))}"
+        )
+    root = getattr(args, "root", None) or os.environ.get(ROOT_ENV)
+    if root:
+        root = parse_zk_root("command line", "--root", root)
+    else:
+        root = zk_cfg.root if zk_cfg else DEFAULT_ROOT
+    return hosts, root
+
+
+def timeout_of(args: argparse.Namespace, wait: bool) -> float:
+    timeout = getattr(args, "timeout", DEFAULT_WAIT_TIMEOUT if wait else DEFAULT_TIMEOUT)
+    if not 0 < timeout < float("inf"):
+        raise Usage(f"--timeout must be a positive number of seconds, got {timeout!r}")
+    return timeout
+
+
+def connected(
+    args: argparse.Namespace,
+    timeout: float,
+    writes: bool,
+    work: Callable[[Session], int],
+    target: tuple[str, str] | None = None,
+) -> int:
+    """Run ``work`` on a ZooKeeper session, the whole of it bounded by ``timeout``;
+    ``writes``: whether a cut-short command may have made its change."""
+    hosts, root = target or target_of(args)
+    started = time.monotonic()
+    # A reconnect delay longer than the whole command would end after it.
+    client = make_client(
+        hosts, session_timeout=min(timeout, 10.0), retry_max=timeout, logger=route_client_logs()
+    )
+    session = Session(client, root, started, timeout, hosts=hosts)
+    timed_out = reached = False
+    try:
+        with _total_time(timeout):
+            try:
+                client.start(timeout=timeout)
+            except KazooTimeoutError:
+                return fail(f"cannot connect to ZooKeeper at {hosts} within {timeout:g} s", 1)
+            reached = True
+            return work(session)
+    except _Deadline:
+        timed_out = True
+        if not reached:
+            return fail(f"cannot connect to ZooKeeper at {hosts} within {timeout:g} s", 1)
+        return fail(
+            f"ZooKeeper at {hosts} did not answer within {timeout:g} s (--timeout)"
+            + _what_was_written(session.written, writes),
+            1,
+        )
+    except CommandError as exc:
+        return fail(str(exc), exc.code)
+    except CONNECTION_ERRORS as exc:
+        return fail(describe(exc, hosts) + _what_was_written(session.written, writes), 1)
+    except KazooException as exc:
+        return fail(f"ZooKeeper refused the request: {type(exc).__name__} {exc}".strip(), 1)
+    finally:
+        client.logger.disabled = True  # the command has said what happened: no epilogue
+        if timed_out:
+            _close_quietly(client)
+        else:
+            client.stop()
+            client.close()
+
+
+def _what_was_written(written: bool, writes: bool) -> str:
+    """After a command was cut short: whether its change was made."""
+    if written:
+        return "; the change was made, but following the hosts was cut short"
+    if writes:
+        return "; the change may or may not have been made: check with `data get/export`"
+    return ""
+
+
+class _Deadline(Exception):
+    """The command's whole time (``--timeout``) is up."""
+
+
+@contextmanager
+def _total_time(seconds: float) -> Iterator[None]:
+    """Bound a whole command, not only its connect: kazoo waits without a limit
+    for a server that accepted the session and then stopped answering."""
+
+    def expire(signum: int, frame: object) -> None:
+        raise _Deadline()
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _close_quietly(client: Any) -> None:
+    """Closing a session on a server that does not answer can itself block."""
+
+    def close() -> None:
+        try:
+            client.stop()
+            client.close()
+        except Exception as exc:  # best effort on the way out
+            print(f"mozagent: closing the session failed: {exc!r}", file=sys.stderr)
+
+    thread = threading.Thread(target=close, daemon=True)
+    thread.start()
+    thread.join(timeout=2)
