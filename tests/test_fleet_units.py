@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,19 @@ from mozagent.apply.runas import NoSuchUser, resolve_user
 from mozagent.config import ConfigError, parse_config
 from mozagent.desired.fleet import DesiredRelease
 from mozagent.render.snapshot import merge_layers
-from mozagent.report.fleet import presence_doc
+from mozagent.report.fleet import (
+    ANOTHER,
+    ANOTHER_BOOT,
+    PREDECESSOR,
+    STILL_RUNNING,
+    Claim,
+    agent_running,
+    holder_text,
+    presence_doc,
+    process_start,
+    read_boot_id,
+    relation,
+)
 from mozagent.sources.releases import desired_of
 
 
@@ -58,7 +72,8 @@ def test_presence_is_built_from_status_only() -> None:
         "last_apply": {"ok": False, "data_version": 43, "ended": 5.0, "message": "failed", "x": 1},
         "release": {"desired": {"ref": "v2"}, "installed": None, "last_install": None},
     }
-    doc = presence_doc(status, "shop", "web1")
+    doc = presence_doc(status, "shop", "web1", "boot-a")
+    assert doc["boot_id"] == "boot-a"
     assert doc["data_version"] == 42 and doc["node"] == "web1" and doc["app"] == "shop"
     assert doc["last_apply"] == {"ok": False, "data_version": 43, "ended": 5.0, "message": "failed"}
     assert doc["release"]["desired"] == {"ref": "v2"}
@@ -134,3 +149,83 @@ def test_connection_errors_are_described_in_words() -> None:
         "ZooKeeper at zk1:2181 stopped answering (the connection was lost)"
     )
     assert describe(SessionExpiredError()) == "the session with ZooKeeper expired"
+
+
+# --- whose stale presence is this agent's own (issue 13, item 2: clones) ---------------------
+
+SESSION = 0x1234
+
+
+def claim(**fields: Any) -> Claim:
+    return Claim(**{"session": SESSION, "boot_id": "boot-a", "pid": 99, "started": 7, **fields})
+
+
+@pytest.mark.parametrize(
+    ("recorded", "owner", "boot", "running", "expected"),
+    [
+        (claim(), SESSION, "boot-a", False, PREDECESSOR),  # kill -9, restart: replace it
+        (claim(), SESSION, "boot-b", False, ANOTHER_BOOT),  # a reboot, or a clone
+        (claim(), SESSION, "boot-b", True, ANOTHER_BOOT),  # a clone of a running host
+        (claim(), SESSION, None, False, ANOTHER_BOOT),  # no boot id here: never ours
+        (claim(boot_id=None), SESSION, "boot-a", False, ANOTHER_BOOT),  # an older record
+        (claim(), SESSION, "boot-a", True, STILL_RUNNING),  # a copied state dir, same boot
+        (claim(), 0x999, "boot-a", False, ANOTHER),  # a twin's session
+        (None, SESSION, "boot-a", False, ANOTHER),  # nothing recorded
+    ],
+)
+def test_only_a_stale_presence_of_this_boot_whose_agent_is_gone_is_the_predecessor_s(
+    recorded: Claim | None, owner: int, boot: str | None, running: bool, expected: str
+) -> None:
+    assert relation(recorded, owner, boot, lambda _: running) == expected
+
+
+def test_a_claim_record_with_bad_fields_is_read_on_the_safe_side() -> None:
+    assert Claim.of(None) is None and Claim.of({"session": "0x1234"}) is None
+    assert Claim.of({"session": True}) is None
+    read = Claim.of({"session": SESSION, "boot_id": 5, "pid": "99", "host": "h"})
+    assert read == Claim(SESSION, None, None, None, "h")
+    assert relation(read, SESSION, "boot-a", agent_running) == ANOTHER_BOOT
+
+
+def test_the_boot_id_is_read_from_its_file_and_none_without_one(tmp_path: Path) -> None:
+    (tmp_path / "boot_id").write_text("0b8c-clone\n")
+    assert read_boot_id(str(tmp_path / "boot_id")) == "0b8c-clone"
+    assert read_boot_id(str(tmp_path / "missing")) is None
+    (tmp_path / "empty").write_text("")
+    assert read_boot_id(str(tmp_path / "empty")) is None
+    if os.path.exists("/proc/sys/kernel/random/boot_id"):
+        assert read_boot_id("/proc/sys/kernel/random/boot_id")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc")
+def test_the_recorded_agent_is_running_only_while_that_very_process_lives() -> None:
+    code = "import sys, time; time.sleep(60)"
+    agent = subprocess.Popen([sys.executable, "-c", code, "mozagent", "daemon"])
+    other = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        started = process_start(agent.pid)
+        assert started is not None
+        assert agent_running(Claim(SESSION, "b", agent.pid, started))
+        # Its pid, but another start: a pid reused (a later agent's included).
+        assert not agent_running(Claim(SESSION, "b", agent.pid, started + 1))
+        # A live process that is no mozagent.
+        assert not agent_running(Claim(SESSION, "b", other.pid, process_start(other.pid)))
+    finally:
+        for proc in (agent, other):
+            proc.kill()
+            proc.wait(timeout=10)
+    assert not agent_running(Claim(SESSION, "b", agent.pid, started))  # gone
+
+
+def test_a_clone_is_told_why_it_waits() -> None:
+    from kazoo.protocol.states import ZnodeStat
+
+    stat = ZnodeStat(*[0] * 7, SESSION, 0, 0, 0)
+    text = holder_text(
+        "web1", "/r/hosts/web1", stat, b"{}", ANOTHER_BOOT, claim(host="web1.example"), "boot-b"
+    )
+    assert text.startswith("node name web1 is held by session 0x1234, which this agent's")
+    assert "pid 99 on web1.example, boot boot-a; this is boot boot-b" in text
+    assert "restarted within the ZooKeeper session timeout" in text and "clone" in text
+    text = holder_text("web1", "/r/hosts/web1", stat, b"{}", STILL_RUNNING, claim(), "boot-a")
+    assert "pid 99, still running on this machine" in text

@@ -9,8 +9,16 @@ no orders (``holds_name`` gates the executor's order jobs) until the holder
 goes; then it takes the name, and orders pushed before that are left to the
 previous holder (``took_over``). The one ephemeral it may replace is its own
 predecessor's (an agent killed with -9 leaves it until its session times
-out): the session that wrote it is recorded in ``<state_dir>/presence.json``,
-which a twin with another state dir does not share.
+out): ``<state_dir>/presence.json`` records the session that wrote it, with
+the machine's boot id and the agent's pid (and that process's start time).
+A session id alone is not enough: a VM cloned or imaged from a running host
+carries its presence.json, and would take the real host's live presence for
+its predecessor's. So the ephemeral is ours only when it is that session's,
+recorded in this very boot, by a process that is no longer running: a kill
+-9 and a restart. Anything else (another boot: a clone, or a reboot faster
+than the session timeout; or the recorded agent still running) is another
+holder, and the agent waits for that session to end (within the session
+timeout when its agent is gone) rather than take the name.
 
 Two sinks on one worker, both fed from what the executor recorded:
 
@@ -36,6 +44,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import structlog
@@ -54,8 +63,110 @@ from mozagent.zkclient import CONNECTION_ERRORS, describe
 
 log = structlog.get_logger("mozagent")
 
+# Where this machine's boot id is read. MOZAGENT_BOOT_ID_FILE is a hook for
+# tests and containers: a second agent whose file says another boot plays a
+# clone of a host, and a container may give each of its starts a boot of its own.
+BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
+BOOT_ID_ENV = "MOZAGENT_BOOT_ID_FILE"
 
-def presence_doc(status: dict[str, Any], app: str, node: str) -> dict[str, Any]:
+
+def read_boot_id(path: str) -> str | None:
+    """None where there is none (no /proc): then no presence is ever taken
+    for our predecessor's, and a restart waits for the old session to end."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read(200).strip()
+    except OSError:
+        return None
+    return clean(text, 64) or None
+
+
+def process_start(pid: int) -> int | None:
+    """When the process started (clock ticks since boot), which tells a pid
+    reused within the boot from the process that had it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        # The fields after the command name, which may hold spaces and ")":
+        # state is field 3 of proc(5), starttime field 22.
+        return int(stat.rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What ``presence.json`` records about the agent that claimed the name:
+    enough to tell its own restart from a copy of its state dir."""
+
+    session: int
+    boot_id: str | None = None
+    pid: int | None = None
+    started: int | None = None
+    host: str | None = None
+
+    @classmethod
+    def of(cls, doc: dict[str, Any] | None) -> Claim | None:
+        """Pure: the record read back; fields of the wrong type are missing,
+        which makes its presence another agent's (the safe side)."""
+
+        def number(key: str) -> int | None:
+            value = (doc or {}).get(key)
+            return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+        def text(key: str) -> str | None:
+            value = (doc or {}).get(key)
+            return value if isinstance(value, str) else None
+
+        session = number("session")
+        if session is None:
+            return None
+        return cls(session, text("boot_id"), number("pid"), number("started"), text("host"))
+
+
+def agent_running(claim: Claim) -> bool:
+    """Whether the process that made the claim still runs on this machine:
+    its pid is a mozagent started when the record says (a pid reused by
+    anything else, a later agent included, is not it)."""
+    if claim.pid is None:
+        return True  # cannot tell: the safe side
+    try:
+        with open(f"/proc/{claim.pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    if not any(b"mozagent" in arg for arg in argv):
+        return False
+    return claim.started is None or process_start(claim.pid) == claim.started
+
+
+PREDECESSOR, ANOTHER_BOOT, STILL_RUNNING, ANOTHER = (
+    "predecessor",
+    "another boot",
+    "still running",
+    "another agent",
+)
+
+
+def relation(
+    claim: Claim | None, owner: int, boot_id: str | None, running: Callable[[Claim], bool]
+) -> str:
+    """Pure but for ``running``: how the ephemeral of session ``owner`` stands
+    to this agent's recorded claim. Only a kill -9 and a restart in the same
+    boot make it our predecessor's: a clone or a reboot (another boot) and a
+    copy of a running agent's state dir (its agent still running) do not."""
+    if claim is None or not owner or claim.session != owner:
+        return ANOTHER
+    if boot_id is None or claim.boot_id != boot_id:
+        return ANOTHER_BOOT
+    if running(claim):
+        return STILL_RUNNING
+    return PREDECESSOR
+
+
+def presence_doc(
+    status: dict[str, Any], app: str, node: str, boot_id: str | None = None
+) -> dict[str, Any]:
     """Pure: the presence znode's content from the status document."""
     last = status.get("last_apply") or None
     release = status.get("release") or {}
@@ -65,6 +176,7 @@ def presence_doc(status: dict[str, Any], app: str, node: str) -> dict[str, Any]:
         "agent_version": __version__,
         "pid": os.getpid(),
         "host": socket.gethostname(),
+        "boot_id": boot_id,
         "data_version": status.get("applied_data_version"),
         "last_apply": None
         if last is None
@@ -81,13 +193,37 @@ def encode(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def holder_text(node: str, path: str, stat: ZnodeStat, raw: bytes | None) -> str:
+def holder_text(
+    node: str,
+    path: str,
+    stat: ZnodeStat,
+    raw: bytes | None,
+    why: str = ANOTHER,
+    claim: Claim | None = None,
+    boot_id: str | None = None,
+) -> str:
     """Pure: why this agent does not hold its node name, for status and log."""
     if not stat.ephemeralOwner:
         return (
             f"node name {node} is taken by a persistent znode {path}, which is not an agent's "
             "presence (agents write ephemeral ones): remove it; until then this agent runs "
             "no orders and publishes nothing to the fleet"
+        )
+    held = f"node name {node} is held by session 0x{stat.ephemeralOwner:x}"
+    meanwhile = "until then this agent runs no orders and publishes nothing to the fleet"
+    if claim is not None and why == ANOTHER_BOOT:
+        return (
+            f"{held}, which this agent's state dir records as its own, but from another boot "
+            f"(pid {claim.pid} on {clean(claim.host, 80)}, boot {clean(claim.boot_id, 64)}; "
+            f"this is boot {clean(boot_id, 64)}): either this machine restarted within the "
+            "ZooKeeper session timeout, and the name is taken when that session ends, or this "
+            f"machine is a copy (clone, image) of that host, which still holds it; {meanwhile}"
+        )
+    if claim is not None and why == STILL_RUNNING:
+        return (
+            f"{held}, which this agent's state dir records as the one of pid {claim.pid}, "
+            "still running on this machine: this state dir is a copy of a running agent's; "
+            f"{meanwhile}, and the name is taken when the other goes"
         )
     try:
         doc = json.loads(raw or b"")
@@ -120,6 +256,7 @@ class FleetReport:
         op_timeout: float,
         claim_file: str | None = None,
         took_over: Callable[[float], None] | None = None,
+        boot_id_file: str | None = None,
     ) -> None:
         self.client = client
         self.path = host_path(root, app, node)
@@ -137,10 +274,13 @@ class FleetReport:
         self._wake.set()
         # (session, bytes) of the presence this agent last wrote and watches.
         self._written: tuple[int | None, bytes] | None = None
-        # Where the session that claims the name is recorded, and the one a
-        # predecessor (killed with -9) recorded there: its ephemeral is ours.
+        # Where the claim on the name is recorded, and what a predecessor
+        # recorded there: its ephemeral is ours if it is that one's, from
+        # this boot, and its agent is gone (``relation``).
         self.claim_file = claim_file
-        self._predecessor = self._recorded_session()
+        self.boot_id = read_boot_id(boot_id_file or os.environ.get(BOOT_ID_ENV) or BOOT_ID_FILE)
+        self._started = process_start(os.getpid())
+        self._predecessor = self._recorded_claim()
         # Told the server time (s) this agent took its name after another
         # agent held it: orders pushed before are that one's.
         self._took_over = took_over
@@ -182,10 +322,8 @@ class FleetReport:
 
     # --- the claim on the node name ---------------------------------------------
 
-    def _recorded_session(self) -> int | None:
-        doc = read_json_object(self.claim_file) if self.claim_file else None
-        session = (doc or {}).get("session")
-        return session if isinstance(session, int) and not isinstance(session, bool) else None
+    def _recorded_claim(self) -> Claim | None:
+        return Claim.of(read_json_object(self.claim_file) if self.claim_file else None)
 
     def _record_session(self, session: int | None) -> None:
         """Before the claim is made: an agent killed right after making it
@@ -193,8 +331,9 @@ class FleetReport:
         a lost record is a restart that waits for the old session to end."""
         if not self.claim_file or session is None:
             return
+        claim = Claim(session, self.boot_id, os.getpid(), self._started, socket.gethostname())
         try:
-            write_json(self.claim_file, {"session": session, "path": self.path}, 0o600)
+            write_json(self.claim_file, {**asdict(claim), "path": self.path}, 0o600)
         except OSError as exc:
             log.warning("presence_record_failed", file=self.claim_file, error=str(exc))
 
@@ -228,16 +367,22 @@ class FleetReport:
         if any(isinstance(r, Exception) for r in results):
             self._wake.set()  # it changed under us: look again
             return False
-        log.info("presence_replaced", predecessor_session=f"0x{stat.ephemeralOwner:x}")
+        log.info(
+            "presence_replaced",
+            predecessor_session=f"0x{stat.ephemeralOwner:x}",
+            predecessor_pid=self._predecessor.pid if self._predecessor else None,
+        )
         return True
 
-    def _refuse(self, stat: ZnodeStat) -> None:
+    def _refuse(self, stat: ZnodeStat, standing: str) -> None:
         """Another session (or a persistent znode) holds our name: hands off.
         The exists watch armed by the look wakes us when it changes or goes."""
         raw = None
         with contextlib.suppress(NoNodeError):
             raw = self._call(self.client.get_async, self.path)[0]
-        why = holder_text(self.node, self.path, stat, raw)
+        why = holder_text(
+            self.node, self.path, stat, raw, standing, self._predecessor, self.boot_id
+        )
         self._holds.clear()
         self._written = None
         if why != self._refused:
@@ -256,7 +401,7 @@ class FleetReport:
                 listener()
 
     def publish_presence(self) -> None:
-        doc = presence_doc(self.status.snapshot(), self.app, self.node)
+        doc = presence_doc(self.status.snapshot(), self.app, self.node, self.boot_id)
         session = self.client.client_id[0] if self.client.client_id else None
         # Skipped only when this very session wrote these bytes and re-armed
         # its watch: after an expiry (a new session) it is written again.
@@ -269,12 +414,13 @@ class FleetReport:
                 return
         elif stat.ephemeralOwner == session:
             self._call(self.client.set_async, self.path, data)
-        elif self._predecessor is not None and stat.ephemeralOwner == self._predecessor:
+        else:
+            holder = relation(self._predecessor, stat.ephemeralOwner, self.boot_id, agent_running)
+            if holder != PREDECESSOR:
+                self._refuse(stat, holder)
+                return
             if not self._replace_predecessor(stat, data, session):
                 return
-        else:
-            self._refuse(stat)
-            return
         # Re-armed after each write: our own set fires (and uses up) the watch.
         self._call(self.client.exists_async, self.path, watch=self._on_watch)
         self._written = (session, encode(doc))
