@@ -309,5 +309,6 @@ def test_mozagent_starts_at_boot(image):
     # Delegate=yes gave the agent its subtree: each run in a cgroup of its own.
     held = next(line for line in agent if '"event": "containment"' in line)
     assert "a cgroup per run under /sys/fs/cgroup/system.slice/mozagent.service" in held, held
+    assert "(pids.max 4096)" in held, held  # the delegated pids controller caps each run
     assert "Failed to start mozagent.service" not in text
     assert "Started puppet.service" not in text

@@ -39,6 +39,13 @@ MARK_ENV = "MOZAGENT_RUN"
 CLEANUP_SECONDS = 10.0
 PR_SET_CHILD_SUBREAPER = 36
 RUN_CGROUP_PREFIX = "mozagent-run-"
+# Where the agent itself moves when it enables a controller for its runs
+# (cgroup v2 lets no process stay in a group whose children get controllers).
+AGENT_CGROUP = "mozagent-agent"
+# At most this many processes (threads included) in one run: a fork bomb in an
+# install script stops there instead of at the host's pid_max. A puppet run
+# that installs packages uses a few dozen.
+RUN_PIDS_MAX = 4096
 
 _subreaper = False
 
@@ -451,11 +458,13 @@ def kill_cgroup(
 
 
 class _CgroupRun(RunGroup):
-    def __init__(self, mark: str, directory: str) -> None:
+    def __init__(self, mark: str, directory: str, pids_max: int | None = None) -> None:
         super().__init__(mark)
         self.directory = directory
         os.mkdir(directory, 0o755)
         try:
+            if pids_max is not None:
+                _write(os.path.join(directory, "pids.max"), str(pids_max))
             # Opened by us (root), written by the child after it dropped to the
             # app's user: the kernel judges a cgroup.procs write by the
             # credentials of whoever opened the file.
@@ -500,11 +509,12 @@ class _CgroupRun(RunGroup):
 class CgroupContainment(Containment):
     name = "cgroup"
 
-    def __init__(self, parent: str) -> None:
+    def __init__(self, parent: str, pids_max: int | None = None) -> None:
         self.parent = parent
+        self.pids_max = pids_max
 
     def open(self, mark: str) -> RunGroup:
-        return _CgroupRun(mark, os.path.join(self.parent, RUN_CGROUP_PREFIX + mark))
+        return _CgroupRun(mark, os.path.join(self.parent, RUN_CGROUP_PREFIX + mark), self.pids_max)
 
     def recover(self, record: dict[str, Any]) -> int:
         directory = record.get("cgroup")
@@ -569,9 +579,40 @@ def choose(mode: str) -> tuple[Containment, str]:
     parent, why = cgroup_parent()
     if parent is None:
         if mode == "cgroup":
-            raise RuntimeError(f"runs.containment is cgroup, but {why}")
+            raise RuntimeError(f"containment is cgroup, but {why}")
         return SweepContainment(), f"process sweeps ({why})"
-    return CgroupContainment(parent), f"a cgroup per run under {parent}"
+    unlimited = enable_pids(parent)
+    if unlimited:
+        return CgroupContainment(parent), f"a cgroup per run under {parent} ({unlimited})"
+    return (
+        CgroupContainment(parent, RUN_PIDS_MAX),
+        f"a cgroup per run under {parent} (pids.max {RUN_PIDS_MAX})",
+    )
+
+
+def enable_pids(parent: str) -> str:
+    """Give run cgroups the pids controller; "" when done, else why there is no limit.
+
+    Under systemd (``Delegate=yes``) the agent is alone in its unit's cgroup:
+    it moves into a leaf of its own first, as cgroup v2 requires. Anywhere
+    else it shares its group with other processes and leaves it as it is.
+    """
+    if "pids" not in _read(os.path.join(parent, "cgroup.controllers")).split():
+        return "no process limit: the pids controller is not delegated to the agent"
+    if "pids" in _read(os.path.join(parent, "cgroup.subtree_control")).split():
+        return ""
+    procs = _procs(parent)
+    if procs and procs != [os.getpid()]:
+        return "no process limit: the agent shares its cgroup with other processes"
+    try:
+        if procs:
+            leaf = os.path.join(parent, AGENT_CGROUP)
+            os.makedirs(leaf, exist_ok=True)
+            _write(os.path.join(leaf, "cgroup.procs"), str(os.getpid()))
+        _write(os.path.join(parent, "cgroup.subtree_control"), "+pids")
+    except OSError as exc:
+        return f"no process limit: cannot enable the pids controller ({exc.strerror or exc})"
+    return ""
 
 
 _default: Containment = SweepContainment()
