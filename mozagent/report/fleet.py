@@ -64,8 +64,8 @@ from mozagent.zkclient import CONNECTION_ERRORS, describe
 log = structlog.get_logger("mozagent")
 
 # Where this machine's boot id is read. MOZAGENT_BOOT_ID_FILE is a hook for
-# tests and containers: a second agent whose file says another boot plays a
-# clone of a host, and a container may give each of its starts a boot of its own.
+# tests (a second agent whose file says another boot plays a clone of a host)
+# and for a sandbox whose /proc has none.
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 BOOT_ID_ENV = "MOZAGENT_BOOT_ID_FILE"
 
