@@ -22,7 +22,13 @@ import structlog
 
 from mozagent import __version__
 from mozagent.apply import contain
-from mozagent.apply.deployments import Applier, DeploymentQueue, DeploymentRunner, Reapply
+from mozagent.apply.deployments import (
+    Applier,
+    DeploymentLane,
+    DeploymentQueue,
+    DeploymentRunner,
+    Reapply,
+)
 from mozagent.apply.executor import Executor
 from mozagent.apply.hook import HookApplier
 from mozagent.apply.process import Ledger
@@ -45,6 +51,7 @@ from mozagent.report.status import StatusStore, exit_code, load_status, when
 from mozagent.sources.runrequests import RunRequests
 
 if TYPE_CHECKING:
+    from mozagent.apply.appcode import ReleaseJob
     from mozagent.apply.orders import OrderBook
     from mozagent.report.fleet import FleetReport
     from mozagent.sources import Source
@@ -122,6 +129,7 @@ class Daemon:
                 self.stopping,
             )
         self.fleet: FleetReport | None = None
+        self.release: ReleaseJob | None = None
         self.order_book: OrderBook | None = None
         app_sources: list[Source] = []
         if self.zookeeper is not None:
@@ -168,7 +176,7 @@ class Daemon:
             sender.wake()
 
         runner = DeploymentRunner(cfg.state_dir, queue, appliers, hooks, outbox, after)
-        self.executor.attach_deployments(queue, runner)
+        self.executor.register(DeploymentLane(queue, runner))
 
         def reapplied() -> list[ApplyItem]:
             return [
@@ -185,7 +193,7 @@ class Daemon:
         self.executor.providers.append(reapplied)
         self.heat = HeatSource(
             cfg,
-            self.executor.offer_deployments,
+            self.executor.hand(queue.offer),
             self.status,
             Worker("heat", self.progress, self.status),
             self.stopping,
@@ -224,7 +232,10 @@ class Daemon:
             runner, r.user, app, o.max_age, o.retention, reader.current_dir, self.status,
             book.prune, lambda: self.fleet is not None and self.fleet.holds_name,
         )  # fmt: skip
-        self.executor.attach_app(release, orders)
+        self.release = release
+        self.executor.register(release)
+        self.executor.register(orders)
+        self.executor.puppet_succeeded.append(release.puppet_succeeded)
         self.fleet = FleetReport(
             zk.client, z.root, app, node, self.status, book.unpublished, book.mark_published,
             Worker("presence", self.progress, self.status), self.stopping, z.session_timeout,
@@ -236,11 +247,11 @@ class Daemon:
         common = (z.session_timeout, z.resync_interval)
         return [
             ReleaseSource(
-                zk.client, z.root, app, node, self.executor.offer_release,
+                zk.client, z.root, app, node, self.executor.hand(release.offer),
                 Worker("releases", self.progress, self.status), self.stopping, *common,
             ),
             OrderSource(
-                zk.client, z.root, app, book.seen, self.executor.offer_order, o.retention,
+                zk.client, z.root, app, book.seen, self.executor.hand(orders.offer), o.retention,
                 Worker("orders", self.progress, self.status), self.stopping, *common,
             ),
         ]  # fmt: skip
@@ -273,8 +284,8 @@ class Daemon:
     def _announce(self) -> None:
         """Record who runs, so status can tell a live daemon from a dead one.
         Called with the lock held: an agent refused the lock writes nothing."""
-        if self.executor.release is not None:
-            self.executor.release.show()  # what is installed, before anything is desired
+        if self.release is not None:
+            self.release.show()  # what is installed, before anything is desired
         self.status.update(
             agent={
                 "version": __version__,
@@ -440,11 +451,11 @@ class Daemon:
             self.hiera.publish(self._initial)
             for source in self.sources:
                 source.once()
-            self.executor.run_deployments()
+            self.executor.run_lanes(after_puppet=False)
             ok = self.executor.apply()
             if self.fleet is not None:
                 self.fleet.once()  # claims the node name: orders run only under it
-            self.executor.run_app_jobs()
+            self.executor.run_lanes(after_puppet=True)
             if self.sender is not None:
                 self.sender.run_once()
             if self.fleet is not None:

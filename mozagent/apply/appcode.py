@@ -17,11 +17,13 @@ from typing import Any
 
 import structlog
 
+from mozagent.apply.lanes import Job, Phase
 from mozagent.apply.orders import OrderRunner
 from mozagent.apply.release import ReleaseInstaller
 from mozagent.apply.runas import NoSuchUser, RunAs, resolve_user
 from mozagent.desired.fleet import DesiredRelease, PushedOrder
 from mozagent.desired.release import display_source
+from mozagent.render.snapshot import Snapshot
 from mozagent.report.status import StatusStore
 
 log = structlog.get_logger("mozagent")
@@ -64,6 +66,9 @@ class ReleaseJob:
         # that an older view never lands last.
         self._lock = threading.Lock()
 
+    name = "release"
+    phase = Phase.AFTER_PUPPET
+
     def offer(self, desired: DesiredRelease) -> None:
         self.desired = desired
         self.show()
@@ -74,9 +79,13 @@ class ReleaseJob:
             self._user_missing = False
             self._done = None
 
-    @property
     def pending(self) -> bool:
         return self.desired is not None and self.desired != self._done
+
+    def take(self, snapshot: Snapshot) -> Job | None:
+        if not self.pending():
+            return None
+        return Job("release install", lambda: self.run(snapshot.merged))
 
     def show(self) -> None:
         """What status says of the release (called once the agent holds its lock)."""
@@ -180,12 +189,17 @@ class OrderQueue:
         self.retention = retention
         self._pruned = 0.0
 
+    name = "orders"
+    phase = Phase.AFTER_PUPPET
+
     def offer(self, item: PushedOrder) -> None:
         self._queue.append(item)
 
-    @property
     def pending(self) -> bool:
         return bool(self._queue) and (self._allowed is None or self._allowed())
+
+    def take(self, snapshot: Snapshot) -> Job | None:
+        return Job("order", self.run_next) if self.pending() else None
 
     def run_next(self) -> bool:
         item = self._queue.popleft()

@@ -22,8 +22,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import structlog
+
+from mozagent.apply.lanes import Job, Phase
 from mozagent.desired.deployments import Deployment, SignalTarget, safe_id
 from mozagent.fileio import read_json_object, write_json
+from mozagent.render.snapshot import Snapshot
 from mozagent.report.heat import DeploymentLog
 
 # Heat's API refuses bodies over 1 MiB (max_json_body_size); keep margin.
@@ -280,3 +284,39 @@ def _summary(outcome: Outcome, failed_outputs: list[str]) -> str:
         return "ok"
     last = [line for line in outcome.stderr.strip().splitlines() if line.strip()][-1:]
     return f"failed: status {outcome.status_code}" + (f": {last[0][:300]}" if last else "")
+
+
+class DeploymentLane:
+    """Heat deployments as an executor lane: by id, in metadata order, each run
+    once, ahead of the next config run (see apply/lanes.py)."""
+
+    name = "deployments"
+    phase = Phase.BEFORE_PUPPET
+
+    def __init__(self, queue: DeploymentQueue, runner: DeploymentRunner) -> None:
+        self.queue = queue
+        self.runner = runner
+
+    def pending(self) -> bool:
+        return self.queue.next() is not None
+
+    def take(self, snapshot: Snapshot) -> Job | None:
+        dep = self.queue.next()
+        if dep is None:
+            return None
+        return Job(f"deployment {dep.name}", lambda: self._run(dep))
+
+    def _run(self, dep: Deployment) -> bool:
+        logger = structlog.get_logger("mozagent")
+        logger.info(
+            "deployment_started",
+            deployment=dep.id,
+            name=dep.name,
+            group=dep.group,
+            action=dep.action,
+        )
+        ok = self.runner.run(dep)
+        (logger.info if ok else logger.error)(
+            "deployment_finished", deployment=dep.id, name=dep.name, ok=ok
+        )
+        return ok

@@ -19,14 +19,11 @@ from typing import Any
 
 import structlog
 
-from mozagent.apply.appcode import OrderQueue, ReleaseJob
-from mozagent.apply.deployments import DeploymentQueue, DeploymentRunner
+from mozagent.apply.lanes import Gate, Job, Lane, Phase, pick, waiting
 from mozagent.apply.process import Ledger
 from mozagent.apply.puppet import ApplyItem, ApplyResult, PuppetPaths, run_puppet
 from mozagent.apply.scheduler import ApplyScheduler
 from mozagent.config import Config
-from mozagent.desired.deployments import Deployment
-from mozagent.desired.fleet import DesiredRelease, PushedOrder
 from mozagent.fileio import write_if_changed
 from mozagent.render.hiera import FactsInput, facts_env
 from mozagent.render.snapshot import RunLayout, Snapshot, run_files
@@ -65,18 +62,18 @@ class Executor:
         )
         self._cond = threading.Condition()
         self._snapshot = initial
-        self.deployments: DeploymentQueue | None = None
-        self._runner: DeploymentRunner | None = None
         self._waiting_requests: list[str] = []
         self._next_apply: float | None = None
-        self.release: ReleaseJob | None = None
-        self.orders: OrderQueue | None = None
+        # Every other kind of work (apply/lanes.py), in the order registered.
+        self.lanes: list[Lane] = []
+        # Called after a successful config run (puppet may have made the app's user).
+        self.puppet_succeeded: list[Callable[[], None]] = []
         # The data of the last successful run: an offer with the same bytes is
         # applied already, whatever its version (a value set to what it was).
         self._applied: Snapshot | None = None
         self.applied_version: int | None = None
-        # Set when a puppet run ends with an app job waiting: that job goes
-        # next, even if more changes came meanwhile (no starving under a
+        # Set when a puppet run ends with after-puppet work waiting: that work
+        # goes next, even if more changes came meanwhile (no starving under a
         # steady stream of data changes).
         self._app_turn = False
         # Called after every job: the fleet report publishes what changed.
@@ -102,34 +99,20 @@ class Executor:
                 self.scheduler.release()
             self._cond.notify_all()
 
-    def attach_deployments(self, queue: DeploymentQueue, runner: DeploymentRunner) -> None:
-        """Heat deployments: jobs by id, run before the next config run."""
-        self.deployments = queue
-        self._runner = runner
+    def register(self, lane: Lane) -> None:
+        """A kind of work (apply/lanes.py); lanes of one phase go in this order."""
+        self.lanes.append(lane)
 
-    def offer_deployments(self, deployments: list[Deployment]) -> None:
-        """The Heat source's latest deployment list; new ids become jobs."""
-        assert self.deployments is not None
-        self.deployments.offer(deployments)
-        with self._cond:
-            self._cond.notify_all()
+    def hand(self, offer: Callable[[Any], None]) -> Callable[[Any], None]:
+        """``offer`` (a lane's way of taking work from its source) as the source
+        calls it: under the executor's lock, then the worker is woken."""
 
-    def attach_app(self, release: ReleaseJob, orders: OrderQueue) -> None:
-        """The app's code: release installs and orders, run after puppet."""
-        self.release = release
-        self.orders = orders
+        def handed(item: Any) -> None:
+            with self._cond:
+                offer(item)
+                self._cond.notify_all()
 
-    def offer_release(self, desired: DesiredRelease) -> None:
-        assert self.release is not None
-        with self._cond:
-            self.release.offer(desired)
-            self._cond.notify_all()
-
-    def offer_order(self, order: PushedOrder) -> None:
-        assert self.orders is not None
-        with self._cond:
-            self.orders.offer(order)
-            self._cond.notify_all()
+        return handed
 
     def _mark_applied(self, version: int) -> None:
         """Called with the lock held."""
@@ -142,83 +125,53 @@ class Executor:
         for listener in self.listeners:
             listener()
 
-    def _app_job(self, after_puppet: bool = False) -> Callable[[], bool] | None:
-        """The next release install or order, once puppet has nothing waiting:
-        puppet prepares the host for the code (lock held). ``after_puppet``:
-        the caller has just run puppet (``daemon --once``)."""
-        now = time.monotonic()
-        sched = self.scheduler
-        if sched.in_flight or (
-            not (after_puppet or self._app_turn) and (sched.held(now) or sched.pending)
-        ):
+    def _gate(self, once: bool | None) -> Gate:
+        """Lock held. ``once``: None in the daemon's loop; for ``daemon --once``
+        False before its config run (which is then as good as pending) and True
+        after it."""
+        sched, now = self.scheduler, time.monotonic()
+        if once is not None:
+            return Gate(puppet_waiting=not once, after_puppet=once)
+        return Gate(
+            held=sched.held(now),
+            puppet_waiting=sched.pending,
+            puppet_running=sched.in_flight,
+            app_turn=self._app_turn,
+        )
+
+    def _take(self, once: bool | None = None) -> tuple[Job, int] | None:
+        """The next lane job and the data version it starts on (lock held)."""
+        lane = pick(self.lanes, self._gate(once))
+        if lane is None:
             return None
-        self._app_turn = False
-        if self.release is not None and self.release.pending:
-            release, snapshot = self.release, self._snapshot
-            return lambda: self._run_release(release, snapshot)
-        if self.orders is not None and self.orders.pending:
-            orders, version = self.orders, self._snapshot.version
-            return lambda: self._busy("order", version, orders.run_next)
-        return None
+        if lane.phase is Phase.AFTER_PUPPET:
+            self._app_turn = False
+        job = lane.take(self._snapshot)
+        return None if job is None else (job, self._snapshot.version)
 
-    def _run_release(self, job: ReleaseJob, snapshot: Snapshot) -> bool:
-        return self._busy("release install", snapshot.version, lambda: job.run(snapshot.merged))
-
-    def _busy(self, what: str, version: int, job: Callable[[], bool]) -> bool:
-        """Status says what the host is doing while an app job runs."""
+    def _run_job(self, job: Job, version: int) -> bool:
+        """Status says what the host is doing while a lane's job runs."""
         self.status.update(
-            applying={"started": time.time(), "configs": [what], "data_version": version}
+            applying={"started": time.time(), "configs": [job.label], "data_version": version}
         )
         try:
-            return job()
+            return job.run()
         finally:
             self.status.update(applying=None)
+            self._notify()
 
-    def run_app_jobs(self) -> int:
-        """Every pending release install and order now (``daemon --once``)."""
+    def run_lanes(self, after_puppet: bool) -> int:
+        """Every lane job there is to run now (``daemon --once``: before its
+        config run, then after it), picked as the daemon's loop picks them."""
         count = 0
         while not self.stopping.is_set():
             with self._cond:
-                job = self._app_job(after_puppet=True)
-            if job is None:
+                taken = self._take(once=after_puppet)
+            if taken is None:
                 break
-            job()
-            self._notify()
+            self._run_job(*taken)
             count += 1
         return count
-
-    def run_deployments(self) -> int:
-        """Run every pending deployment now, in list order (``daemon --once``)."""
-        count = 0
-        while self.deployments is not None and not self.stopping.is_set():
-            dep = self.deployments.next()
-            if dep is None:
-                break
-            self._run_deployment(dep)
-            count += 1
-        return count
-
-    def _run_deployment(self, dep: Deployment) -> None:
-        assert self._runner is not None
-        log.info(
-            "deployment_started",
-            deployment=dep.id,
-            name=dep.name,
-            group=dep.group,
-            action=dep.action,
-        )
-        self.status.update(
-            applying={
-                "started": time.time(),
-                "configs": [f"deployment {dep.name}"],
-                "data_version": self.data_version,
-            }
-        )
-        ok = self._runner.run(dep)
-        self.status.update(applying=None)
-        (log.info if ok else log.error)(
-            "deployment_finished", deployment=dep.id, name=dep.name, ok=ok
-        )
 
     def request_run(self, request_ids: list[str] | None = None) -> None:
         """SIGHUP, ``mozagent apply``, start: run the configs soon, data change or not."""
@@ -253,21 +206,11 @@ class Executor:
                 self.stopping.wait(1.0)
 
     def step(self) -> bool:
-        """Wait for the next run, or run it; True when a run was completed."""
+        """Wait for the next job or run, or run it; True when one was completed."""
         with self._cond:
-            now = time.monotonic()
-            dep = None
-            if self.deployments is not None and not self.scheduler.held(now):
-                dep = self.deployments.next()
-        if dep is not None:
-            self._run_deployment(dep)
-            self._notify()
-            return True
-        with self._cond:
-            job = self._app_job()
-        if job is not None:
-            job()
-            self._notify()
+            taken = self._take()
+        if taken is not None:
+            self._run_job(*taken)
             return True
         with self._cond:
             now = time.monotonic()
@@ -290,15 +233,9 @@ class Executor:
         finally:
             with self._cond:
                 self.scheduler.finished(time.monotonic(), ok)
-                self._app_turn = self._app_waiting()
+                self._app_turn = waiting(self.lanes, Phase.AFTER_PUPPET)
             self._notify()
         return True
-
-    def _app_waiting(self) -> bool:
-        return bool(
-            (self.release is not None and self.release.pending)
-            or (self.orders is not None and self.orders.pending)
-        )
 
     def _prepare_run(
         self, snapshot: Snapshot, item: ApplyItem
@@ -386,8 +323,9 @@ class Executor:
                 self._mark_applied(version)
                 if self._snapshot.same_data(snapshot):  # same bytes came during the run
                     self._mark_applied(self._snapshot.version)
-        if ok and self.release is not None:
-            self.release.puppet_succeeded()
+        if ok:
+            for hook in self.puppet_succeeded:
+                hook()
         return ok
 
     def _record(
