@@ -908,3 +908,12 @@ def test_in_process_timeout_is_validated(capsys: pytest.CaptureFixture[str]) -> 
         code = main(["data", "get", "shop", "a", "--zookeeper", "127.0.0.1:1", "--timeout", bad])
         assert code == 2, bad
         assert "--timeout must be a positive number" in capsys.readouterr().err
+
+
+def test_the_cli_leaves_sigpipe_alone(tmp_path: Path) -> None:
+    """Restoring SIGPIPE's default for `status | head` killed whatever called
+    main() (the test runner, when a stand-in server later wrote to a closed
+    socket) and any command writing to a socket ZooKeeper had closed."""
+    before = signal.getsignal(signal.SIGPIPE)
+    main(["status", "--state-dir", str(tmp_path)])
+    assert signal.getsignal(signal.SIGPIPE) == before == signal.SIG_IGN

@@ -12,7 +12,8 @@ a ``cmd_<name>(args)`` in the module of its concern, and one line in
 from __future__ import annotations
 
 import argparse
-import signal
+import os
+import sys
 from collections.abc import Callable, Sequence
 
 from mozagent.cli.parser import Usage, build_parser, fail, parse_args
@@ -53,10 +54,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    if args.command != "daemon":
-        # `mozagent status | head -3`: die quietly like other Unix tools.
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         return _command(args.command)(args)
     except (ConfigError, Usage) as exc:
         return fail(str(exc))
+    except BrokenPipeError:
+        # `mozagent status | head -3`: end quietly like other Unix tools. Not by
+        # restoring SIGPIPE's default: that would also kill the command on a
+        # socket ZooKeeper closed (and the process that called main()).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the exit's flush must not fail again
+        return 141
