@@ -279,3 +279,31 @@ def test_the_heat_collector_reads_metadata_under_the_limit(stub: HeatStub) -> No
     with pytest.raises(Exception, match="over the 16 MiB limit"):
         client.resources.metadata("stack/id", "server")
     assert stub.generated_sent and max(stub.generated_sent) < 24 * MiB, stub.generated_sent
+
+
+# A string that never closes, after enough brackets to be scanned for depth:
+# the old scanner rescanned the rest of the text from every later quote
+# (a 40 KB one took 10 s with every thread held, 1 MiB would take hours).
+SLOW_STRINGS = {
+    "escape-heavy": "[" * 65 + '"\\' * (MiB // 2),
+    "unterminated": "[" * 129 + '"' + "a\\\\b" * (MiB // 4),
+}
+
+
+@pytest.mark.parametrize("kind", SLOW_STRINGS)
+def test_a_long_unterminated_string_is_judged_in_linear_time(kind: str) -> None:
+    """1 MiB of it is judged within a second or two, as a Json input (kept as
+    the string it is: not JSON) and as a whole document (not valid JSON, with
+    the decoder's reason); a deep value around an escape-heavy string is still cut."""
+    from mozagent.desired.deployments import TOO_DEEP, loads_bounded, typed_value
+
+    text = SLOW_STRINGS[kind]
+    started = time.monotonic()
+    assert typed_value("Json", text) == text
+    with pytest.raises(ValueError, match="Unterminated string"):
+        loads_bounded(text)
+    deep = loads_bounded("[" * 200 + json.dumps("\\" * MiB + '"]') + "]" * 200 + "  ")
+    assert time.monotonic() - started < 2.0
+    for _ in range(128):
+        (deep,) = deep
+    assert deep == TOO_DEEP

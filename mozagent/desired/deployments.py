@@ -50,8 +50,12 @@ MAX_DEPLOYMENT_BYTES = 2 * 1024 * 1024
 DOCUMENT_DEPTH = 128
 TOO_DEEP = "\x00mozagent: nested too deep"
 _TOO_DEEP_JSON = json.dumps(TOO_DEEP)
-# A JSON string (escapes included) or a bracket: all the nesting there is.
-_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+# Where the nesting can change: a bracket, or the quote that opens a string.
+_SPECIAL = re.compile(r'["\[\]{}]')
+# The rest of a string after its opening quote, up to (not including) the
+# closing quote or the end of the text. Possessive: it never gives back, so a
+# string that never closes costs one pass, not one pass per later quote.
+_STRING_REST = re.compile(r'[^"\\]*+(?:\\.[^"\\]*+)*+', re.DOTALL)
 # heat-config reads output NAME from the file ``<heat_outputs_path>.NAME``.
 _OUTPUT_NAME = re.compile(r"[^/\x00]{1,200}")
 SHORT = 64
@@ -83,25 +87,39 @@ def loads_bounded(text: str | bytes, max_depth: int = DOCUMENT_DEPTH) -> Any:
     if isinstance(text, bytes):
         text = text.decode("utf-8")
     if text.count("[") + text.count("{") > max_depth:
-        pieces: list[str] = []
-        depth, start, kept = 0, -1, 0
-        for match in _TOKEN.finditer(text):
-            char = text[match.start()]
-            if char in "[{":
-                depth += 1
-                if depth == max_depth + 1:
-                    start = match.start()
-            elif char in "]}":
-                if depth == max_depth + 1 and start >= 0:
-                    pieces += (text[kept:start], _TOO_DEEP_JSON)
-                    kept, start = match.end(), -1
-                depth -= 1
-        if pieces:
-            text = "".join(pieces) + text[kept:]
+        text = _cut_deep(text, max_depth)
     try:
         return json.loads(text)
-    except RecursionError:  # not reachable by the cut above; a guard all the same
+    except RecursionError:  # brackets that never close: nothing was cut
         raise ValueError(f"nested deeper than {max_depth} levels") from None
+
+
+def _cut_deep(text: str, max_depth: int) -> str:
+    """``text`` with every bracketed part that opens below ``max_depth`` levels
+    replaced by ``TOO_DEEP``'s JSON. One pass: each character is looked at once
+    (a string is skipped by one regex match, escapes included), so the time is
+    linear in the length whatever the text holds. A string that never closes
+    ends the scan: the rest is inside it, the text is not JSON, and the
+    decoder says so."""
+    pieces: list[str] = []
+    depth, start, kept, pos = 0, -1, 0, 0
+    while (match := _SPECIAL.search(text, pos)) is not None:
+        char, pos = match.group(), match.end()
+        if char == '"':
+            pos = _STRING_REST.match(text, pos).end()  # type: ignore[union-attr]
+            if pos == len(text) or text[pos] != '"':
+                break  # unterminated (or ends in a lone backslash)
+            pos += 1
+        elif char in "[{":
+            depth += 1
+            if depth == max_depth + 1:
+                start = match.start()
+        else:
+            if depth == max_depth + 1 and start >= 0:
+                pieces += (text[kept:start], _TOO_DEEP_JSON)
+                kept, start = pos, -1
+            depth -= 1
+    return "".join(pieces) + text[kept:] if pieces else text
 
 
 def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
