@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -307,3 +308,152 @@ def test_a_long_unterminated_string_is_judged_in_linear_time(kind: str) -> None:
     for _ in range(128):
         (deep,) = deep
     assert deep == TOO_DEEP
+
+
+class _Desk:
+    """The executor's side of Heat deployments in-process, on a tmp state dir:
+    the real queue, records, outbox and status, and a script applier of our
+    own. ``start`` runs the next deployment on a thread of its own (the
+    executor's) and holds it inside its run until ``finish``: the Heat
+    thread's calls (the test's) are forced in between."""
+
+    def __init__(self, state: Path) -> None:
+        from mozagent.apply.deployments import (
+            Applier,
+            DeploymentQueue,
+            DeploymentRunner,
+            Outcome,
+            Reapply,
+        )
+        from mozagent.report.heat import DeploymentLog, HeatReport
+        from mozagent.report.signals import Outbox
+        from mozagent.report.status import StatusStore
+
+        self.state = state
+        self.log = DeploymentLog(str(state))
+        self.queue = DeploymentQueue(self.log, Reapply(str(state)))
+        self.outbox = Outbox(str(state))
+        report = HeatReport(StatusStore(str(state / "status.json"), {}), self.log, self.outbox)
+        self.runs: list[str] = []
+        self._inside, self._release = threading.Event(), threading.Event()
+        self._thread: threading.Thread | None = None
+        desk = self
+
+        class Script(Applier):
+            group = "script"
+
+            def run(self, dep: Any, outputs_path: str) -> Outcome:
+                desk.runs.append(dep.id)
+                desk._inside.set()
+                assert desk._release.wait(10)
+                return Outcome(0, "ran", "", {})
+
+        self.runner = DeploymentRunner(
+            str(state), self.queue, {}, Script(), self.outbox, report.refresh
+        )
+
+    @staticmethod
+    def deployments(*ids: str) -> list[Any]:
+        from mozagent.desired.deployments import parse_deployments
+        from mozagent_dev.heatstub import inputs
+
+        raw = [
+            {"id": i, "group": "script", "config": "", "inputs": inputs("CFN_SIGNAL", "http:", i)}
+            for i in ids
+        ]
+        return parse_deployments({"deployments": raw})[0]
+
+    def start(self) -> None:
+        dep = self.queue.next()
+        assert dep is not None
+        self._inside.clear()
+        self._release.clear()
+        self._thread = threading.Thread(target=self.runner.run, args=(dep,), daemon=True)
+        self._thread.start()
+        assert self._inside.wait(10)
+
+    def finish(self) -> None:
+        assert self._thread is not None
+        self._release.set()
+        self._thread.join(10)
+        assert not self._thread.is_alive()
+
+    def drain(self) -> None:
+        """Every deployment still to run, as the executor takes them."""
+        self._release.set()
+        for _ in range(10):
+            dep = self.queue.next()
+            if dep is None:
+                return
+            self.runner.run(dep)
+        raise AssertionError("the queue never emptied")
+
+    def shown(self, dep_id: str) -> dict[str, Any]:
+        """The deployment as ``mozagent status --json`` shows it."""
+        doc = json.loads((self.state / "status.json").read_text())
+        return next(d for d in doc["deployments"] if d["id"] == dep_id)
+
+
+@pytest.mark.parametrize("when", ["within the run", "read before the end, written after"])
+def test_a_deployment_removed_while_it_runs_stays_done_and_is_not_run_again(
+    tmp_path: Path, when: str
+) -> None:
+    """The Heat thread marks records removed while the executor runs one of them,
+    forced in both orders: the run's end and the mark are both kept (the mark
+    was lost, or the record went back to "running"), and when the deployment
+    comes back it is not run or signalled again."""
+    desk = _Desk(tmp_path)
+    (dep,) = desk.deployments("x")
+    desk.queue.offer([dep])
+    desk.start()
+    if when == "within the run":
+        desk.queue.offer([])
+        desk.finish()
+    else:
+        listed, once = desk.log.records, [desk.finish]
+
+        def records() -> list[dict[str, Any]]:
+            found = listed()  # the Heat thread has read the records,
+            while once:
+                once.pop()()  # the run ends and is written,
+            return found  # then the Heat thread writes what it read
+
+        desk.log.records = records  # type: ignore[method-assign]
+        desk.queue.offer([])
+        desk.log.records = listed  # type: ignore[method-assign]
+    shown = desk.shown("x")
+    assert shown["state"] == "done" and shown["removed"], shown
+    desk.queue.offer([dep])  # the same id comes back
+    desk.drain()
+    assert desk.runs == ["x"] and len(desk.outbox.entries()) == 1
+    shown = desk.shown("x")
+    assert shown["state"] == "done" and shown["removed"] is None, shown
+
+
+def test_an_offer_that_saw_a_run_under_way_does_not_run_it_again(tmp_path: Path) -> None:
+    """The Heat thread offers new metadata while a deployment runs: it reads that
+    record as running (to be run), the run ends, then the offer sets its list.
+    Forced through the offer's clock: the finished deployment is not run again."""
+    desk = _Desk(tmp_path)
+    x, y = desk.deployments("x", "y")
+    desk.queue.offer([x])
+    desk.start()
+    read = desk.log.get
+    seen: list[str] = []
+
+    def get(dep_id: str) -> dict[str, Any] | None:
+        record = read(dep_id)
+        seen.append(f"{dep_id} {(record or {}).get('state')}")
+        return record
+
+    def clock() -> float:  # the offer's clock: read for y's new record
+        if "x running" in seen and not desk.runs[1:]:
+            desk.finish()  # the run of x ends between the read and the list
+        return time.time()
+
+    desk.log.get = get  # type: ignore[method-assign]
+    desk.queue.offer([x, y], now=clock)
+    desk.log.get = read  # type: ignore[method-assign]
+    assert "x running" in seen
+    desk.drain()
+    assert desk.runs == ["x", "y"] and len(desk.outbox.entries()) == 2

@@ -156,11 +156,7 @@ class DeploymentQueue:
         self.log.retain({d.id for d in deployments}, now())
         pending = []
         for dep in deployments:
-            record = self.log.get(dep.id)
-            if record is None:
-                self.log.put(_record(dep, "pending", now()))
-                pending.append(dep)
-            elif record.get("state") in ("pending", "running"):
+            if self.log.create(_record(dep, "pending", now())) or not _ran(self.log.get(dep.id)):
                 pending.append(dep)  # new, or interrupted by a crash: run (again)
         with self._lock:
             self._pending = pending
@@ -168,12 +164,23 @@ class DeploymentQueue:
         self.reapply.retain(self.order)
 
     def next(self) -> Deployment | None:
+        """The first deployment still to run. Its record is read again: an
+        offer made while a run was under way may have seen it running, and
+        set it pending after the run ended and was taken off this list."""
         with self._lock:
+            while self._pending and _ran(self.log.get(self._pending[0].id)):
+                self._pending.pop(0)
             return self._pending[0] if self._pending else None
 
     def done(self, dep: Deployment) -> None:
         with self._lock:
             self._pending = [d for d in self._pending if d.id != dep.id]
+
+
+def _ran(record: dict[str, Any] | None) -> bool:
+    """Done or failed: never run again. Anything else is run: pending, or
+    running while no run is under way (interrupted by a crash)."""
+    return record is not None and record.get("state") in ("done", "failed")
 
 
 def _record(dep: Deployment, state: str, when: float) -> dict[str, Any]:
@@ -224,9 +231,14 @@ class DeploymentRunner:
         self.after = after
 
     def run(self, dep: Deployment) -> bool:
-        record = self.log.get(dep.id) or _record(dep, "pending", time.time())
-        record.update(state="running", started=time.time(), runs=int(record.get("runs", 0)) + 1)
-        self.log.put(record)  # before the run: a crash now means "run it again"
+        fresh = _record(dep, "pending", time.time())
+
+        def started(record: dict[str, Any]) -> None:
+            runs = int(record.get("runs", 0)) + 1
+            record.update(state="running", started=time.time(), runs=runs)
+
+        # Written before the run: a crash now means "run it again".
+        self.log.change(dep.id, started, default=fresh)
         os.makedirs(self.outputs_dir, mode=0o700, exist_ok=True)
         outputs_path = os.path.join(self.outputs_dir, safe_id(dep.id))
         for stale in _output_files(outputs_path, dep):
@@ -243,13 +255,13 @@ class DeploymentRunner:
         ok = outcome.status_code == 0 and not failed_outputs
         if dep.target.transport != "NO_SIGNAL":
             self.signals.put(dep.id, dep.target, outcome.body())
-        record.update(
-            state="done" if ok else "failed",
-            ended=time.time(),
-            status_code=outcome.status_code,
-            message=_summary(outcome, failed_outputs),
-        )
-        self.log.put(record)
+        ended = {
+            "state": "done" if ok else "failed",
+            "ended": time.time(),
+            "status_code": outcome.status_code,
+            "message": _summary(outcome, failed_outputs),
+        }
+        self.log.change(dep.id, lambda record: record.update(ended), default=fresh)
         self.queue.done(dep)
         self._remember(dep, ok, outputs_path)
         self.after()

@@ -25,7 +25,12 @@ STUCK_ATTEMPTS = 3
 
 
 class DeploymentLog:
-    """Durable per-deployment records; the only writer is the executor."""
+    """Durable per-deployment records, written from two threads: the executor
+    records a run's steps, and the Heat source (through the executor's offer)
+    creates a new deployment's pending record and marks the ones that left the
+    metadata. Every write is one record read, changed and written under one
+    lock, so neither thread's fields overwrite the other's: a run that ends
+    while its deployment is marked removed is both done and removed."""
 
     def __init__(self, state_dir: str) -> None:
         self.root = os.path.join(state_dir, "heat")
@@ -39,9 +44,31 @@ class DeploymentLog:
     def get(self, dep_id: str) -> dict[str, Any] | None:
         return read_json_object(self._path(dep_id))
 
-    def put(self, record: dict[str, Any]) -> None:
+    def create(self, record: dict[str, Any]) -> bool:
+        """Write a new record; False (and nothing written) if there is one."""
         with self._lock:
+            if self.get(record["id"]) is not None:
+                return False
             write_json(self._path(record["id"]), record, 0o600, durable=True)
+            return True
+
+    def change(
+        self,
+        dep_id: str,
+        edit: Callable[[dict[str, Any]], None],
+        default: dict[str, Any] | None = None,
+    ) -> dict[str, Any] | None:
+        """The record as it is now, changed by ``edit`` and written back (from
+        ``default`` when there is none; None and nothing written without one)."""
+        with self._lock:
+            record = self.get(dep_id)
+            if record is None:
+                if default is None:
+                    return None
+                record = dict(default)
+            edit(record)
+            write_json(self._path(dep_id), record, 0o600, durable=True)
+            return record
 
     def records(self) -> list[dict[str, Any]]:
         return read_json_dir(self.dir)
@@ -50,17 +77,18 @@ class DeploymentLog:
         """Records of deployments no longer in the metadata say so, and since
         when; one that comes back is no longer marked (and is not run again:
         its record still says it ran)."""
+
+        def mark(record: dict[str, Any]) -> None:
+            if record["id"] in current:
+                record.pop("removed", None)
+            else:
+                record.setdefault("removed", when)
+
         changed = False
         for record in self.records():
             gone = record["id"] not in current
-            if gone == bool(record.get("removed")):
-                continue
-            if gone:
-                record["removed"] = when
-            else:
-                del record["removed"]
-            self.put(record)
-            changed = True
+            if gone != bool(record.get("removed")):
+                changed |= self.change(record["id"], mark) is not None
         if changed:
             self.on_change()
 
