@@ -7,6 +7,7 @@ signals the stand-in receives, the daemon's exit code and message.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -457,3 +458,35 @@ def test_an_offer_that_saw_a_run_under_way_does_not_run_it_again(tmp_path: Path)
     assert "x running" in seen
     desk.drain()
     assert desk.runs == ["x", "y"] and len(desk.outbox.entries()) == 2
+
+
+@pytest.mark.parametrize("reply", ["a JSON reply", "no JSON"])
+def test_a_hook_run_that_could_not_be_cleaned_up_says_so_in_deploy_stderr(
+    tmp_path: Path, reply: str
+) -> None:
+    """A hook's reply gives its own deploy_stderr; mozagent's judgement of the
+    run (here: a process it could not stop, forced by a containment of our own
+    that fails) is added to it, and the deployment fails."""
+    from mozagent.apply.hook import HookApplier
+    from mozagent.apply.process import Ledger
+    from tests.test_isolation import Stubborn
+
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    said = '{"deploy_stdout": "out", "deploy_stderr": "hook says", "deploy_status_code": 0}'
+    (hooks / "ansible").write_text(
+        f"#!/bin/sh\ncat > /dev/null\necho {json.dumps(said) if reply == 'a JSON reply' else 'x'}\n"
+    )
+    (hooks / "ansible").chmod(0o755)
+    (dep,) = _Desk.deployments("h")
+    dep = dataclasses.replace(dep, group="ansible")
+    ledger = Ledger(str(tmp_path / "running.json"), Stubborn())
+    applier = HookApplier((str(hooks),), 10, threading.Event(), ledger, lambda: None)
+    body = applier.run(dep, str(tmp_path / "outputs")).body()
+    assert body["deploy_status_code"] == 1, body
+    stderr = body["deploy_stderr"]
+    assert "mozagent: the ansible hook ended, but 1 process(es) of the run could not" in stderr
+    if reply == "a JSON reply":
+        assert stderr.startswith("hook says\n") and body["deploy_stdout"] == "out", body
+    else:
+        assert "did not print a JSON object" in stderr, body

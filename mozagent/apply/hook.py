@@ -17,7 +17,7 @@ from typing import Any
 
 from mozagent.apply.deployments import Outcome
 from mozagent.apply.process import Ledger, run_program
-from mozagent.apply.script import base_env, outcome_of
+from mozagent.apply.script import base_env, judgement, outcome_of
 from mozagent.desired.deployments import Deployment
 
 _GROUP = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -68,9 +68,13 @@ class HookApplier:
             stdin_data=payload,
             split_stderr=True,
         )
-        judged = outcome_of(out, f"{dep.group} hook", self.timeout, {})
+        what = f"{dep.group} hook"
+        judged = outcome_of(out, what, self.timeout, {})
         if out.returncode is None or out.stopped:
             return judged
+        # The hook's reply speaks for the hook; what mozagent found (a run it
+        # could not clean up) is added to it, never replaced by it.
+        notes = judgement(out, what, self.timeout)
         try:
             reply: Any = json.loads(out.stdout) if out.stdout.strip() else {}
         except ValueError as exc:
@@ -80,8 +84,8 @@ class HookApplier:
             return Outcome(
                 judged.status_code or 1,
                 out.stdout,
-                out.stderr + f"\nmozagent: the {dep.group} hook did not print a JSON object "
-                f"on stdout ({why})",
+                out.stderr + f"\nmozagent: the {what} did not print a JSON object "
+                f"on stdout ({why})" + notes,
                 {},
             )
         code = reply.pop("deploy_status_code", judged.status_code)
@@ -91,4 +95,4 @@ class HookApplier:
             code = 1 if code else 0
         if judged.status_code and not code:
             code = judged.status_code  # the hook exited non-zero: that is not success
-        return Outcome(code, str(stdout), str(stderr), reply)
+        return Outcome(code, str(stdout), str(stderr) + notes, reply)

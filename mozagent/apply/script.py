@@ -26,21 +26,27 @@ def base_env() -> dict[str, str]:
     return env
 
 
+def judgement(out, what: str, timeout: float) -> str:  # type: ignore[no-untyped-def]
+    """What mozagent itself says of a run that started (a timeout, an abort, a
+    cleanup that failed), as lines to append to its stderr; "" if nothing."""
+    notes = ""
+    if out.stopped == "timeout":
+        notes += f"\nmozagent: the {what} timed out after {timeout:g} s and was killed"
+    elif out.stopped == "aborted":
+        notes += f"\nmozagent: the {what} was stopped: the agent is shutting down"
+    if out.cleanup_error:
+        notes += f"\nmozagent: the {what} ended, but {out.cleanup_error}"
+    return notes
+
+
 def outcome_of(out, what: str, timeout: float, outputs: dict) -> Outcome:  # type: ignore[no-untyped-def]
     """Judge a finished child program the way Heat reads it."""
     if out.returncode is None:
         return Outcome(1, "", f"mozagent: cannot run the {what}: {out.start_error}", {})
-    stderr = out.stderr
-    if out.stopped == "timeout":
-        stderr += f"\nmozagent: the {what} timed out after {timeout:g} s and was killed"
-    elif out.stopped == "aborted":
-        stderr += f"\nmozagent: the {what} was stopped: the agent is shutting down"
-    if out.cleanup_error:
-        stderr += f"\nmozagent: the {what} ended, but {out.cleanup_error}"
     code = out.returncode if out.returncode >= 0 else 128 - out.returncode
     if (out.stopped or out.cleanup_error) and code == 0:
         code = 1
-    return Outcome(code, out.stdout, stderr, outputs)
+    return Outcome(code, out.stdout, out.stderr + judgement(out, what, timeout), outputs)
 
 
 class ScriptApplier:
