@@ -490,3 +490,32 @@ def test_a_hook_run_that_could_not_be_cleaned_up_says_so_in_deploy_stderr(
         assert stderr.startswith("hook says\n") and body["deploy_stdout"] == "out", body
     else:
         assert "did not print a JSON object" in stderr, body
+
+
+def test_signal_order_is_kept_per_deployment_not_across_a_backoff(tmp_path: Path) -> None:
+    """What signals.py and the README now say (they said "order kept per
+    server"): a signal waiting out its backoff lets a later one to the same
+    server go first, and a deployment has one signal at a time, its latest."""
+    from mozagent.desired.deployments import SignalTarget
+    from mozagent.report.health import Progress, Worker
+    from mozagent.report.signals import Outbox, Sender
+    from mozagent.report.status import StatusStore
+
+    outbox = Outbox(str(tmp_path))
+    for dep_id in ("older", "later"):
+        target = SignalTarget("CFN_SIGNAL", f"http://127.0.0.1:9/cfn/{dep_id}")
+        outbox.put(dep_id, target, {"deploy_status_code": 0, "run": 1})
+    outbox.update("older", attempts=3, next_try=time.time() + 3600)  # in backoff
+    outbox.put("later", target, {"deploy_status_code": 0, "run": 2})  # a re-run's
+    sent: list[tuple[str | None, int]] = []
+
+    def transport(target: SignalTarget, body: dict[str, Any], timeout: float) -> int:
+        sent.append((target.url, body["run"]))
+        return 200
+
+    status = StatusStore(str(tmp_path / "status.json"), {})
+    worker = Worker("signals", Progress(), status)
+    Sender(outbox, worker, threading.Event(), 60, 1, lambda: None, transport).run_once()
+    assert sent == [("http://127.0.0.1:9/cfn/later", 2)]
+    states = outbox.states()
+    assert states["later"]["state"] == "sent" and states["older"]["state"] == "pending"

@@ -9,8 +9,13 @@ checked (heat-config-notify never did). Heat ignores a signal for a deployment
 that is no longer IN_PROGRESS, so sending one twice after a crash is harmless.
 
 Signals are sent per endpoint (scheme, host and port): one at a time to each
-endpoint, oldest first, and up to ``MAX_ENDPOINTS`` endpoints at once, so a
-server that accepts a request and never answers holds up only its own signals.
+endpoint, oldest first among those due, and up to ``MAX_ENDPOINTS`` endpoints
+at once, so a server that accepts a request and never answers holds up only
+its own signals. Order is kept per deployment, which is all Heat needs: a
+deployment has one signal in the outbox at a time (a re-run's replaces the
+one before). Across deployments it is not: a signal waiting out its backoff
+lets later ones to the same server go first, so that one deployment's failing
+signal (a stack Heat deleted answers 404) never holds back the others.
 """
 
 from __future__ import annotations
@@ -193,8 +198,8 @@ class Outbox:
 
 def endpoint(entry: dict[str, Any]) -> str:
     """What one slow server holds up: the signals to the same scheme, host and
-    port (a heat-api-cfn, a Swift, a Keystone), whatever their transport, in
-    the order their deployments ran. Never shown: it may be a URL."""
+    port (a heat-api-cfn, a Swift, a Keystone), whatever their transport, sent
+    one at a time. Never shown: it may be a URL."""
     target = entry.get("target") or {}
     url = str(target.get("url") or target.get("auth_url") or "")
     try:
@@ -296,7 +301,7 @@ class Sender:
         return queues
 
     def _drain(self, entries: list[dict[str, Any]]) -> None:
-        """One endpoint's signals, one after the other: its order is kept."""
+        """One endpoint's signals that are due, one after the other, oldest first."""
         for entry in entries:
             if self.stopping.is_set():
                 return
