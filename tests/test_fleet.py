@@ -561,6 +561,104 @@ def test_an_agent_restarted_after_kill_9_replaces_its_own_stale_presence(fleet: 
     assert presence_owner(fleet, "web1") != old
     assert "presence_replaced" in box.daemon_log()
     assert "node_name_held_elsewhere" not in box.daemon_log()
+    # What the next restart recognises: this session, this boot, this process.
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    recorded = json.loads((box.state / "presence.json").read_text())
+    assert recorded["session"] == presence_owner(fleet, "web1")
+    assert recorded["pid"] == proc.pid and recorded["boot_id"] == boot
+    assert (fleet.presence("web1") or {}).get("boot_id") == boot
+
+
+def start_in_boot(box: Sandbox, boot_id: str | None) -> subprocess.Popen[bytes]:
+    """The agent started as if the machine were in boot ``boot_id`` (None:
+    this machine's own), through the boot id file it reads."""
+    if boot_id is None:
+        return box.start_daemon()
+    path = box.root / "boot_id"
+    path.write_text(boot_id + "\n")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MOZAGENT_BOOT_ID_FILE", str(path))
+        return box.start_daemon()
+
+
+def image_of(f: Fleet, box: Sandbox, node: str, home: str) -> Sandbox:
+    """A second agent named ``node`` whose state dir is a copy of ``box``'s,
+    taken as a VM image is: the running agent frozen meanwhile."""
+
+    def idle() -> bool:
+        doc = box.status_doc() or {}
+        return bool(doc.get("last_apply")) and not doc.get("applying")
+
+    wait_for(idle, 60, what="the first run to end")
+    copy = f.agent(node, home_name=home)
+    box.daemons[-1].send_signal(signal.SIGSTOP)
+    try:
+        shutil.copytree(box.state, copy.state, symlinks=True)
+    finally:
+        box.daemons[-1].send_signal(signal.SIGCONT)
+    return copy
+
+
+@pytest.mark.parametrize("boot", ["another boot", "the same boot"])
+def test_a_clone_of_a_running_host_keeps_its_hands_off_its_presence(
+    fleet: Fleet, boot: str
+) -> None:
+    first = fleet.agent("web1")
+    first_proc = first.start_daemon()
+    wait_for(lambda: fleet.presence("web1"), 30, what="the first's presence")
+    owner = presence_owner(fleet, "web1")
+    clone = image_of(fleet, first, "web1", "clone")
+    # The clone carries the first's record of its claim: the same session.
+    assert json.loads((clone.state / "presence.json").read_text())["session"] == owner
+
+    clone_proc = start_in_boot(clone, "0b0e-clone" if boot == "another boot" else None)
+    (problem,) = wait_for(lambda: conflict(clone), 60, what="the clone to report the conflict")
+    message = problem["message"]
+    assert message.startswith(f"node name web1 is held by session 0x{owner:x}, "), message
+    if boot == "another boot":
+        assert "records as its own, but from another boot" in message, message
+        assert f"(pid {first_proc.pid} on " in message and "this is boot 0b0e-clone" in message
+        assert "copy (clone, image) of that host" in message, message
+    else:
+        assert f"pid {first_proc.pid}, still running on this machine" in message, message
+    res = clone.cli("status")
+    assert res.returncode == 3 and "held by session" in res.stdout, res.stdout
+    assert "node_name_held_elsewhere" in clone.daemon_log()
+    assert "presence_replaced" not in clone.daemon_log()
+    # The first keeps its presence and its name, and sees no conflict.
+    assert presence_owner(fleet, "web1") == owner
+    assert (fleet.presence("web1") or {}).get("pid") == first_proc.pid
+    assert not conflict(first) and first_proc.poll() is None
+    clone.stop_daemons()
+    assert clone_proc.returncode == 0
+    assert presence_owner(fleet, "web1") == owner
+    assert (fleet.presence("web1") or {}).get("pid") == first_proc.pid
+
+
+def test_an_agent_restarted_in_another_boot_waits_for_its_old_session_to_end(
+    fleet: Fleet,
+) -> None:
+    # A session timeout (10 s, the test server's most) the restart is well within.
+    box = fleet.agent("web1", zookeeper={"session_timeout": 10})
+    box.start_daemon()
+    wait_for(lambda: fleet.presence("web1"), 30, what="presence")
+    old = presence_owner(fleet, "web1")
+    kill9(box)  # and the machine "reboots": its boot id changes
+    proc = start_in_boot(box, "0b0e-after-reboot")
+    (problem,) = wait_for(lambda: conflict(box), 30, what="the agent to wait for the old session")
+    assert "from another boot" in problem["message"], problem
+    assert "restarted within the ZooKeeper session timeout" in problem["message"], problem
+    assert presence_owner(fleet, "web1") == old  # not taken: it could be a clone's
+    wait_for(
+        lambda: (fleet.presence("web1") or {}).get("pid") == proc.pid,
+        30,
+        what="the name taken once the old session ended",
+    )
+    assert presence_owner(fleet, "web1") != old
+    assert (fleet.presence("web1") or {}).get("boot_id") == "0b0e-after-reboot"
+    wait_for(lambda: not conflict(box), 30, what="the conflict to clear")
+    assert "presence_replaced" not in box.daemon_log()
+    assert box.cli("status").returncode == 0
 
 
 def forge_ghost(f: Fleet) -> None:
