@@ -57,3 +57,17 @@ def test_wheel_carries_the_agent_and_no_test_servers(tmp_path: Path) -> None:
     assert {"mozagent/__main__.py", "mozagent/daemon.py", "mozagent/cli/__init__.py"} <= modules
     assert not [n for n in names if "testing" in n or "heatstub" in n or "conftest" in n]
     assert "mozagent = mozagent.cli:main" in console
+
+
+def test_importing_the_package_or_asking_status_loads_no_logging_stack(tmp_path: Path) -> None:
+    """`mozagent status` is what a person types when something is wrong: it
+    must stay light, so only the daemon's entry imports structlog."""
+    probe = (
+        "import sys; import mozagent; from mozagent.cli import main; "
+        f"main(['status', '--state-dir', {str(tmp_path)!r}]); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('structlog', 'kazoo', 'rich')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr

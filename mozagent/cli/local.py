@@ -24,14 +24,14 @@ DEFAULT_STATE_DIR = "/var/lib/mozagent"
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
+    from mozagent import logs  # first (sorted so): it imports structlog without rich
     from mozagent.config import check_runnable
     from mozagent.daemon import Daemon
-    from mozagent.logs import setup_logging
 
     cfg = config_of(args)
     assert cfg is not None
     check_runnable(cfg)
-    setup_logging(cfg.log_level, cfg.log_format)
+    logs.setup_logging(cfg.log_level, cfg.log_format)
     agent = Daemon(cfg, mode="once" if args.once else "daemon")
     if not args.once:
         return agent.run_daemon()
