@@ -43,11 +43,12 @@ from mozagent.config import Config, HeatConfig
 from mozagent.desired.deployments import safe_id
 from mozagent.fileio import lock_holder, try_lock
 from mozagent.render.hieradata import HieraData
-from mozagent.report.health import HEARTBEAT_INTERVAL, Progress, Worker, touch_heartbeat
+from mozagent.report.health import HEARTBEAT_INTERVAL, touch_heartbeat
 from mozagent.report.heat import DeploymentLog, HeatReport
 from mozagent.report.sdnotify import notify, watchdog_interval
 from mozagent.report.signals import Outbox, Sender
 from mozagent.report.status import StatusStore, exit_code, load_status, when
+from mozagent.runtime import Progress, Worker
 from mozagent.sources.runrequests import RunRequests
 
 if TYPE_CHECKING:

@@ -22,8 +22,9 @@ from kazoo.client import KazooClient
 from mozagent.config import load_config
 from mozagent.daemon import Daemon
 from mozagent.render import hieradata as hieradata_module
-from mozagent.report.health import HEARTBEAT_FILE, Progress, Worker
+from mozagent.report.health import HEARTBEAT_FILE
 from mozagent.report.status import StatusStore
+from mozagent.runtime import Progress, Worker
 from mozagent_dev.testing import ZooKeeperServer, text_of
 from tests.conftest import Sandbox, wait_for
 from tests.poison import POISON

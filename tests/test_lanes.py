@@ -15,8 +15,8 @@ from mozagent.apply.lanes import Gate, Job, Phase, pick, waiting
 from mozagent.apply.process import Ledger
 from mozagent.config import parse_config
 from mozagent.render.snapshot import Snapshot
-from mozagent.report.health import Progress, Worker
 from mozagent.report.status import StatusStore
+from mozagent.runtime import Progress, Worker
 
 
 class FakeLane:

@@ -27,8 +27,8 @@ from mozagent.config import Config
 from mozagent.fileio import write_if_changed
 from mozagent.render.hiera import FactsInput, facts_env
 from mozagent.render.snapshot import RunLayout, Snapshot, run_files
-from mozagent.report.health import Worker
 from mozagent.report.status import StatusStore
+from mozagent.runtime import Worker
 
 log = structlog.get_logger("mozagent")
 

@@ -57,8 +57,8 @@ from mozagent.desired.convergence import clean
 from mozagent.desired.fleet import host_path, result_path
 from mozagent.desired.orders import OrderResult
 from mozagent.fileio import read_json_object, write_json
-from mozagent.report.health import Worker, run_woken
 from mozagent.report.status import StatusStore
+from mozagent.runtime import Worker, run_woken
 from mozagent.zkclient import CONNECTION_ERRORS, describe
 
 log = structlog.get_logger("mozagent")

@@ -40,7 +40,7 @@ from tenacity import (
 
 from mozagent.desired.deployments import SignalTarget, redact, safe_id
 from mozagent.fileio import read_json_dir, read_json_object, write_json
-from mozagent.report.health import Worker
+from mozagent.runtime import Worker
 
 log = structlog.get_logger("mozagent")
 # Heat answers these when the deployment or its stack is gone: retrying cannot help.

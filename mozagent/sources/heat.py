@@ -33,8 +33,8 @@ import structlog
 from mozagent.config import Config, HeatConfig
 from mozagent.desired.deployments import Deployment, loads_bounded, parse_deployments
 from mozagent.fileio import read_bytes, write_json
-from mozagent.report.health import Worker
 from mozagent.report.status import StatusStore, when
+from mozagent.runtime import Worker
 from mozagent.sources.collectors import (
     LOCAL,
     Collectors,

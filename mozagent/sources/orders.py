@@ -22,7 +22,7 @@ from kazoo.exceptions import NoNodeError, NotEmptyError
 
 from mozagent.desired.fleet import PushedOrder, order_path, orders_path
 from mozagent.desired.orders import InvalidOrder, order_seq
-from mozagent.report.health import Worker
+from mozagent.runtime import Worker
 from mozagent.sources.znodes import ZnodeSource
 
 log = structlog.get_logger("mozagent")

@@ -18,7 +18,7 @@ from kazoo.exceptions import NoNodeError
 
 from mozagent.desired.fleet import DesiredRelease, node_release_path, release_path
 from mozagent.desired.release import InvalidRelease, parse_release
-from mozagent.report.health import Worker
+from mozagent.runtime import Worker
 from mozagent.sources.znodes import ZnodeSource
 
 log = structlog.get_logger("mozagent")

@@ -17,7 +17,7 @@ import structlog
 from kazoo.client import KazooClient, KazooState
 from kazoo.protocol.states import WatchedEvent, ZnodeStat
 
-from mozagent.report.health import Worker, run_woken
+from mozagent.runtime import Worker, run_woken
 from mozagent.zkclient import CONNECTION_ERRORS
 
 log = structlog.get_logger("mozagent")

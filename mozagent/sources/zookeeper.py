@@ -26,8 +26,8 @@ from mozagent.config import Config, ZooKeeperConfig
 from mozagent.desired.layers import ResolvedLayer, layer_paths
 from mozagent.render.hieradata import HieraData
 from mozagent.render.snapshot import Snapshot
-from mozagent.report.health import Worker
 from mozagent.report.status import StatusStore, when
+from mozagent.runtime import Worker
 from mozagent.sources.zkreader import ZooKeeperReader
 from mozagent.zkclient import CONNECTION_ERRORS, make_client
 
