@@ -33,14 +33,11 @@ from mozagent.apply.executor import Executor
 from mozagent.apply.hook import HookApplier
 from mozagent.apply.process import Ledger
 from mozagent.apply.puppet import (
-    ApplyItem,
     PuppetDeploymentApplier,
-    deployment_item,
     manifest_items,
 )
 from mozagent.apply.script import ScriptApplier
 from mozagent.config import Config, HeatConfig
-from mozagent.desired.deployments import safe_id
 from mozagent.fileio import lock_holder, try_lock
 from mozagent.render.hieradata import HieraData
 from mozagent.report.health import HEARTBEAT_INTERVAL, touch_heartbeat
@@ -179,19 +176,7 @@ class Daemon:
         runner = DeploymentRunner(cfg.state_dir, queue, appliers, hooks, outbox, after)
         self.executor.register(DeploymentLane(queue, runner))
 
-        def reapplied() -> list[ApplyItem]:
-            return [
-                deployment_item(
-                    i["name"],
-                    os.path.join(work, "configs", f"{safe_id(i['id'])}.pp"),
-                    i["outputs_path"],
-                    i.get("inputs") or {},
-                    i.get("options") or {},
-                )
-                for i in queue.reapply.items(queue.order)
-            ]
-
-        self.executor.providers.append(reapplied)
+        self.executor.providers.append(lambda: puppet.reapplied(queue))
         self.heat = HeatSource(
             cfg,
             self.executor.hand(queue.offer),

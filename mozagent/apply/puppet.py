@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from mozagent.apply.deployments import Outcome, read_outputs
+from mozagent.apply.deployments import DeploymentQueue, Outcome, read_outputs
 from mozagent.apply.process import Ledger, run_program
 from mozagent.config import PuppetConfig
 from mozagent.desired.deployments import Deployment, safe_id
@@ -291,7 +291,24 @@ class PuppetDeploymentApplier:
         self.run_item = run_item
 
     def manifest_path(self, dep: Deployment) -> str:
-        return os.path.join(self.work_dir, "configs", f"{safe_id(dep.id)}.pp")
+        return self._manifest(dep.id)
+
+    def _manifest(self, dep_id: str) -> str:
+        return os.path.join(self.work_dir, "configs", f"{safe_id(dep_id)}.pp")
+
+    def reapplied(self, queue: DeploymentQueue) -> list[ApplyItem]:
+        """The puppet configs that completed, in metadata order, as items the
+        core runs again with every data change (no new signal): a provider."""
+        return [
+            deployment_item(
+                i["name"],
+                self._manifest(i["id"]),
+                i["outputs_path"],
+                i.get("inputs") or {},
+                i.get("options") or {},
+            )
+            for i in queue.reapply.items(queue.order)
+        ]
 
     def run(self, dep: Deployment, outputs_path: str) -> Outcome:
         if not isinstance(dep.config, str):
