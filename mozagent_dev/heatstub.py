@@ -7,8 +7,10 @@ Last-Modified, as Swift serves a TempURL), signals as ``PUT /tempurl/<id>`` and
 ``POST /cfn/<id>`` (recorded, in order). It can fail its first N signal
 requests, to prove retries, hold signal requests open without answering (a
 dead endpoint), serve a document of any size generated as it is sent (never
-held in memory), with or without Content-Length, and the metadata the heat
-collector reads (``GET /v1/<project>/stacks/<stack>/resources/<name>/metadata``).
+held in memory), with or without Content-Length, or one byte at a time
+(``trickle``), and the metadata the heat collector reads
+(``GET /v1/<project>/stacks/<stack>/resources/<name>/metadata``; DELETE, as
+Zaqar's pop, is answered the same).
 Listens on 127.0.0.1 only; stop it with ``stop()``.
 The real Heat is exercised by the real-Heat tests; this is the contract only.
 """
@@ -39,6 +41,7 @@ class HeatStub:
         self.generated: tuple[int, bool] | None = None  # (size, send Content-Length)
         self.generated_sent: list[int] = []  # body bytes written, per GET of a generated one
         self.hold_signals = False  # signal requests wait, unanswered, until release()
+        self.trickle = 0.0  # seconds between the bytes of a metadata body (a slow server)
         self.holding = 0  # signal requests held open now
         self._released = threading.Event()
         stub = self
@@ -58,12 +61,21 @@ class HeatStub:
                     data = stub.raw if stub.raw is not None else json.dumps(stub.metadata).encode()
                     if self.path.startswith("/v1/"):  # the Heat API's resource metadata
                         data = json.dumps({"metadata": stub.metadata}).encode()
+                    trickle = stub.trickle
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.send_header("Last-Modified", formatdate(modified, usegmt=True))
                 self.end_headers()
-                if body:
+                if body and trickle:
+                    try:
+                        for i in range(len(data)):  # ends when the client hangs up
+                            self.wfile.write(data[i : i + 1])
+                            self.wfile.flush()
+                            time.sleep(trickle)
+                    except OSError:
+                        pass
+                elif body:
                     self.wfile.write(data)
                     with stub._lock:
                         stub.served.append((time.time(), modified))
@@ -101,6 +113,9 @@ class HeatStub:
                     stub.head_times.append(time.time())
 
             def do_GET(self) -> None:
+                self._metadata(True)
+
+            def do_DELETE(self) -> None:  # Zaqar's pop of the queue's message
                 self._metadata(True)
 
             def _signal(self, verb: str) -> None:

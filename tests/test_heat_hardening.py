@@ -280,7 +280,9 @@ def test_the_heat_collector_reads_metadata_under_the_limit(stub: HeatStub) -> No
     stub.set_generated(100 * MiB, content_length=False)
     with pytest.raises(Exception, match="over the 16 MiB limit"):
         client.resources.metadata("stack/id", "server")
-    assert stub.generated_sent and max(stub.generated_sent) < 24 * MiB, stub.generated_sent
+    # The stand-in's thread sees the client hang up on its next write.
+    wait_for(lambda: stub.generated_sent, timeout=10, what="the stand-in's write refused")
+    assert max(stub.generated_sent) < 24 * MiB, stub.generated_sent
 
 
 # A string that never closes, after enough brackets to be scanned for depth:
@@ -497,9 +499,9 @@ def test_signal_order_is_kept_per_deployment_not_across_a_backoff(tmp_path: Path
     server"): a signal waiting out its backoff lets a later one to the same
     server go first, and a deployment has one signal at a time, its latest."""
     from mozagent.desired.deployments import SignalTarget
-    from mozagent.report.health import Progress, Worker
     from mozagent.report.signals import Outbox, Sender
     from mozagent.report.status import StatusStore
+    from mozagent.runtime import Progress, Worker
 
     outbox = Outbox(str(tmp_path))
     for dep_id in ("older", "later"):
@@ -519,3 +521,42 @@ def test_signal_order_is_kept_per_deployment_not_across_a_backoff(tmp_path: Path
     assert sent == [("http://127.0.0.1:9/cfn/later", 2)]
     states = outbox.states()
     assert states["later"]["state"] == "sent" and states["older"]["state"] == "pending"
+
+
+SLOW = 1.5  # heat.request_timeout against a server that sends a byte every 0.3 s
+
+
+def _slow_poll(collector: str, stub: HeatStub, state: Path) -> Any:
+    """One poll of ``collector`` against the stand-in, as the Heat source makes
+    it (the heat and zaqar collectors need Keystone: their clients are made as
+    the collector makes them, against the stand-in's paths)."""
+    from mozagent.sources import collectors as c
+
+    if collector in ("request", "ec2"):
+        collectors = c.Collectors(str(state), None, SLOW)
+        url = f"{stub.url}/metadata" if collector == "request" else f"{stub.url}/latest"
+        assert collectors.configure(collector, {"metadata_url": url}) == []
+        return lambda: collectors.collect(collector)
+    if collector == "heat":
+        client = c._heat_clients(SLOW)["heatclient"].Client("1", f"{stub.url}/v1/p", token="t")
+        return lambda: client.resources.metadata("stack/id", "server")
+    auth = {"auth_opts": {"backend": "noauth", "options": {"os_project_id": "p"}}}
+    zaqar = c._zaqar_clients(SLOW)["zaqarclient"].Client(stub.url, conf=auth, version=2)
+    return lambda: next(zaqar.queue("q").pop())
+
+
+@pytest.mark.parametrize("collector", ["request", "ec2", "heat", "zaqar"])
+def test_a_metadata_server_that_trickles_its_body_fails_the_poll_in_time(
+    stub: HeatStub, tmp_path: Path, collector: str
+) -> None:
+    """requests' timeout is per read: a byte every 0.3 s never trips a 1.5 s
+    timeout, and a 300-byte document took 90 s (a large one outlasts the
+    watchdog). The read has a deadline of request_timeout in all: the poll
+    fails in about that time, saying so."""
+    stub.set_metadata({"deployments": [], "padding": "x" * 260})
+    poll = _slow_poll(collector, stub, tmp_path)
+    stub.trickle = 0.3
+    started = time.monotonic()
+    with pytest.raises(Exception, match=r"did not arrive within 1.5 s \(heat.request_timeout\)"):
+        poll()
+    assert time.monotonic() - started < SLOW + 2.0

@@ -9,24 +9,31 @@ Each collector keeps its own object between polls (the ``request`` collector
 remembers Last-Modified, so an unchanged metadata costs a HEAD).
 
 What a collector reads is bounded while it is read, whatever the source sends:
-HTTP bodies are streamed and refused at ``MAX_METADATA_BYTES`` (Content-Length
-first), files are read up to it, and the JSON the collector modules decode goes
-through ``loads_bounded`` (their module-level ``json`` and, for the file
-collectors, ``open`` are ours: the library has no other injection point for
-them), so no document can cost the agent its memory or its stack. A document
-the source serves but that cannot be used is ``Unusable``, with the reason.
+HTTP bodies (every collector's, through each one's injection point: a
+``requests_impl``, a heat or zaqar client) are streamed, refused at
+``MAX_METADATA_BYTES`` (Content-Length first) and must arrive within the
+request timeout in all; files are read up to the limit, and the JSON the
+collector modules decode goes through ``loads_bounded`` (their module-level
+``json`` and, for the modules that read files, ``open`` are ours: the library
+has no other injection point for them), so no document can cost the agent its
+memory, its stack or its worker. A document the source serves but that cannot
+be used is ``Unusable``, with the reason; one too slow to arrive is
+``Unavailable``, with the reason. Zaqar's websocket transport is the exception
+(no injection point: see the README's Known limits).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
 import locale
 import logging
 import os
+import socket
+import threading
 import time
-from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote
@@ -73,6 +80,7 @@ class _Reading:
 
     def __init__(self) -> None:
         self.refused: list[str] = []
+        self.slow: list[str] = []  # a read that passed its deadline: a failure
         self.budget = MAX_METADATA_BYTES
         self.where = "the metadata"
 
@@ -128,66 +136,147 @@ class _BoundedFile:
             raise _reading.refuse(f"{self.path} is not UTF-8 ({exc})") from None
 
 
+# The modules that read metadata from files: the local collectors, and ec2
+# (its cache file, and the config drive's meta-data.json).
+_FILE_READERS = (*LOCAL, "ec2", "config_drive")
+
+
 def _guard(module: Any) -> Any:
     """Give a collector module our bounded ``json`` (and ``open`` for the file ones)."""
     if getattr(module, "json", None) is not None:
         module.json = _JSON
-    if module.__name__.rsplit(".", 1)[-1] in LOCAL:
+    if module.__name__.rsplit(".", 1)[-1] in _FILE_READERS:
         module.open = lambda path, *args, **kwargs: _BoundedFile(path)
     return module
 
 
-def _read_capped(response: Any) -> bytes:
+def _read_capped(response: Any, deadline: float, seconds: float) -> bytes:
     """A streamed body, refused at the limit: by Content-Length before reading,
-    else when the bytes read pass it. Memory stays at the limit at most."""
+    else when the bytes read pass it (the budget is the collect()'s: ec2 reads
+    a tree of documents). Memory stays at the limit at most.
+
+    Read by ``deadline`` (monotonic) in all, the request's ``seconds``:
+    requests' timeout is per read, so a server sending a byte every few seconds
+    would hold the poll until the watchdog restarts the agent. At the deadline
+    the socket is shut down, which ends a read blocked anywhere in the body
+    (a chunk's size line too)."""
     length = str(response.headers.get("Content-Length") or "")
-    if length.isdigit() and int(length) > MAX_METADATA_BYTES:
+    if length.isdigit() and int(length) > _reading.budget:
         raise _reading.refuse(
             f"the metadata is {int(length)} bytes (Content-Length), over the {LIMIT} limit"
         )
+    watch = _Deadline(response, deadline)
     body = bytearray()
-    for chunk in response.iter_content(CHUNK):
-        body += chunk
-        if len(body) > MAX_METADATA_BYTES:
-            raise _reading.refuse(
-                f"the metadata is over the {LIMIT} limit (stopped reading at {len(body)} bytes)"
-            )
+    try:
+        for chunk in response.iter_content(CHUNK):
+            if watch.late:
+                break
+            body += chunk
+            if len(body) > _reading.budget:
+                raise _reading.refuse(
+                    f"the metadata is over the {LIMIT} limit (stopped reading at {len(body)} bytes)"
+                )
+    except Exception:
+        if not watch.late:  # the shutdown's own errors are the deadline's
+            raise
+    finally:
+        watch.close()
+    if watch.late:
+        why = (
+            f"the metadata did not arrive within {seconds:g} s "
+            f"(heat.request_timeout): {len(body)} bytes of it read"
+        )
+        _reading.slow.append(why)
+        raise _Slow(why)
+    _reading.budget -= len(body)
     return bytes(body)
 
 
-def bounded_get(
-    session: Any, url: str, on_headers: Callable[[Any], None] | None = None, **kwargs: Any
-) -> Any:
-    """``session.get`` whose body is read under the limit, uncompressed (a small
-    compressed body must not inflate past it), and decoded as UTF-8 unless the
-    server says otherwise (JSON is UTF-8; guessing costs a pass over the body).
-    ``on_headers`` sees the headers before the body is read."""
-    headers = {**(kwargs.pop("headers", None) or {}), "Accept-Encoding": "identity"}
-    response = session.request("GET", url, headers=headers, stream=True, **kwargs)
-    if on_headers is not None:
-        on_headers(response.headers)
-    try:
-        response._content = _read_capped(response)
-    except _Refused as exc:
-        import requests
-
-        raise requests.exceptions.RequestException(str(exc)) from None
-    finally:
-        response.close()
-    response._content_consumed = True
-    if response.encoding is None:
-        response.encoding = "utf-8"
-    return response
+class _Slow(Exception):
+    """A body still arriving at the request's deadline."""
 
 
-def _request_impl() -> Any:
-    """The ``requests`` the request collector is built with (its own injection
-    point): records that a HEAD was answered and whether a GET followed,
-    because the collector raises the same exception for "not modified" as for
-    a failure or a document that is not JSON."""
+class _Deadline:
+    """Shuts a response's socket down at ``deadline``, unless closed first.
+
+    It holds a duplicate of the socket's descriptor from the start: the
+    response's own may be closed and its number reused by the time the timer
+    fires, and a shutdown must never reach another connection."""
+
+    def __init__(self, response: Any, deadline: float) -> None:
+        self.late = False
+        self._lock = threading.Lock()
+        try:
+            self._sock: socket.socket | None = socket.socket(fileno=os.dup(response.raw.fileno()))
+        except (OSError, ValueError, AttributeError):  # no body left to read
+            self._sock = None
+        self._timer = threading.Timer(max(deadline - time.monotonic(), 0.0), self._stop)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _stop(self) -> None:
+        with self._lock:
+            self.late = True
+            if self._sock is not None:
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+
+
+def bounded_session(seconds: float) -> Any:
+    """A ``requests.Session`` class whose every request has a timeout (zaqar's
+    client gives none) and a body read under the limit and within ``seconds``
+    of its start, uncompressed (a small compressed body must not inflate past
+    the limit), and decoded as UTF-8 unless the server says otherwise (JSON is
+    UTF-8; guessing costs a pass over the body). ``answered`` sees the headers
+    before the body is read."""
     import requests
 
-    class Session(requests.Session):
+    class BoundedSession(requests.Session):
+        def request(self, method: str, url: str, **kwargs: Any) -> Any:  # type: ignore[override]
+            deadline = time.monotonic() + seconds
+            if kwargs.get("timeout") is None:
+                kwargs["timeout"] = seconds
+            if method.upper() == "HEAD":  # no body (its Content-Length is the GET's)
+                return super().request(method, url, **kwargs)
+            kwargs["headers"] = {**(kwargs.get("headers") or {}), "Accept-Encoding": "identity"}
+            kwargs["stream"] = True
+            response = super().request(method, url, **kwargs)
+            self.answered(method.upper(), response.headers)
+            try:
+                response._content = _read_capped(response, deadline, seconds)
+            except _Refused as exc:
+                raise requests.exceptions.RequestException(str(exc)) from None
+            except _Slow as exc:
+                raise requests.exceptions.Timeout(str(exc)) from None
+            finally:
+                response.close()
+            response._content_consumed = True
+            if response.encoding is None:
+                response.encoding = "utf-8"
+            return response
+
+        def answered(self, method: str, headers: Any) -> None:
+            """The headers of a response whose body is about to be read."""
+
+    return BoundedSession
+
+
+def _request_impl(seconds: float) -> Any:
+    """The ``requests`` the request, cfn and ec2 collectors are built with
+    (their own injection point): bounded reads, and for the request collector
+    a record of whether a HEAD was answered and a GET followed, because it
+    raises the same exception for "not modified" as for a failure or a
+    document that is not JSON."""
+    import requests
+
+    class Session(bounded_session(seconds)):  # type: ignore[misc]
         head_answered = 0.0
         head_headers: Any = {}
         get_called = 0.0
@@ -199,13 +288,14 @@ def _request_impl() -> Any:
             self.head_headers = response.headers
             return response
 
-        def get(self, url: str, **kwargs: Any) -> Any:  # type: ignore[override]
+        def get(self, *args: Any, **kwargs: Any) -> Any:
             self.get_called = time.monotonic()
             self.fresh = True  # until the answer's headers say otherwise
-            return bounded_get(super(), url, self._answered, **kwargs)
+            return super().get(*args, **kwargs)
 
-        def _answered(self, headers: Any) -> None:
-            self.fresh = _written_recently(headers)
+        def answered(self, method: str, headers: Any) -> None:
+            if method == "GET":
+                self.fresh = _written_recently(headers)
 
     class Impl:
         exceptions = requests.exceptions
@@ -237,8 +327,6 @@ def _bounded_metadata(client: Any, timeout: float) -> Any:
     heatclient reads whole bodies with module-level ``requests`` calls, with no
     session to hand it: the one call the heat collector makes for metadata is
     made here instead, with the client's endpoint, token and TLS settings."""
-    import requests
-
     http = client.http_client
     resources = client.resources
 
@@ -254,9 +342,8 @@ def _bounded_metadata(client: Any, timeout: float) -> Any:
         if http.cert_file and http.key_file:
             kwargs["cert"] = (http.cert_file, http.key_file)
         _reading.where = "the metadata"
-        with requests.Session() as session:
-            response = bounded_get(
-                session,
+        with bounded_session(timeout)() as session:
+            response = session.get(
                 url,
                 headers={"X-Auth-Token": http.auth_token, "Accept": "application/json"},
                 **kwargs,
@@ -268,11 +355,9 @@ def _bounded_metadata(client: Any, timeout: float) -> Any:
     return metadata
 
 
-def _heat_clients(timeout: float) -> dict[str, Any]:
-    """keystone and heat clients with a timeout on every request (the heat
-    collector's injection points): a hung API must not hang the source, and
-    the metadata is read under the limit."""
-    from heatclient import client as heatclient
+def _keystone(timeout: float) -> Any:
+    """A keystone client with a timeout on every request: a hung API must not
+    hang the source."""
     from keystoneclient.v3 import client as keystoneclient
 
     class Keystone:
@@ -280,6 +365,14 @@ def _heat_clients(timeout: float) -> dict[str, Any]:
         def Client(*args: Any, **kwargs: Any) -> Any:
             kwargs.setdefault("timeout", timeout)
             return keystoneclient.Client(*args, **kwargs)
+
+    return Keystone
+
+
+def _heat_clients(timeout: float) -> dict[str, Any]:
+    """keystone and heat clients with a timeout on every request (the heat
+    collector's injection points), and the metadata read under the limit."""
+    from heatclient import client as heatclient
 
     class Heat:
         @staticmethod
@@ -289,7 +382,27 @@ def _heat_clients(timeout: float) -> dict[str, Any]:
             client.resources.metadata = _bounded_metadata(client, timeout)
             return client
 
-    return {"keystoneclient": Keystone, "heatclient": Heat}
+    return {"keystoneclient": _keystone(timeout), "heatclient": Heat}
+
+
+def _zaqar_clients(timeout: float) -> dict[str, Any]:
+    """keystone with a timeout, and a zaqar client whose HTTP transport reads
+    through a bounded session (the zaqar collector's injection points):
+    zaqarclient's own session has no timeout and reads whole bodies. Its
+    websocket transport (``zaqar.use_websockets``) has no such point."""
+    from zaqarclient.queues.v2 import client as zaqarclient
+
+    session = bounded_session(timeout)
+
+    class Client(zaqarclient.Client):  # type: ignore[misc]
+        def _get_transport(self, request: Any) -> Any:
+            transport = super()._get_transport(request)
+            http = getattr(transport, "client", None)  # the HTTP transport's
+            if http is not None and not isinstance(getattr(http, "session", None), session):
+                http.session = session()
+            return transport
+
+    return {"keystoneclient": _keystone(timeout), "zaqarclient": SimpleNamespace(Client=Client)}
 
 
 def _in_c_locale(collect: Any) -> Any:
@@ -331,8 +444,12 @@ class Collectors:
                 cfg.MultiStrOpt("deployment-key", default=[]),
                 # What /etc/os-collect-config.conf says to poll, when it says.
                 cfg.MultiStrOpt("collectors", default=[]),
+                # Where ec2 looks for a cached document first (os-collect-config's
+                # own option, which ec2 reads and never registers): ours, empty.
+                cfg.StrOpt("cachedir"),
             ]
         )
+        conf.set_default("cachedir", os.path.join(self._state_dir, "heat", "collector-cache"))
         files = [self._conf_file] if self._conf_file and os.path.exists(self._conf_file) else []
         conf(args=[], project="os-collect-config", default_config_files=files)
         self._cfg = conf
@@ -352,6 +469,8 @@ class Collectors:
             cache = os.path.join(self._state_dir, "heat", "keystone-cache")
             conf.set_override("cache_dir", cache, group="keystone")
         module = _guard(importlib.import_module(f"os_collect_config.{name}"))
+        if name == "ec2":
+            _guard(importlib.import_module("os_collect_config.config_drive"))
         if name not in conf:
             conf.register_group(cfg.OptGroup(name=name))
         conf.register_opts(module.opts, group=name)
@@ -406,11 +525,13 @@ class Collectors:
             except ImportError as exc:
                 raise Unavailable(_missing(name, exc)) from None
             kwargs: dict[str, Any] = {}
-            if name in ("request", "cfn"):
-                kwargs["requests_impl"] = _request_impl()
+            if name in ("request", "cfn", "ec2"):
+                kwargs["requests_impl"] = _request_impl(self._timeout)
                 self._cfg.set_override("timeout", self._timeout, group=name)
             elif name == "heat":
                 kwargs.update(_heat_clients(self._timeout))
+            elif name == "zaqar":
+                kwargs.update(_zaqar_clients(self._timeout))
             collector = self._instances[name] = module.Collector(**kwargs)
         from os_collect_config import exc
 
@@ -428,10 +549,14 @@ class Collectors:
                 raise NotModified(name) from err
             if _reading.refused:
                 raise self._unusable(name, collector, session) from err
+            if _reading.slow:
+                raise Unavailable(redact(f"{name}: {_reading.slow[0]}")) from err
             raise Unavailable(f"{name}: unavailable ({type(err).__name__})") from err
         except Exception as err:  # the library must not take the source down
             if _reading.refused:
                 raise self._unusable(name, collector, session) from err
+            if _reading.slow:
+                raise Unavailable(redact(f"{name}: {_reading.slow[0]}")) from err
             raise Unavailable(redact(f"{name}: {type(err).__name__}: {err}")) from err
         if _reading.refused:  # a file skipped (heat_local): not the whole metadata
             raise self._unusable(name, collector, session)
