@@ -113,7 +113,7 @@ def test_a_chain_started_by_an_install_script_ends_with_the_install(
     elif os.environ.get("CI") == "true" or contain.cgroup_parent()[0] is not None:
         assert held.startswith("a cgroup per run"), held  # the strong way is what ran
     if held.startswith("a cgroup per run"):
-        parent = held.rsplit(" ", 1)[1]
+        parent = held.split(" under ", 1)[1].split(" (", 1)[0]  # "... under DIR (limit)"
         assert not [n for n in os.listdir(parent) if n.startswith(contain.RUN_CGROUP_PREFIX)]
 
 
