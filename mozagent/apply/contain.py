@@ -31,7 +31,7 @@ import os
 import signal
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,12 +105,17 @@ def carries_mark(pid: int, mark: str) -> bool:
         return False
 
 
-def leftovers(mark: str, spare: Collection[int] = ()) -> list[int]:
+def _alive(pid: int) -> bool:
+    """Running or stopped: not a zombie, not gone."""
+    return _state(pid) not in (b"Z", b"X", b"")
+
+
+def leftovers(mark: str) -> list[int]:
     """Live processes of the run: those with its mark, and orphans re-parented to us."""
     me = os.getpid()
     out = []
     for pid in _pids():
-        if pid == me or pid in spare or _state(pid) in (b"Z", b"X", b""):
+        if pid == me or not _alive(pid):
             continue
         if (_subreaper and _ppid(pid) == me and pid not in _own_children) or carries_mark(
             pid, mark
@@ -152,7 +157,7 @@ def kill_orphans(kill: Callable[[int, int], None], seconds: float = 2.0) -> int:
     killed = 0
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        live = [pid for pid in orphans() if _state(pid) not in (b"Z", b"X", b"")]
+        live = [pid for pid in orphans() if _alive(pid)]
         for pid in live:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 kill(pid, signal.SIGKILL)
