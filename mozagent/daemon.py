@@ -153,13 +153,13 @@ class Daemon:
         queue = DeploymentQueue(log_, Reapply(cfg.state_dir))
         outbox = Outbox(cfg.state_dir)
         report = self.heat_report = HeatReport(self.status, log_, outbox)
-        beat = self.executor.health.beat
+        children = self.executor.runner
         puppet = PuppetDeploymentApplier(work, self.executor.run_item)
         appliers: dict[str, Applier] = {
             "puppet": puppet,
-            "script": ScriptApplier(work, h.timeout, self.stopping, self.ledger, beat),
+            "script": ScriptApplier(work, children, h.timeout),
         }
-        hooks = HookApplier(h.hook_dirs, h.timeout, self.stopping, self.ledger, beat)
+        hooks = HookApplier(h.hook_dirs, children, h.timeout)
         sender = self.sender = Sender(
             outbox,
             Worker("signals", self.progress, self.status),
@@ -199,18 +199,17 @@ class Daemon:
 
         assert cfg.zookeeper is not None and cfg.app is not None
         app, node, z, r, o = cfg.app, cfg.node, cfg.zookeeper, cfg.releases, cfg.orders
-        beat = self.executor.health.beat
+        children = self.executor.runner
 
         def installer(run_as: RunAs) -> ReleaseInstaller:
             return ReleaseInstaller(
-                r.apps_dir, app, node, r.keep, run_as, r.timeout, r.fetch_timeout,
-                self.stopping, self.ledger, beat,
-            )  # fmt: skip
+                r.apps_dir, app, node, r.keep, run_as, children, r.timeout, r.fetch_timeout
+            )
 
         book = self.order_book = OrderBook(cfg.state_dir)
 
         def runner(run_as: RunAs | str) -> OrderRunner:
-            return OrderRunner(book, app, node, run_as, o.timeout, self.stopping, self.ledger, beat)
+            return OrderRunner(book, app, node, run_as, children, o.timeout)
 
         reader = installer(NOBODY)  # reads what is installed; never runs anything
         release = ReleaseJob(installer, r.user, app, self.status, reader.installed)

@@ -677,10 +677,10 @@ def test_host_problems_rules() -> None:
 
 def test_summary_and_exit_code() -> None:
     outcomes = {
-        "web1": cv.Outcome(cv.DONE, "done (rc 0)"),
-        "web2": cv.Outcome(cv.FAILED, "refused (unknown)"),
-        "web3": cv.Outcome(cv.PENDING, "pending"),
-        "web4": cv.Outcome(cv.SKIPPED, "canary"),
+        "web1": cv.Standing(cv.DONE, "done (rc 0)"),
+        "web2": cv.Standing(cv.FAILED, "refused (unknown)"),
+        "web3": cv.Standing(cv.PENDING, "pending"),
+        "web4": cv.Standing(cv.SKIPPED, "canary"),
     }
     assert views.wait_summary(outcomes, 5) == (
         "1 of 3 hosts done; failed: web2; did not answer within 5 s: web3"

@@ -324,8 +324,8 @@ class _Desk:
         from mozagent.apply.deployments import (
             Applier,
             DeploymentQueue,
+            DeploymentResult,
             DeploymentRunner,
-            Outcome,
             Reapply,
         )
         from mozagent.report.heat import DeploymentLog, HeatReport
@@ -345,11 +345,11 @@ class _Desk:
         class Script(Applier):
             group = "script"
 
-            def run(self, dep: Any, outputs_path: str) -> Outcome:
+            def run(self, dep: Any, outputs_path: str) -> DeploymentResult:
                 desk.runs.append(dep.id)
                 desk._inside.set()
                 assert desk._release.wait(10)
-                return Outcome(0, "ran", "", {})
+                return DeploymentResult(0, "ran", "", {})
 
         self.runner = DeploymentRunner(
             str(state), self.queue, {}, Script(), self.outbox, report.refresh
@@ -470,7 +470,7 @@ def test_a_hook_run_that_could_not_be_cleaned_up_says_so_in_deploy_stderr(
     run (here: a process it could not stop, forced by a containment of our own
     that fails) is added to it, and the deployment fails."""
     from mozagent.apply.hook import HookApplier
-    from mozagent.apply.process import Ledger
+    from mozagent.apply.process import ChildRunner, Ledger
     from tests.test_isolation import Stubborn
 
     hooks = tmp_path / "hooks"
@@ -483,7 +483,7 @@ def test_a_hook_run_that_could_not_be_cleaned_up_says_so_in_deploy_stderr(
     (dep,) = _Desk.deployments("h")
     dep = dataclasses.replace(dep, group="ansible")
     ledger = Ledger(str(tmp_path / "running.json"), Stubborn())
-    applier = HookApplier((str(hooks),), 10, threading.Event(), ledger, lambda: None)
+    applier = HookApplier((str(hooks),), ChildRunner(threading.Event(), ledger), 10)
     body = applier.run(dep, str(tmp_path / "outputs")).body()
     assert body["deploy_status_code"] == 1, body
     stderr = body["deploy_stderr"]

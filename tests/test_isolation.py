@@ -25,8 +25,8 @@ import pytest
 from mozagent.apply import contain
 from mozagent.apply.contain import Cleanup, Containment, RunGroup, SweepContainment, sweep
 from mozagent.apply.orders import judge
-from mozagent.apply.process import Ledger, Outcome, run_program
-from mozagent.apply.script import outcome_of
+from mozagent.apply.process import ChildExit, ChildRunner, Ledger
+from mozagent.apply.script import heat_result
 from mozagent.desired.orders import InvalidOrder, parse_order, parse_procfile
 from mozagent.fileio import disk_full, free_space
 from mozagent.report.status import all_errors
@@ -246,9 +246,9 @@ class Stubborn(Containment):
         return 0
 
 
-def run_stubborn(tmp_path: Path) -> Outcome:
+def run_stubborn(tmp_path: Path) -> ChildExit:
     ledger = Ledger(str(tmp_path / "running.json"), Stubborn())
-    return run_program(["/bin/true"], {}, 10, threading.Event(), ledger=ledger)
+    return ChildRunner(threading.Event(), ledger).run(["/bin/true"], {}, 10)
 
 
 def test_a_run_that_could_not_be_cleaned_up_is_a_failure(tmp_path: Path) -> None:
@@ -256,7 +256,7 @@ def test_a_run_that_could_not_be_cleaned_up_is_a_failure(tmp_path: Path) -> None
     assert out.returncode == 0 and out.cleanup_error
     _, state, message = judge(out, 10)
     assert state == "failed" and "could not be stopped" in message
-    heat = outcome_of(out, "script", 10, {})
+    heat = heat_result(out, "script", 10, {})
     assert heat.status_code == 1 and "could not be stopped" in heat.stderr
 
 
@@ -280,7 +280,7 @@ def test_the_sweep_reports_what_it_could_not_stop() -> None:
 
 def test_a_start_failure_is_a_result_not_a_crash(tmp_path: Path) -> None:
     ledger = Ledger(str(tmp_path / "running.json"), SweepContainment())
-    out = run_program(["/bin/echo", "a\0b"], {}, 10, threading.Event(), ledger=ledger)
+    out = ChildRunner(threading.Event(), ledger).run(["/bin/echo", "a\0b"], {}, 10)
     assert out.returncode is None and "null" in (out.start_error or "")
     assert judge(out, 10)[1] == "failed"
     assert not (tmp_path / "running.json").exists()
@@ -320,7 +320,7 @@ class RefusesJoin(Containment):
 
 def test_a_run_that_cannot_join_its_cgroup_runs_held_by_sweeps(tmp_path: Path) -> None:
     ledger = Ledger(str(tmp_path / "running.json"), RefusesJoin())
-    out = run_program(["/bin/echo", "ran"], {}, 10, threading.Event(), ledger=ledger)
+    out = ChildRunner(threading.Event(), ledger).run(["/bin/echo", "ran"], {}, 10)
     assert out.returncode == 0 and out.tail == ["ran"], out
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from mozagent.apply.orders import DAMAGED, INTERRUPTED, OrderBook, OrderRunner
-from mozagent.apply.process import Ledger
+from mozagent.apply.process import ChildRunner, Ledger
 from mozagent.apply.runas import RunAs, resolve_user
 from mozagent.desired.orders import (
     MAX_OUTPUT_BYTES,
@@ -118,10 +118,8 @@ def runner(
         APP,
         NODE,
         run_as,
+        ChildRunner(threading.Event(), Ledger(os.path.join(state, "orders-running.json"))),
         timeout,
-        threading.Event(),
-        Ledger(os.path.join(state, "orders-running.json")),
-        lambda: None,
     )
 
 
@@ -321,12 +319,12 @@ def test_an_agent_killed_mid_order_marks_it_failed_at_restart_and_never_reruns_i
 import sys, threading
 sys.path.insert(0, {str(REPO)!r})
 from mozagent.apply.orders import OrderBook, OrderRunner
-from mozagent.apply.process import Ledger
+from mozagent.apply.process import ChildRunner, Ledger
 from mozagent.apply.runas import resolve_user
 from mozagent.desired.orders import Order
 book = OrderBook({state!r})
-r = OrderRunner(book, "shop", "web1", resolve_user(None, "nosuchapp"), 60,
-                threading.Event(), Ledger({state!r} + "/orders-running.json"), lambda: None)
+r = OrderRunner(book, "shop", "web1", resolve_user(None, "nosuchapp"),
+                ChildRunner(threading.Event(), Ledger({state!r} + "/orders-running.json")), 60)
 r.run(Order("order-0000000004", "slow", "ops", 0.0, None, 0.0), {str(release)!r})
 """
     agent = subprocess.Popen([sys.executable, "-c", child])
@@ -530,9 +528,7 @@ def test_prune_forgets_old_published_records_and_never_reruns_their_orders(
     assert all(book.seen(f"order-{n:010d}") for n in (2, 3, 4))
     assert book.prune(3600) == 0
     # The pruned order is still in ZooKeeper: a restarted agent must not run it.
-    r = OrderRunner(
-        OrderBook(state, clock), APP, NODE, run_as, 20, threading.Event(), None, lambda: None
-    )
+    r = OrderRunner(OrderBook(state, clock), APP, NODE, run_as, ChildRunner(threading.Event()), 20)
     raw = znode({"command": "touch"})
     assert r.handle("order-0000000001", raw, clock.now - 5000, where(1), str(release), 1e9) is None
     assert not (release / "ran").exists()

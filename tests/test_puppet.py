@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from mozagent.apply.process import ChildRunner
 from mozagent.apply.puppet import ApplyItem, PuppetPaths, run_puppet
 from mozagent.config import PuppetConfig
 
@@ -46,18 +47,21 @@ def test_changes_then_no_changes_with_hiera_and_facts(tmp_path: Path, paths: Pup
         f"file {{ '{out}': content => \"${{lookup('greeting')}} "
         "${facts['mozagent_app']}\\n\" }\n",
     )
-    first = run_puppet(cfg(tmp_path), item, paths, threading.Event())
+    first = run_puppet(cfg(tmp_path), item, paths, ChildRunner(threading.Event()))
     assert first.ok, first.output_tail
     assert (first.exit_code, first.changed, first.failed) == (2, 1, 0)
     assert out.read_text() == "from-hiera shop\n"
-    second = run_puppet(cfg(tmp_path), item, paths, threading.Event())
+    second = run_puppet(cfg(tmp_path), item, paths, ChildRunner(threading.Event()))
     assert second.ok and second.exit_code == 0 and second.changed == 0
     assert second.message == "applied, no changes"
 
 
 def test_compile_error_fails(tmp_path: Path, paths: PuppetPaths) -> None:
     res = run_puppet(
-        cfg(tmp_path), manifest(tmp_path, "file { 'x': ensure => \n"), paths, threading.Event()
+        cfg(tmp_path),
+        manifest(tmp_path, "file { 'x': ensure => \n"),
+        paths,
+        ChildRunner(threading.Event()),
     )
     assert not res.ok
     assert res.exit_code == 1
@@ -67,7 +71,10 @@ def test_compile_error_fails(tmp_path: Path, paths: PuppetPaths) -> None:
 
 def test_failed_resource_fails(tmp_path: Path, paths: PuppetPaths) -> None:
     res = run_puppet(
-        cfg(tmp_path), manifest(tmp_path, "exec { '/bin/false': }\n"), paths, threading.Event()
+        cfg(tmp_path),
+        manifest(tmp_path, "exec { '/bin/false': }\n"),
+        paths,
+        ChildRunner(threading.Event()),
     )
     assert not res.ok
     assert res.exit_code in (4, 6)
@@ -79,7 +86,7 @@ def test_missing_puppet_is_a_failure_not_a_success(tmp_path: Path, paths: Puppet
         cfg(tmp_path, binary="/nonexistent/puppet"),
         manifest(tmp_path, "notice('x')\n"),
         paths,
-        threading.Event(),
+        ChildRunner(threading.Event()),
     )
     assert not res.ok
     assert res.message == "failed: puppet binary '/nonexistent/puppet' not found"
@@ -87,7 +94,10 @@ def test_missing_puppet_is_a_failure_not_a_success(tmp_path: Path, paths: Puppet
 
 def test_missing_manifest(tmp_path: Path, paths: PuppetPaths) -> None:
     res = run_puppet(
-        cfg(tmp_path), ApplyItem("gone", str(tmp_path / "gone.pp")), paths, threading.Event()
+        cfg(tmp_path),
+        ApplyItem("gone", str(tmp_path / "gone.pp")),
+        paths,
+        ChildRunner(threading.Event()),
     )
     assert not res.ok and "does not exist" in res.message
 
@@ -98,7 +108,7 @@ def test_timeout_kills_puppet(tmp_path: Path, paths: PuppetPaths) -> None:
         cfg(tmp_path, timeout=4),
         manifest(tmp_path, "exec { '/bin/sleep 60': timeout => 0 }\n"),
         paths,
-        threading.Event(),
+        ChildRunner(threading.Event()),
     )
     assert not res.ok
     assert res.message == "failed: puppet timed out after 4 s"
@@ -109,6 +119,9 @@ def test_cancel_aborts(tmp_path: Path, paths: PuppetPaths) -> None:
     cancel = threading.Event()
     threading.Timer(3, cancel.set).start()
     res = run_puppet(
-        cfg(tmp_path), manifest(tmp_path, "exec { '/bin/sleep 60': timeout => 0 }\n"), paths, cancel
+        cfg(tmp_path),
+        manifest(tmp_path, "exec { '/bin/sleep 60': timeout => 0 }\n"),
+        paths,
+        ChildRunner(cancel),
     )
     assert not res.ok and res.message.startswith("aborted")

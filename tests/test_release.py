@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from mozagent.apply.process import Ledger
+from mozagent.apply.process import ChildRunner, Ledger
 from mozagent.apply.release import MAX_LOG_BYTES, ReleaseInstaller
 from mozagent.apply.runas import resolve_user
 from mozagent.desired.release import InvalidRelease, Release, parse_release, pick_ref
@@ -131,11 +131,9 @@ def make(base: Path) -> Make:
             node="web-1",
             keep=keep,
             run_as=resolve_user(None, "nosuchapp"),
+            runner=ChildRunner(cancel or threading.Event(), Ledger(str(base / "running.json"))),
             timeout=timeout,
             fetch_timeout=fetch_timeout,
-            cancel=cancel or threading.Event(),
-            ledger=Ledger(str(base / "running.json")),
-            progress=lambda: None,
         )
 
     return build
@@ -199,7 +197,7 @@ def test_install_switches_current_and_gives_the_script_its_environment(
     # The data file (secrets) does not outlive the install.
     assert not os.path.exists(seen["MOZAGENT_DATA"])
     # A clean environment: nothing of the agent's own.
-    assert "MOZAGENT_RUN" in seen  # run_program's mark, and no other agent variable
+    assert "MOZAGENT_RUN" in seen  # the child runner's mark, and no other agent variable
     assert set(seen) - {"user", "cwd", "datamode"} == {
         "MOZAGENT_APP",
         "MOZAGENT_NODE",

@@ -170,7 +170,7 @@ def kill_orphans(kill: Callable[[int, int], None], seconds: float = 2.0) -> int:
 
 # --- reaping ---------------------------------------------------------------------
 
-# Children we started ourselves (run_program's Popen): their exit status belongs
+# Children we started ourselves (the child runner's Popen): their exit status belongs
 # to subprocess, so the reaper must never collect it.
 _own_children: set[int] = set()
 

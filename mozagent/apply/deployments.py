@@ -36,7 +36,7 @@ MAX_OUTPUT_BYTES = 256 * 1024
 
 
 @dataclass
-class Outcome:
+class DeploymentResult:
     """What a deployment's run gave: Heat's signal fields."""
 
     status_code: int
@@ -97,7 +97,7 @@ class Applier:
 
     group: str
 
-    def run(self, dep: Deployment, outputs_path: str) -> Outcome:  # pragma: no cover
+    def run(self, dep: Deployment, outputs_path: str) -> DeploymentResult:  # pragma: no cover
         raise NotImplementedError
 
 
@@ -244,13 +244,17 @@ class DeploymentRunner:
         for stale in _output_files(outputs_path, dep):
             os.unlink(stale)  # a re-run must not report a previous run's outputs
         if dep.invalid:
-            outcome = Outcome(1, "", f"mozagent: the deployment is malformed: {dep.invalid}", {})
+            outcome = DeploymentResult(
+                1, "", f"mozagent: the deployment is malformed: {dep.invalid}", {}
+            )
         else:
             applier = self.appliers.get(dep.group, self.fallback)
             try:
                 outcome = applier.run(dep, outputs_path)
             except Exception as exc:  # an applier bug must still end in a signal
-                outcome = Outcome(1, "", f"mozagent: the {dep.group} applier crashed: {exc!r}", {})
+                outcome = DeploymentResult(
+                    1, "", f"mozagent: the {dep.group} applier crashed: {exc!r}", {}
+                )
         failed_outputs = [n for n in dep.error_outputs if outcome.outputs.get(n)]
         ok = outcome.status_code == 0 and not failed_outputs
         if dep.target.transport != "NO_SIGNAL":
@@ -289,7 +293,7 @@ def _output_files(prefix: str, dep: Deployment) -> list[str]:
     return [f"{prefix}.{o['name']}" for o in dep.outputs if os.path.exists(f"{prefix}.{o['name']}")]
 
 
-def _summary(outcome: Outcome, failed_outputs: list[str]) -> str:
+def _summary(outcome: DeploymentResult, failed_outputs: list[str]) -> str:
     if failed_outputs:
         return f"failed: error output(s) {', '.join(failed_outputs)} set"
     if outcome.status_code == 0:

@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from mozagent.apply.lanes import Gate, Job, Lane, Phase, pick, waiting
-from mozagent.apply.process import Ledger
+from mozagent.apply.process import ChildRunner, Ledger
 from mozagent.apply.puppet import ApplyItem, ApplyResult, PuppetPaths, run_puppet
 from mozagent.apply.scheduler import ApplyScheduler
 from mozagent.config import Config
@@ -54,7 +54,9 @@ class Executor:
         self.health = health
         self.stopping = stopping
         self.providers = providers
-        self.ledger = ledger
+        # Every child the agent runs, puppet's and every applier's, runs
+        # through this: stopped when the agent stops, recorded in the ledger.
+        self.runner = ChildRunner(stopping, ledger, health.beat)
         self.puppet_ref = puppet_ref
         a = cfg.apply
         self.scheduler = ApplyScheduler(
@@ -273,10 +275,8 @@ class Executor:
             self.cfg.puppet,
             dataclasses.replace(item, env={**env, **item.env}),
             paths,
-            self.stopping,
+            self.runner,
             on_line=lambda line: log.debug("puppet", line=line),
-            ledger=self.ledger,
-            progress=self.health.beat,
         )
 
     def apply(self) -> bool:

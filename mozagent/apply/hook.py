@@ -11,32 +11,20 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
-from collections.abc import Callable
 from typing import Any
 
-from mozagent.apply.deployments import Outcome
-from mozagent.apply.process import Ledger, run_program
-from mozagent.apply.script import base_env, judgement, outcome_of
+from mozagent.apply.deployments import DeploymentResult
+from mozagent.apply.process import ChildApplier, ChildRunner
+from mozagent.apply.script import base_env, heat_result, notes
 from mozagent.desired.deployments import Deployment
 
 _GROUP = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
-class HookApplier:
-    def __init__(
-        self,
-        dirs: tuple[str, ...],
-        timeout: float,
-        cancel: threading.Event,
-        ledger: Ledger,
-        progress: Callable[[], None],
-    ) -> None:
+class HookApplier(ChildApplier):
+    def __init__(self, dirs: tuple[str, ...], runner: ChildRunner, timeout: float) -> None:
+        super().__init__(runner, timeout)
         self.dirs = dirs
-        self.timeout = timeout
-        self.cancel = cancel
-        self.ledger = ledger
-        self.progress = progress
 
     def find(self, group: str) -> str | None:
         if not _GROUP.fullmatch(group):
@@ -47,10 +35,10 @@ class HookApplier:
                 return path
         return None
 
-    def run(self, dep: Deployment, outputs_path: str) -> Outcome:
+    def run(self, dep: Deployment, outputs_path: str) -> DeploymentResult:
         hook = self.find(dep.group)
         if hook is None:
-            return Outcome(
+            return DeploymentResult(
                 1,
                 "",
                 f"mozagent: no applier for group {dep.group!r}: no executable heat-config hook "
@@ -58,34 +46,25 @@ class HookApplier:
                 {},
             )
         payload = json.dumps(dep.hook_input())
-        out = run_program(
-            [hook],
-            base_env(),
-            self.timeout,
-            self.cancel,
-            ledger=self.ledger,
-            progress=self.progress,
-            stdin_data=payload,
-            split_stderr=True,
-        )
+        out = self.child([hook], base_env(), stdin_data=payload, split_stderr=True)
         what = f"{dep.group} hook"
-        judged = outcome_of(out, what, self.timeout, {})
+        judged = heat_result(out, what, self.timeout, {})
         if out.returncode is None or out.stopped:
             return judged
         # The hook's reply speaks for the hook; what mozagent found (a run it
         # could not clean up) is added to it, never replaced by it.
-        notes = judgement(out, what, self.timeout)
+        said = notes(out, what, self.timeout)
         try:
             reply: Any = json.loads(out.stdout) if out.stdout.strip() else {}
         except ValueError as exc:
             reply = exc
         if not isinstance(reply, dict):
             why = reply if isinstance(reply, ValueError) else f"a {type(reply).__name__}"
-            return Outcome(
+            return DeploymentResult(
                 judged.status_code or 1,
                 out.stdout,
                 out.stderr + f"\nmozagent: the {what} did not print a JSON object "
-                f"on stdout ({why})" + notes,
+                f"on stdout ({why})" + said,
                 {},
             )
         code = reply.pop("deploy_status_code", judged.status_code)
@@ -95,4 +74,4 @@ class HookApplier:
             code = 1 if code else 0
         if judged.status_code and not code:
             code = judged.status_code  # the hook exited non-zero: that is not success
-        return Outcome(code, str(stdout), str(stderr) + notes, reply)
+        return DeploymentResult(code, str(stdout), str(stderr) + said, reply)

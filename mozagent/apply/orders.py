@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import stat
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from mozagent.apply.process import Ledger, Outcome, run_program
+from mozagent.apply.process import ChildApplier, ChildExit, ChildRunner
 from mozagent.apply.runas import RunAs
 from mozagent.apply.script import base_env
 from mozagent.desired.orders import (
@@ -250,7 +249,7 @@ def _is_time(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value == value
 
 
-class OrderRunner:
+class OrderRunner(ChildApplier):
     """Runs orders for one app on this node, as the app's user, in its release."""
 
     def __init__(
@@ -259,20 +258,15 @@ class OrderRunner:
         app: str,
         node: str,
         run_as: RunAs | str,
+        runner: ChildRunner,
         timeout: float,
-        cancel: threading.Event,
-        ledger: Ledger | None,
-        progress: Callable[[], None],
         procfile: str = "bin/commands.procfile",
     ) -> None:
+        super().__init__(runner, timeout)
         self.book = book
         self.app = app
         self.node = node
         self.run_as = run_as
-        self.timeout = timeout
-        self.cancel = cancel
-        self.ledger = ledger
-        self.progress = progress
         self.procfile = procfile
 
     def handle(
@@ -400,13 +394,9 @@ class OrderRunner:
             "MOZAGENT_ORDER": order.name,
             "MOZAGENT_RELEASE_DIR": release,
         }
-        out = run_program(
+        out = self.child(
             ["/bin/sh", "-c", procfile.commands[order.command]],
             env,
-            self.timeout,
-            self.cancel,
-            ledger=self.ledger,
-            progress=self.progress,
             cwd=release,
             keep_bytes=MAX_OUTPUT_BYTES,
             run_as=self.run_as,
@@ -417,32 +407,13 @@ class OrderRunner:
         return self._final(result, order.created)
 
 
-def judge(out: Outcome, timeout: float) -> tuple[int | None, str, str]:
+def judge(out: ChildExit, timeout: float) -> tuple[int | None, str, str]:
     """(returncode, state, message) of a finished command, shell-style codes
     (128 + signal) so an operator reads them as they would in a terminal."""
-    if out.returncode is None:
-        return None, "failed", f"could not start: {out.start_error}"
-    code = out.returncode if out.returncode >= 0 else 128 - out.returncode
-    extra = (
-        f"; {out.leftovers_killed} process(es) it left behind were killed"
-        if out.leftovers_killed
-        else ""
-    )
-    if out.cleanup_error:
-        return code, "failed", f"exited with status {code}, but {out.cleanup_error}"
-    if out.stopped == "timeout":
-        return code, "failed", f"timed out after {timeout:g} s and was killed{extra}"
+    extra = f"; {out.leftovers()}" if out.leftovers_killed else ""
+    failure = out.failure(timeout)
+    if failure is None:
+        return 0, "done", f"exited with status 0{extra}"
     if out.stopped == "aborted":
-        return code, "failed", f"stopped: the agent is shutting down; not run again{extra}"
-    if out.returncode < 0:
-        return code, "failed", f"killed by {_signal_name(-out.returncode)}{extra}"
-    if code != 0:
-        return code, "failed", f"exited with status {code}{extra}"
-    return 0, "done", f"exited with status 0{extra}"
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return f"signal {number} ({signal.Signals(number).name})"
-    except ValueError:
-        return f"signal {number}"
+        failure += "; not run again"
+    return out.code, "failed", failure + ("" if out.cleanup_error else extra)

@@ -9,7 +9,13 @@ re-parented to the agent elsewhere). While the run lasts, exited orphans are
 reaped at every wake of its wait loop, so a fork loop cannot fill the process
 table with zombies; when it ends (finished, timed out or aborted), everything
 of it still alive is killed, and a run whose processes could not all be
-stopped is a failed run, with the reason (``Outcome.cleanup_error``).
+stopped is a failed run, with the reason (``ChildExit.cleanup_error``).
+
+Every applier runs its children through one ``ChildRunner`` (the agent's
+cancel event, the ledger, the heartbeat) and judges them by one ``ChildExit``:
+how a child ended (exit status, signal, timeout, abort, a program that could
+not start) is described here once, and each applier only words it for its
+reader (a Heat signal, an order result, an install log).
 
 The run in progress is recorded in a ledger file (its mark and cgroup), so an
 agent restarted after ``kill -9`` stops what its predecessor left running
@@ -39,7 +45,7 @@ from mozagent.apply.contain import MARK_ENV, Containment, RunGroup
 from mozagent.apply.runas import RunAs
 from mozagent.fileio import read_json, write_json
 
-__all__ = ["MARK_ENV", "Ledger", "Outcome", "run_program"]
+__all__ = ["MARK_ENV", "ChildApplier", "ChildExit", "ChildRunner", "Ledger", "signal_name"]
 
 ABORT_GRACE_SECONDS = 10.0
 
@@ -82,8 +88,9 @@ class Ledger:
 
 
 @dataclass
-class Outcome:
-    """How a child program ended. ``returncode`` is None when it could not start."""
+class ChildExit:
+    """How a child program ended. ``returncode`` is None when it could not start
+    (``start_error`` says why: "not found" for a missing program)."""
 
     returncode: int | None
     stopped: str | None = None  # why we stopped it (timeout, abort), if we did
@@ -96,6 +103,131 @@ class Outcome:
     stdout: str = ""
     stderr: str = ""
     trimmed: bool = False
+
+    @property
+    def code(self) -> int | None:
+        """The exit status as a shell shows it: 128 + N for a child killed by
+        signal N, so an operator reads it as in a terminal."""
+        if self.returncode is None:
+            return None
+        return self.returncode if self.returncode >= 0 else 128 - self.returncode
+
+    @property
+    def ok(self) -> bool:
+        """Exited 0 by itself, and nothing of the run was left alive."""
+        return self.returncode == 0 and not self.stopped and not self.cleanup_error
+
+    def how(self, timeout: float) -> str:
+        """How it ended, worded to follow the program's name ("the install
+        script timed out after 4 s and was killed")."""
+        if self.returncode is None:
+            return f"could not start: {self.start_error}"
+        if self.stopped == "timeout":
+            return f"timed out after {timeout:g} s and was killed"
+        if self.stopped == "aborted":
+            return "was stopped: the agent is shutting down"
+        if self.returncode < 0:
+            return f"was killed by {signal_name(-self.returncode)}"
+        return f"exited with status {self.returncode}"
+
+    def failure(self, timeout: float) -> str | None:
+        """Why the run counts as failed, None if it did not: a run that exited
+        by itself but left processes that could not be stopped failed too."""
+        if self.ok:
+            return None
+        if self.returncode is not None and not self.stopped and self.cleanup_error:
+            return f"{self.how(timeout)}, but {self.cleanup_error}"
+        return self.how(timeout)
+
+    def leftovers(self) -> str:
+        """The processes the run left behind and the agent killed, as a note."""
+        if not self.leftovers_killed:
+            return ""
+        return f"{self.leftovers_killed} process(es) it left behind were killed"
+
+
+def signal_name(number: int) -> str:
+    try:
+        return f"signal {number} ({signal.Signals(number).name})"
+    except ValueError:
+        return f"signal {number}"
+
+
+class ChildRunner:
+    """How the agent runs any child: stopped by ``cancel`` (the agent is
+    stopping), recorded in ``ledger`` (a restarted agent cleans up after it),
+    beating ``progress`` while it waits (a long run is not a stuck agent).
+    One per agent, handed to every applier."""
+
+    def __init__(
+        self,
+        cancel: threading.Event,
+        ledger: Ledger | None = None,
+        progress: Callable[[], None] | None = None,
+    ) -> None:
+        self.cancel = cancel
+        self.ledger = ledger
+        self.progress = progress
+
+    def run(
+        self,
+        cmd: Sequence[str],
+        env: Mapping[str, str],
+        timeout: float,
+        *,
+        on_line: Callable[[str], None] | None = None,
+        tail_lines: int = 40,
+        cwd: str | None = None,
+        stdin_data: str | None = None,
+        split_stderr: bool = False,
+        keep_bytes: int = 400 * 1024,
+        run_as: RunAs | None = None,
+    ) -> ChildExit:
+        """Run ``cmd`` to its end, ``timeout`` or the cancel; then clean up after it.
+
+        stdout and stderr are merged and kept as a tail of ``tail_lines``
+        lines; with ``split_stderr`` each stream is also kept apart, its last
+        ``keep_bytes`` characters (a Heat signal carries both, and errors are
+        at the end). ``run_as`` drops to an unprivileged user (an app's
+        install script and orders never run as root).
+        """
+        ledger = self.ledger
+        mark = uuid.uuid4().hex
+        full_env = dict(env)
+        full_env[MARK_ENV] = mark
+        group = _open_group(ledger, mark)
+        try:
+            if ledger is not None:
+                ledger.begin(group, " ".join(cmd[:2]))
+        except OSError as exc:  # a full disk: nothing may start that cannot be found again
+            group.clean()
+            return ChildExit(None, start_error=f"cannot record the run in {ledger.path}: {exc}")
+        spec = _Spec(cmd, full_env, cwd, stdin_data, split_stderr, run_as)
+        try:
+            return _supervise(
+                spec, timeout, self.cancel, group, on_line, self.progress, tail_lines, keep_bytes
+            )
+        finally:
+            if ledger is not None:
+                ledger.end()
+
+
+class ChildApplier:
+    """The shape the appliers that run one child per job share (script and
+    hook deployments, the install script, orders): the agent's runner and
+    their own time limit, so a new applier is its job's wording and nothing
+    of how children are run."""
+
+    def __init__(self, runner: ChildRunner, timeout: float) -> None:
+        self.runner = runner
+        self.timeout = timeout
+
+    @property
+    def cancel(self) -> threading.Event:
+        return self.runner.cancel
+
+    def child(self, cmd: Sequence[str], env: Mapping[str, str], **options: Any) -> ChildExit:
+        return self.runner.run(cmd, env, self.timeout, **options)
 
 
 class _Tail:
@@ -130,50 +262,6 @@ class _Tail:
         return body
 
 
-def run_program(
-    cmd: Sequence[str],
-    env: Mapping[str, str],
-    timeout: float,
-    cancel: threading.Event,
-    ledger: Ledger | None = None,
-    on_line: Callable[[str], None] | None = None,
-    progress: Callable[[], None] | None = None,
-    tail_lines: int = 40,
-    cwd: str | None = None,
-    stdin_data: str | None = None,
-    split_stderr: bool = False,
-    keep_bytes: int = 400 * 1024,
-    run_as: RunAs | None = None,
-) -> Outcome:
-    """Run ``cmd`` to its end, a timeout, or ``cancel``; then clean up after it.
-
-    stdout and stderr are merged and kept as a tail of ``tail_lines`` lines;
-    with ``split_stderr`` each stream is also kept apart, its last
-    ``keep_bytes`` characters (a Heat signal carries both, and errors are at
-    the end). ``progress`` is called while waiting, so that a supervisor can
-    tell a long run from a stuck agent. ``run_as`` drops to an unprivileged
-    user (an app's install script and orders never run as root).
-    """
-    mark = uuid.uuid4().hex
-    full_env = dict(env)
-    full_env[MARK_ENV] = mark
-    group = _open_group(ledger, mark)
-    try:
-        if ledger is not None:
-            ledger.begin(group, " ".join(cmd[:2]))
-    except OSError as exc:  # a full disk: nothing may start that cannot be found again
-        group.clean()
-        return Outcome(None, start_error=f"cannot record the run in {ledger.path}: {exc}")
-    try:
-        return _supervise(
-            cmd, full_env, timeout, cancel, group, on_line, progress, tail_lines, cwd,
-            stdin_data, split_stderr, keep_bytes, run_as,
-        )  # fmt: skip
-    finally:
-        if ledger is not None:
-            ledger.end()
-
-
 def _open_group(ledger: Ledger | None, mark: str) -> RunGroup:
     containment = ledger.containment if ledger is not None else contain.default()
     try:
@@ -185,34 +273,43 @@ def _open_group(ledger: Ledger | None, mark: str) -> RunGroup:
         return contain.SweepContainment().open(mark)
 
 
+@dataclass(frozen=True)
+class _Spec:
+    """What to start: the program, its environment, where, as whom."""
+
+    cmd: Sequence[str]
+    env: Mapping[str, str]
+    cwd: str | None
+    stdin_data: str | None
+    split_stderr: bool
+    run_as: RunAs | None
+
+
 def _supervise(
-    cmd: Sequence[str],
-    env: Mapping[str, str],
+    spec: _Spec,
     timeout: float,
     cancel: threading.Event,
     group: RunGroup,
     on_line: Callable[[str], None] | None,
     progress: Callable[[], None] | None,
     tail_lines: int,
-    cwd: str | None,
-    stdin_data: str | None,
-    split_stderr: bool,
     keep_bytes: int,
-    run_as: RunAs | None,
-) -> Outcome:
+) -> ChildExit:
+    cmd, split_stderr, stdin_data = spec.cmd, spec.split_stderr, spec.stdin_data
+
     def start(join: Callable[[], None] | None) -> subprocess.Popen[str]:
         return subprocess.Popen(
             list(cmd),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE if split_stderr else subprocess.STDOUT,
             stdin=subprocess.DEVNULL if stdin_data is None else subprocess.PIPE,
-            env=env,
-            cwd=cwd,
+            env=spec.env,
+            cwd=spec.cwd,
             start_new_session=True,
             text=True,
             errors="replace",
             preexec_fn=join,
-            **(run_as.popen_args() if run_as is not None else {}),
+            **(spec.run_as.popen_args() if spec.run_as is not None else {}),
         )
 
     try:
@@ -231,12 +328,12 @@ def _supervise(
             proc = start(None)
     except FileNotFoundError:
         group.clean()
-        return Outcome(None, start_error="not found")
+        return ChildExit(None, start_error="not found")
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         # not executable, not a program, out of memory, a NUL byte in an
         # argument or the environment, the cgroup refused the child...
         group.clean()
-        return Outcome(None, start_error=str(exc) or type(exc).__name__)
+        return ChildExit(None, start_error=str(exc) or type(exc).__name__)
     contain.own_child(proc.pid)
     tail: deque[str] = deque(maxlen=tail_lines)
     streams = {"stdout": _Tail(keep_bytes), "stderr": _Tail(keep_bytes)}
@@ -291,7 +388,7 @@ def _supervise(
             reader.join(timeout=5)
     if cleanup.error:
         log.error("run_not_cleaned_up", command=" ".join(cmd[:2]), error=cleanup.error)
-    return Outcome(
+    return ChildExit(
         proc.returncode,
         stopped,
         None,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -18,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from mozagent.apply.deployments import DeploymentQueue, Outcome, read_outputs
-from mozagent.apply.process import Ledger, run_program
+from mozagent.apply.deployments import DeploymentQueue, DeploymentResult, read_outputs
+from mozagent.apply.process import ChildExit, ChildRunner, signal_name
 from mozagent.config import PuppetConfig
 from mozagent.desired.deployments import Deployment, safe_id
 
@@ -138,7 +137,7 @@ def interpret_exit(code: int) -> tuple[bool, str]:
     if code == 1:
         return False, "failed: puppet could not compile or run the catalog (exit 1)"
     if code < 0:
-        return False, f"failed: puppet was killed by signal {-code}"
+        return False, f"failed: puppet was killed by {signal_name(-code)}"
     return False, f"failed: puppet exited with unexpected code {code}"
 
 
@@ -187,15 +186,11 @@ def run_puppet(
     cfg: PuppetConfig,
     item: ApplyItem,
     paths: PuppetPaths,
-    cancel: threading.Event,
+    runner: ChildRunner,
     on_line: Callable[[str], None] | None = None,
-    ledger: Ledger | None = None,
-    progress: Callable[[], None] | None = None,
 ) -> ApplyResult:
-    """Run one ``puppet apply``; ``cancel`` aborts it (SIGTERM, then SIGKILL).
-
-    Whatever the run started is gone when this returns (``process``).
-    """
+    """Run one ``puppet apply``; the runner's cancel aborts it (SIGTERM, then
+    SIGKILL). Whatever the run started is gone when this returns."""
     started = time.time()
     if not os.path.isfile(item.manifest):
         return _result(item, started, False, f"failed: manifest {item.manifest} does not exist")
@@ -209,44 +204,20 @@ def run_puppet(
             os.unlink(summary)
     except OSError as exc:
         return _result(item, started, False, f"failed: cannot prepare {paths.work_dir}: {exc}")
-    out = run_program(
+    out = runner.run(
         cmd,
         env,
         cfg.timeout,
-        cancel,
-        ledger=ledger,
         on_line=on_line,
-        progress=progress,
         tail_lines=OUTPUT_TAIL_LINES,
         split_stderr=item.source == "heat",
     )
-    if out.returncode is None:
-        if out.start_error == "not found":
-            return _result(item, started, False, f"failed: puppet binary {cfg.binary!r} not found")
-        return _result(
-            item,
-            started,
-            False,
-            f"failed: cannot run puppet binary {cfg.binary!r}: {out.start_error}",
-        )
     tail = out.tail
     if out.leftovers_killed:
-        tail = [*tail, f"mozagent: killed {out.leftovers_killed} process(es) the run left behind"]
-    if out.stopped == "aborted":
-        return _result(
-            item, started, False, "aborted: the agent is shutting down", out.returncode, tail
-        )
-    if out.stopped == "timeout":
-        return _result(
-            item,
-            started,
-            False,
-            f"failed: puppet timed out after {cfg.timeout:g} s",
-            out.returncode,
-            tail,
-        )
-    if out.cleanup_error:
-        return _result(item, started, False, f"failed: {out.cleanup_error}", out.returncode, tail)
+        tail = [*tail, f"mozagent: {out.leftovers()}"]
+    if (why := _not_finished(cfg, out)) is not None:
+        return _result(item, started, False, why, out.returncode, tail)
+    assert out.returncode is not None  # it started: _not_finished says so
     ok, message = interpret_exit(out.returncode)
     counts = read_summary(summary)
     if ok and counts["failed"]:
@@ -254,6 +225,22 @@ def run_puppet(
     result = _result(item, started, ok, message, out.returncode, tail, counts)
     result.stdout, result.stderr = out.stdout, out.stderr
     return result
+
+
+def _not_finished(cfg: PuppetConfig, out: ChildExit) -> str | None:
+    """The status message of a puppet that did not run to its own end; None
+    when it did, and its exit code says the rest (``interpret_exit``)."""
+    if out.returncode is None:
+        if out.start_error == "not found":
+            return f"failed: puppet binary {cfg.binary!r} not found"
+        return f"failed: cannot run puppet binary {cfg.binary!r}: {out.start_error}"
+    if out.stopped == "aborted":
+        return "aborted: the agent is shutting down"
+    if out.stopped == "timeout":
+        return f"failed: puppet timed out after {cfg.timeout:g} s"
+    if out.cleanup_error:
+        return f"failed: {out.cleanup_error}"
+    return None
 
 
 def deployment_item(
@@ -310,9 +297,11 @@ class PuppetDeploymentApplier:
             for i in queue.reapply.items(queue.order)
         ]
 
-    def run(self, dep: Deployment, outputs_path: str) -> Outcome:
+    def run(self, dep: Deployment, outputs_path: str) -> DeploymentResult:
         if not isinstance(dep.config, str):
-            return Outcome(1, "", "mozagent: a puppet deployment's config must be a manifest", {})
+            return DeploymentResult(
+                1, "", "mozagent: a puppet deployment's config must be a manifest", {}
+            )
         path = self.manifest_path(dep)
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -327,4 +316,4 @@ class PuppetDeploymentApplier:
         if not result.ok:
             stderr = (stderr + "\n" if stderr else "") + f"mozagent: {result.message}"
             code = result.exit_code if result.exit_code not in (None, 0, 2) else 1
-        return Outcome(code, stdout, stderr, read_outputs(outputs_path, dep))
+        return DeploymentResult(code, stdout, stderr, read_outputs(outputs_path, dep))

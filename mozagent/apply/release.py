@@ -17,7 +17,7 @@ and it moves only after the install script exits 0, so a crash mid-install
 leaves it where it was, and the next attempt runs the script again.
 
 git runs as the agent, in directories only the agent writes, with no user or
-system configuration and no prompts, through ``run_program`` so that a
+system configuration and no prompts, through the agent's ``ChildRunner`` so that a
 hanging server costs ``fetch_timeout`` and no more. The fetched tree has no
 ``.git``: the tree is handed to the app's user, and git must never again run as
 root in a directory another user controls (its config can run commands).
@@ -35,11 +35,11 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from mozagent.apply.process import Ledger, Outcome, run_program
+from mozagent.apply.process import ChildApplier, ChildExit, ChildRunner
 from mozagent.apply.runas import RunAs
 from mozagent.apply.script import base_env
 from mozagent.desired.keys import check_name
@@ -114,7 +114,7 @@ class _OutputTail:
             return head + "".join(self.lines)
 
 
-def _git_error(out: Outcome) -> str:
+def _git_error(out: ChildExit) -> str:
     """git's own words for a failure: its first fatal/error line (later ones are
     generic, "Could not read from remote repository"), else its last line."""
     lines = [line.strip() for line in (out.stderr or "").splitlines() if line.strip()]
@@ -129,7 +129,7 @@ def _utc_stamp(when: float) -> str:
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime(when)) + f".{int(when % 1 * 1e6):06d}Z"
 
 
-class ReleaseInstaller:
+class ReleaseInstaller(ChildApplier):
     """Installs releases of one app on this host; one install at a time (the
     executor's thread), which is what lets it empty ``tmp/`` at each start."""
 
@@ -140,24 +140,19 @@ class ReleaseInstaller:
         node: str,
         keep: int,
         run_as: RunAs,
+        runner: ChildRunner,
         timeout: float,
         fetch_timeout: float,
-        cancel: threading.Event,
-        ledger: Ledger | None,
-        progress: Callable[[], None],
         git: str = "git",
     ) -> None:
+        super().__init__(runner, timeout)
         if keep < 1:
             raise ValueError(f"keep must be at least 1 (the current release), not {keep}")
         self.app = check_name("app", app)
         self.node = node
         self.keep = keep
         self.run_as = run_as
-        self.timeout = timeout
         self.fetch_timeout = fetch_timeout
-        self.cancel = cancel
-        self.ledger = ledger
-        self.progress = progress
         self.git = git
         self.app_dir = os.path.join(os.path.abspath(apps_dir), app)
         self.releases = os.path.join(self.app_dir, "releases")
@@ -334,7 +329,7 @@ class ReleaseInstaller:
 
     def _git(
         self, args: Sequence[str], cwd: str, home: str, deadline: float, what: str, source: str
-    ) -> Outcome:
+    ) -> ChildExit:
         """One git command, bounded by what is left of the fetch's time."""
         left = deadline - time.monotonic()
         if left <= 0:
@@ -342,25 +337,20 @@ class ReleaseInstaller:
         cmd = [self.git]
         for setting in _GIT_CONFIG:
             cmd += ["-c", setting]
-        out = run_program(
+        out = self.runner.run(
             cmd + list(args),
             self._git_env(home),
             left,
-            self.cancel,
-            ledger=self.ledger,
-            progress=self.progress,
             cwd=cwd,
             split_stderr=True,
             keep_bytes=MAX_LOG_BYTES,
         )
         if out.returncode is None:
             raise _Failed(f"cannot run git ({self.git}): {out.start_error}")
-        if out.stopped == "timeout":
+        if out.stopped == "timeout":  # the whole fetch's limit, not this command's
             raise _Failed(f"{what} timed out after {self.fetch_timeout:g} s (fetch_timeout)")
-        if out.stopped == "aborted":
-            raise _Failed(f"{what} was stopped: the agent is shutting down")
-        if out.cleanup_error:
-            raise _Failed(f"{what}: {out.cleanup_error}")
+        if out.stopped or out.cleanup_error:
+            raise _Failed(f"{what} {out.failure(left)}")
         if source and source != display_source(source):
             out.stderr = out.stderr.replace(source, display_source(source))
         return out
@@ -415,7 +405,7 @@ class ReleaseInstaller:
         shown = display_source(release.source)
         what = f"fetching {release.ref} from {shown}"
 
-        def git(*args: str) -> Outcome:
+        def git(*args: str) -> ChildExit:
             return self._git(["-C", tree, *args], work, home, deadline, what, release.source)
 
         init = self._git(["init", "-q", tree], work, home, deadline, what, "")
@@ -527,17 +517,7 @@ class ReleaseInstaller:
         }
         output = _OutputTail(MAX_LOG_BYTES)
         begun = time.time()
-        out = run_program(
-            [script],
-            env,
-            self.timeout,
-            self.cancel,
-            ledger=self.ledger,
-            on_line=output.add,
-            progress=self.progress,
-            cwd=directory,
-            run_as=self.run_as,
-        )
+        out = self.child([script], env, on_line=output.add, cwd=directory, run_as=self.run_as)
         name = f"install script {release.install_script}"
         if out.returncode is None:
             # The script was there a moment ago: "not found" is its #! interpreter.
@@ -548,16 +528,13 @@ class ReleaseInstaller:
             )
             raise _Failed(f"cannot run the {name}: {why}")
         result.returncode = out.returncode
-        if out.stopped == "timeout":
-            verdict = f"the {name} timed out after {self.timeout:g} s and was killed"
-        elif out.stopped == "aborted":
-            verdict = f"the {name} was stopped: the agent is shutting down"
-        elif out.returncode != 0:
-            verdict = f"the {name} failed with exit code {out.returncode}"
-        elif out.cleanup_error:
-            verdict = f"the {name} exited 0, but {out.cleanup_error}"
-        else:
+        failure = out.failure(self.timeout)
+        if failure is None:
             verdict = ""
+        elif out.returncode > 0 and not out.stopped:  # the script's own failure
+            verdict = f"the {name} failed with exit code {out.returncode}"
+        else:
+            verdict = f"the {name} {failure}"
         result.log_path = self._write_log(commit, begun, release, output, out, verdict)
         if verdict:
             raise _Failed(f"{verdict} ({release.ref}, {commit[:12]}); log: {result.log_path}")
@@ -568,7 +545,7 @@ class ReleaseInstaller:
         begun: float,
         release: Release,
         output: _OutputTail,
-        out: Outcome,
+        out: ChildExit,
         verdict: str,
     ) -> str:
         path = os.path.join(self.logs, f"{commit}-{_utc_stamp(begun)}.log")

@@ -10,11 +10,9 @@ credentials), and the run has a timeout and leaves no process behind.
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import Callable
 
-from mozagent.apply.deployments import Outcome, public_env, read_outputs
-from mozagent.apply.process import Ledger, run_program
+from mozagent.apply.deployments import DeploymentResult, public_env, read_outputs
+from mozagent.apply.process import ChildApplier, ChildExit, ChildRunner
 from mozagent.desired.deployments import Deployment, safe_id
 
 BASE_ENV = ("PATH", "LANG", "LC_ALL", "HOME", "TZ")
@@ -26,49 +24,41 @@ def base_env() -> dict[str, str]:
     return env
 
 
-def judgement(out, what: str, timeout: float) -> str:  # type: ignore[no-untyped-def]
+def notes(out: ChildExit, what: str, timeout: float) -> str:
     """What mozagent itself says of a run that started (a timeout, an abort, a
-    cleanup that failed), as lines to append to its stderr; "" if nothing."""
-    notes = ""
-    if out.stopped == "timeout":
-        notes += f"\nmozagent: the {what} timed out after {timeout:g} s and was killed"
-    elif out.stopped == "aborted":
-        notes += f"\nmozagent: the {what} was stopped: the agent is shutting down"
-    if out.cleanup_error:
-        notes += f"\nmozagent: the {what} ended, but {out.cleanup_error}"
-    return notes
-
-
-def outcome_of(out, what: str, timeout: float, outputs: dict) -> Outcome:  # type: ignore[no-untyped-def]
-    """Judge a finished child program the way Heat reads it."""
+    cleanup that failed), as lines to append to its stderr; "" if nothing.
+    The exit status is not repeated: Heat has it as ``deploy_status_code``."""
     if out.returncode is None:
-        return Outcome(1, "", f"mozagent: cannot run the {what}: {out.start_error}", {})
-    code = out.returncode if out.returncode >= 0 else 128 - out.returncode
-    if (out.stopped or out.cleanup_error) and code == 0:
+        return ""
+    if out.stopped:
+        return f"\nmozagent: the {what} {out.how(timeout)}"
+    if out.cleanup_error:
+        return f"\nmozagent: the {what} ended, but {out.cleanup_error}"
+    return ""
+
+
+def heat_result(out: ChildExit, what: str, timeout: float, outputs: dict) -> DeploymentResult:  # type: ignore[type-arg]
+    """A finished child as Heat reads it: a run that failed is never status 0."""
+    if out.returncode is None:
+        return DeploymentResult(1, "", f"mozagent: cannot run the {what}: {out.start_error}", {})
+    code = out.code or 0
+    if not out.ok and code == 0:
         code = 1
-    return Outcome(code, out.stdout, out.stderr + judgement(out, what, timeout), outputs)
+    return DeploymentResult(code, out.stdout, out.stderr + notes(out, what, timeout), outputs)
 
 
-class ScriptApplier:
+class ScriptApplier(ChildApplier):
     group = "script"
 
-    def __init__(
-        self,
-        work_dir: str,
-        timeout: float,
-        cancel: threading.Event,
-        ledger: Ledger,
-        progress: Callable[[], None],
-    ) -> None:
+    def __init__(self, work_dir: str, runner: ChildRunner, timeout: float) -> None:
+        super().__init__(runner, timeout)
         self.work_dir = work_dir
-        self.timeout = timeout
-        self.cancel = cancel
-        self.ledger = ledger
-        self.progress = progress
 
-    def run(self, dep: Deployment, outputs_path: str) -> Outcome:
+    def run(self, dep: Deployment, outputs_path: str) -> DeploymentResult:
         if not isinstance(dep.config, str) or not dep.config.strip():
-            return Outcome(1, "", "mozagent: a script deployment's config must be a script", {})
+            return DeploymentResult(
+                1, "", "mozagent: a script deployment's config must be a script", {}
+            )
         configs = os.path.join(self.work_dir, "configs")
         os.makedirs(configs, mode=0o700, exist_ok=True)
         path = os.path.join(configs, safe_id(dep.id))
@@ -76,14 +66,5 @@ class ScriptApplier:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(dep.config)
         env = {**base_env(), **public_env(dep.inputs), "heat_outputs_path": outputs_path}
-        out = run_program(
-            [path],
-            env,
-            self.timeout,
-            self.cancel,
-            ledger=self.ledger,
-            progress=self.progress,
-            cwd=configs,
-            split_stderr=True,
-        )
-        return outcome_of(out, "script", self.timeout, read_outputs(outputs_path, dep))
+        out = self.child([path], env, cwd=configs, split_stderr=True)
+        return heat_result(out, "script", self.timeout, read_outputs(outputs_path, dep))

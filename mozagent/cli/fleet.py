@@ -206,7 +206,7 @@ class Target:
     node: str
 
 
-Poll = Callable[[float], dict[str, cv.Outcome]]
+Poll = Callable[[float], dict[str, cv.Standing]]
 
 
 def follow(
@@ -214,15 +214,15 @@ def follow(
     labels: list[str],
     poll: Poll,
     out: TextIO,
-    initial: dict[str, cv.Outcome] | None = None,
-) -> dict[str, cv.Outcome]:
+    initial: dict[str, cv.Standing] | None = None,
+) -> dict[str, cv.Standing]:
     """Poll until every host in ``labels`` is final or the wait's deadline;
     print each host's line once, as it finishes. Returns every outcome:
     ``initial`` (hosts already decided, not waited for) updated by the polls."""
     deadline = session.wait_deadline
     start = time.monotonic()
     outcomes = dict(initial or {})
-    outcomes.update({label: cv.Outcome(cv.PENDING, "pending") for label in labels})
+    outcomes.update({label: cv.Standing(cv.PENDING, "pending") for label in labels})
     reported: set[str] = set()
     while True:
         try:
@@ -252,7 +252,7 @@ def follow(
 
 
 def conclude(
-    session: Session, outcomes: dict[str, cv.Outcome], out: TextIO, prefix: str = ""
+    session: Session, outcomes: dict[str, cv.Standing], out: TextIO, prefix: str = ""
 ) -> int:
     """The summary line on stdout when all are done; else the error naming the others."""
     summary = prefix + views.wait_summary(outcomes, session.timeout)
@@ -264,11 +264,11 @@ def conclude(
 
 
 def _poll_presences(
-    session: Session, targets: list[Target], decide: Callable[[Any], cv.Outcome]
+    session: Session, targets: list[Target], decide: Callable[[Any], cv.Standing]
 ) -> Poll:
     apps = sorted({t.app for t in targets})
 
-    def poll(deadline: float) -> dict[str, cv.Outcome]:
+    def poll(deadline: float) -> dict[str, cv.Standing]:
         seen = {app: read_presences(session, app, deadline) for app in apps}
         return {t.label: decide(seen[t.app].get(t.node)) for t in targets}
 
@@ -558,7 +558,7 @@ def order_status(
     results: dict[str, OrderResult | cv.Unreadable] = {}
     was_live: set[str] = set()  # a host live earlier in this command that is not now went away
 
-    def poll(deadline: float | None = None) -> dict[str, cv.Outcome]:
+    def poll(deadline: float | None = None) -> dict[str, cv.Standing]:
         live = set(live_only(read_presences(session, app, deadline)))
         results.clear()
         results.update(read_results(session, app, name, deadline))

@@ -21,8 +21,8 @@ from mozagent.desired.convergence import (
     SKIPPED,
     HostState,
     NotLive,
-    Outcome,
     Presence,
+    Standing,
     Unreadable,
     clean,
 )
@@ -194,7 +194,7 @@ def fleet_json(
 def format_order(
     name: str,
     order: Order,
-    outcomes: Mapping[str, Outcome],
+    outcomes: Mapping[str, Standing],
     results: Mapping[str, OrderResult | Unreadable],
     now: float,
 ) -> str:
@@ -225,7 +225,7 @@ def _result_json(result: OrderResult | Unreadable | None) -> dict[str, Any] | No
 def order_json(
     name: str,
     order: Order,
-    outcomes: Mapping[str, Outcome],
+    outcomes: Mapping[str, Standing],
     results: Mapping[str, OrderResult | Unreadable],
 ) -> dict[str, Any]:
     return {
@@ -245,12 +245,12 @@ def order_json(
     }
 
 
-def progress_line(label: str, outcome: Outcome, elapsed: float) -> str:
+def progress_line(label: str, outcome: Standing, elapsed: float) -> str:
     timing = f" in {elapsed:.1f} s" if outcome.state in (DONE, FAILED) else ""
     return f"{label}: {clean(outcome.text)}{timing}"
 
 
-def wait_summary(outcomes: Mapping[str, Outcome], timeout: float) -> str:
+def wait_summary(outcomes: Mapping[str, Standing], timeout: float) -> str:
     """One line: how many are done, and the others named by why."""
     groups: dict[str, list[str]] = {}
     why = {

@@ -275,7 +275,7 @@ FINAL = (DONE, FAILED, GONE, ABSENT, SKIPPED)
 
 
 @dataclass(frozen=True)
-class Outcome:
+class Standing:
     """Where one host stands in a wait. ``state`` decides, ``text`` is what
     the operator reads ("done (data version 5)", "refused (unknown command)")."""
 
@@ -284,19 +284,19 @@ class Outcome:
     mark: str = ""  # the fleet table's mark for a host not done ("LAGGING: data", ...)
 
 
-GONE_PRESENCE = Outcome(GONE, "went away (its presence vanished)")
+GONE_PRESENCE = Standing(GONE, "went away (its presence vanished)")
 NOT_LIVE_MARK = "NOT LIVE: persistent znode"
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
-def _not_decidable(presence: Seen | None) -> Outcome | None:
+def _not_decidable(presence: Seen | None) -> Standing | None:
     """The outcome of a host whose presence says nothing usable, else None."""
     if presence is None:
         return GONE_PRESENCE
     if isinstance(presence, NotLive):
-        return Outcome(GONE, presence.reason, NOT_LIVE_MARK)
+        return Standing(GONE, presence.reason, NOT_LIVE_MARK)
     if isinstance(presence, Unreadable):
-        return Outcome(
+        return Standing(
             PENDING,
             f"pending (unreadable presence: {presence.reason})",
             f"UNREADABLE: presence: {presence.reason}",
@@ -304,7 +304,7 @@ def _not_decidable(presence: Seen | None) -> Outcome | None:
     return None
 
 
-def data_outcome(presence: Seen | None, version: int) -> Outcome:
+def data_outcome(presence: Seen | None, version: int) -> Standing:
     """Done once the host has applied ``version`` (or newer) and its last
     apply did not fail since; failed once its apply of that version (or a
     newer one) failed. ``fleet`` (with the current version) and ``--wait``
@@ -316,14 +316,14 @@ def data_outcome(presence: Seen | None, version: int) -> Outcome:
     last = presence.last_apply
     failing = last is not None and not last.ok and (last.data_version or 0) >= applied
     if failing and last is not None and (last.data_version or 0) >= version:
-        return Outcome(
+        return Standing(
             FAILED,
             f"FAILED: {last.message or 'apply failed'} (data version {last.data_version})",
             "FAILED: apply",
         )
     if applied >= version:
-        return Outcome(DONE, f"done (data version {presence.data_version})")
-    return Outcome(
+        return Standing(DONE, f"done (data version {presence.data_version})")
+    return Standing(
         PENDING,
         f"pending (at data version {presence.data_version})",
         "FAILED: apply" if failing else "LAGGING: data",
@@ -339,7 +339,7 @@ def canary_path(presence: Presence | Unreadable | None, app_release_path: str) -
     return None
 
 
-def release_outcome(presence: Seen | None, wanted: DesiredRelease) -> Outcome:
+def release_outcome(presence: Seen | None, wanted: DesiredRelease) -> Standing:
     """Done once the host acted on release znode ``wanted`` (its path, at its
     version) and installed exactly that: the ref of the release, at the
     commit the host itself resolved for the version it acted on (the full
@@ -359,18 +359,18 @@ def release_outcome(presence: Seen | None, wanted: DesiredRelease) -> Outcome:
         or last is None
         or (last.version or 0) < version
     ):
-        return Outcome(PENDING, f"pending (has not installed release version {version})", lagging)
+        return Standing(PENDING, f"pending (has not installed release version {version})", lagging)
     if (last.version or 0) > version:
-        return Outcome(
+        return Standing(
             FAILED, f"superseded: the host acted on newer release version {last.version}", lagging
         )
     if not last.ok:
         log = f" (log {last.log})" if last.log else ""
-        return Outcome(
+        return Standing(
             FAILED, f"FAILED: {last.message or 'install failed'}{log}", "FAILED: install"
         )
     if rel is None:  # an unreadable release "installed" fine: not something a host does
-        return Outcome(FAILED, "FAILED: reports installing an unreadable release", lagging)
+        return Standing(FAILED, "FAILED: reports installing an unreadable release", lagging)
     shown = (rel.source, display_source(rel.source))
     commit = last.commit or ""
     wrong = None
@@ -390,33 +390,33 @@ def release_outcome(presence: Seen | None, wanted: DesiredRelease) -> Outcome:
     elif installed.source is not None and installed.source not in shown:
         wrong = f"installed from {clean(installed.source, 80)}, not {clean(shown[1], 80)}"
     if wrong is not None:
-        return Outcome(FAILED, f"FAILED: {wrong}", lagging)
-    return Outcome(DONE, f"done ({clean(rel.ref, 40)} at {commit[:10]})")
+        return Standing(FAILED, f"FAILED: {wrong}", lagging)
+    return Standing(DONE, f"done ({clean(rel.ref, 40)} at {commit[:10]})")
 
 
 def order_outcome(
     result: OrderResult | Unreadable | None, live: bool, was_live: bool = False
-) -> Outcome:
+) -> Standing:
     """Done only for rc 0 (or no rc): any other end is named at the end of a
     wait. ``was_live``: the host was live earlier in this command (it went
     away), rather than never (no such host, as far as we can tell)."""
     if result is None:
         if live:
-            return Outcome(PENDING, "pending")
+            return Standing(PENDING, "pending")
         if was_live:
             return GONE_PRESENCE
-        return Outcome(ABSENT, "not live, no result (no such host now)")
+        return Standing(ABSENT, "not live, no result (no such host now)")
     if isinstance(result, Unreadable):
-        return Outcome(FAILED, f"unreadable result: {result.reason}")
+        return Standing(FAILED, f"unreadable result: {result.reason}")
     rc = None if result.returncode is None else f"rc {result.returncode}"
     if result.state == "running":
         if not live:
-            return Outcome(GONE, "running, but the host is no longer live")
-        return Outcome(PENDING, "running")
+            return Standing(GONE, "running, but the host is no longer live")
+        return Standing(PENDING, "running")
     if result.state == "done" and result.returncode in (0, None):
-        return Outcome(DONE, f"done ({rc or 'no rc'})")
+        return Standing(DONE, f"done ({rc or 'no rc'})")
     words = [w for w in (rc, result.message) if w]
-    return Outcome(FAILED, result.state + (f" ({', '.join(words)})" if words else ""))
+    return Standing(FAILED, result.state + (f" ({', '.join(words)})" if words else ""))
 
 
 def order_targets(order: Order, live: Iterable[str]) -> set[str]:
@@ -429,7 +429,7 @@ def order_outcomes(
     live: set[str],
     results: Mapping[str, OrderResult | Unreadable],
     was_live: Iterable[str] = (),
-) -> dict[str, Outcome]:
+) -> dict[str, Standing]:
     """Every targeted host, plus every host that answered (even if no longer
     live or never targeted: what it did still happened). ``was_live``: hosts
     seen live earlier in this command."""
@@ -444,12 +444,12 @@ def order_outcomes(
         if order.nodes is not None and node not in order.nodes:
             notes.append("not targeted")
         if notes:
-            outcome = Outcome(outcome.state, f"{outcome.text} [{', '.join(notes)}]")
+            outcome = Standing(outcome.state, f"{outcome.text} [{', '.join(notes)}]")
         outcomes[node] = outcome
     return outcomes
 
 
-def exit_code(outcomes: Mapping[str, Outcome], still_waiting_code: int) -> int:
+def exit_code(outcomes: Mapping[str, Standing], still_waiting_code: int) -> int:
     """0 all done; 1 any failed, gone or absent; else ``still_waiting_code`` (pending)."""
     states = {o.state for o in outcomes.values()}
     if states <= {DONE, SKIPPED}:
@@ -471,7 +471,7 @@ class HostState:
     expected_data: int
     release: DesiredRelease | None
     problems: tuple[str, ...]
-    outcomes: tuple[Outcome, ...] = ()
+    outcomes: tuple[Standing, ...] = ()
 
     @property
     def live(self) -> bool:
@@ -480,7 +480,7 @@ class HostState:
 
 def host_judgement(
     presence: Seen, expected_data: int, wanted: DesiredRelease | None
-) -> tuple[tuple[str, ...], tuple[Outcome, ...]]:
+) -> tuple[tuple[str, ...], tuple[Standing, ...]]:
     """The marks of the fleet table and the outcomes they come from: the
     very ``data_outcome`` and ``release_outcome`` that ``--wait`` uses, so a
     host is converged here exactly when a wait for the current data version
