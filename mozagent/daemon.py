@@ -25,6 +25,7 @@ from mozagent.apply import contain
 from mozagent.apply.deployments import (
     Applier,
     DeploymentLane,
+    DeploymentLog,
     DeploymentQueue,
     DeploymentRunner,
     Reapply,
@@ -41,7 +42,7 @@ from mozagent.config import Config, HeatConfig
 from mozagent.fileio import lock_holder, try_lock
 from mozagent.render.hieradata import HieraData
 from mozagent.report.health import HEARTBEAT_INTERVAL, touch_heartbeat
-from mozagent.report.heat import DeploymentLog, HeatReport
+from mozagent.report.heat import HeatReport
 from mozagent.report.sdnotify import notify, watchdog_interval
 from mozagent.report.signals import Outbox, Sender
 from mozagent.report.status import StatusStore, exit_code, load_status, when

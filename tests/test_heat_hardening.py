@@ -323,12 +323,13 @@ class _Desk:
     def __init__(self, state: Path) -> None:
         from mozagent.apply.deployments import (
             Applier,
+            DeploymentLog,
             DeploymentQueue,
             DeploymentResult,
             DeploymentRunner,
             Reapply,
         )
-        from mozagent.report.heat import DeploymentLog, HeatReport
+        from mozagent.report.heat import HeatReport
         from mozagent.report.signals import Outbox
         from mozagent.report.status import StatusStore
 
