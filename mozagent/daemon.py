@@ -221,9 +221,11 @@ class Daemon:
         self.release = release
         self.executor.register(release)
         self.executor.register(orders)
+        self.executor.release_standing = release.standing
         self.executor.puppet_succeeded.append(release.puppet_succeeded)
         self.fleet = FleetReport(
-            zk.client, z.root, app, node, self.status, book.unpublished, book.mark_published,
+            zk.client, z.root, app, node, self.status, self.executor.facts, book.unpublished,
+            book.mark_published,
             Worker("presence", self.progress, self.status), self.stopping, z.session_timeout,
             os.path.join(cfg.state_dir, "presence.json"), book.forget_before,
         )  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,13 @@ import pytest
 from mozagent.apply.runas import NoSuchUser, resolve_user
 from mozagent.config import ConfigError, parse_config
 from mozagent.desired.fleet import DesiredRelease
+from mozagent.desired.presence import (
+    FollowedRelease,
+    HostFacts,
+    LastApply,
+    Presence,
+    ReleaseStanding,
+)
 from mozagent.render.snapshot import merge_layers
 from mozagent.report.fleet import (
     ANOTHER,
@@ -66,18 +74,22 @@ def test_a_good_release_znode_and_credentials_kept_out_of_what_is_shown() -> Non
     assert "hunter2" not in str(desired.as_dict())
 
 
-def test_presence_is_built_from_status_only() -> None:
-    status: dict[str, Any] = {
-        "applied_data_version": 42,
-        "last_apply": {"ok": False, "data_version": 43, "ended": 5.0, "message": "failed", "x": 1},
-        "release": {"desired": {"ref": "v2"}, "installed": None, "last_install": None},
-    }
-    doc = presence_doc(status, "shop", "web1", "boot-a")
-    assert doc["boot_id"] == "boot-a"
+def test_presence_is_built_from_what_the_jobs_know() -> None:
+    facts = HostFacts(
+        42,
+        LastApply(False, 43, 5.0, "failed"),
+        ReleaseStanding(FollowedRelease("v2", "/r/apps/shop/release", 7)),
+    )
+    doc = presence_doc(facts, "shop", "web1", "boot-a")
+    assert doc["boot_id"] == "boot-a" and doc["schema"] == 1
     assert doc["data_version"] == 42 and doc["node"] == "web1" and doc["app"] == "shop"
     assert doc["last_apply"] == {"ok": False, "data_version": 43, "ended": 5.0, "message": "failed"}
-    assert doc["release"]["desired"] == {"ref": "v2"}
-    assert presence_doc({}, "shop", "web1")["last_apply"] is None
+    assert doc["release"]["desired"]["ref"] == "v2"
+    assert doc["release"]["installed"] is None
+    assert presence_doc(HostFacts(), "shop", "web1")["last_apply"] is None
+    # What the agent writes is what the fleet's tools read back.
+    read = Presence.parse(json.dumps(doc).encode(), "web1", "shop")
+    assert isinstance(read, Presence) and read.to_doc() == doc
 
 
 def test_desired_releases_compare_by_content_and_version() -> None:

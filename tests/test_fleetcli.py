@@ -607,13 +607,13 @@ def presence(**fields: Any) -> bytes:
     ],
 )
 def test_damaged_presence_is_unreadable(raw: bytes, why: str) -> None:
-    parsed = cv.parse_presence(raw, "web1", "shop")
+    parsed = cv.Presence.parse(raw, "web1", "shop")
     assert isinstance(parsed, cv.Unreadable) and why in parsed.reason
 
 
 def test_outcomes_of_a_wait() -> None:
     def host(**fields: Any) -> cv.Presence | cv.Unreadable:
-        return cv.parse_presence(presence(**fields), "web1", "shop")
+        return cv.Presence.parse(presence(**fields), "web1", "shop")
 
     failed = {"ok": False, "data_version": 12, "message": "puppet failed"}
     assert cv.data_outcome(host(data_version=12), 12).state == cv.DONE
@@ -653,7 +653,7 @@ def test_host_problems_rules() -> None:
     }
 
     def marks(data_version: int = 10, **release: Any) -> tuple[str, ...]:
-        parsed = cv.parse_presence(
+        parsed = cv.Presence.parse(
             presence(data_version=data_version, release={**good, **release}), "web1", "shop"
         )
         return cv.host_problems(parsed, 10, wanted)
@@ -668,10 +668,10 @@ def test_host_problems_rules() -> None:
     assert marks(installed={**good["installed"], "commit": "f" * 40}) == ("LAGGING: release",)
     assert marks(last_install={**good["last_install"], "ok": False}) == ("FAILED: install",)
     failed = {"ok": False, "data_version": 10, "message": "puppet failed"}
-    parsed = cv.parse_presence(presence(last_apply=failed, release=good), "web1", "shop")
+    parsed = cv.Presence.parse(presence(last_apply=failed, release=good), "web1", "shop")
     assert cv.host_problems(parsed, 10, wanted) == ("FAILED: apply",)
     unreadable = DesiredRelease(wanted.path, 7, None, "lacks source")
-    parsed = cv.parse_presence(presence(release=good), "web1", "shop")
+    parsed = cv.Presence.parse(presence(release=good), "web1", "shop")
     assert cv.host_problems(parsed, 10, unreadable) == ("UNREADABLE: release: lacks source",)
 
 

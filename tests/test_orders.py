@@ -178,8 +178,8 @@ def test_a_command_runs_in_the_release_as_the_app_user_with_a_clean_env(
     assert result.started is not None and result.ended is not None
     assert result.started <= result.ended
     # What the publisher will send, and what survives a restart.
-    assert [r.as_dict() for r in OrderBook(state).unpublished()] == [result.as_dict()]
-    assert json.loads(json.dumps(result.as_dict()))["node"] == NODE
+    assert [r.to_doc() for r in OrderBook(state).unpublished()] == [result.to_doc()]
+    assert json.loads(json.dumps(result.to_doc()))["node"] == NODE
 
 
 def test_a_non_zero_exit_fails_with_its_code_and_output(
@@ -308,7 +308,7 @@ def test_an_order_runs_at_most_once_even_for_a_new_agent_on_the_same_state(
     assert again.book.seen("order-0000000009")
     assert again.handle("order-0000000009", raw, created, where(9), str(release), 600) is None
     same = again.run(parse_order("order-0000000009", raw, created, where(9)), str(release))
-    assert same.as_dict() == first.as_dict()
+    assert same.to_doc() == first.to_doc()
     assert (release / "ran").read_text() == "ran\n"
 
 
@@ -573,17 +573,17 @@ def test_damaged_files_crash_nothing_and_are_settled_as_failed(
         [],
         "done",
         {},
-        {**result(1).as_dict(), "state": "weird"},
-        {**result(1).as_dict(), "returncode": "0"},
-        {**result(1).as_dict(), "returncode": True},
-        {**result(1).as_dict(), "started": "now"},
-        {**result(1).as_dict(), "order": "../../etc/passwd"},
-        {k: v for k, v in result(1).as_dict().items() if k != "output"},
+        {**result(1).to_doc(), "state": "weird"},
+        {**result(1).to_doc(), "returncode": "0"},
+        {**result(1).to_doc(), "returncode": True},
+        {**result(1).to_doc(), "started": "now"},
+        {**result(1).to_doc(), "order": "../../etc/passwd"},
+        {k: v for k, v in result(1).to_doc().items() if k != "output"},
     ],
 )
 def test_a_damaged_result_document_reads_as_none(doc: object) -> None:
-    assert OrderResult.from_dict(doc) is None
+    assert OrderResult.parse(doc) is None
 
 
 def test_a_result_round_trips() -> None:
-    assert OrderResult.from_dict(json.loads(json.dumps(result(7).as_dict()))) == result(7)
+    assert OrderResult.parse(json.loads(json.dumps(result(7).to_doc()))) == result(7)

@@ -541,7 +541,7 @@ def test_a_release_is_parsed_with_its_defaults() -> None:
         WHERE,
     )
     assert full is not None
-    assert full.as_dict() == {
+    assert full.to_doc() == {
         "ref": "v2",
         "source": "file:///srv/shop",
         "install_script": "deploy/go",

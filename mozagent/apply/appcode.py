@@ -22,7 +22,9 @@ from mozagent.apply.orders import OrderRunner
 from mozagent.apply.release import ReleaseInstaller
 from mozagent.apply.runas import NoSuchUser, RunAs, resolve_user
 from mozagent.desired.fleet import DesiredRelease, PushedOrder
+from mozagent.desired.presence import Installed, LastInstall, ReleaseStanding
 from mozagent.desired.release import display_source
+from mozagent.desired.schema import SCHEMA_KEY
 from mozagent.render.snapshot import Snapshot
 from mozagent.report.status import StatusStore
 
@@ -61,10 +63,11 @@ class ReleaseJob:
         self.desired: DesiredRelease | None = None
         self._done: DesiredRelease | None = None
         self._user_missing = False
-        self.last_install: dict[str, Any] | None = None
+        self.last_install: LastInstall | None = None
         # The releases source and the executor both report: one at a time, so
         # that an older view never lands last.
         self._lock = threading.Lock()
+        self._standing = ReleaseStanding()
 
     name = "release"
     phase = Phase.AFTER_PUPPET
@@ -96,36 +99,54 @@ class ReleaseJob:
         errors = []
         if self.desired is not None and self.desired.error:
             errors.append({"where": self.desired.path, "message": self.desired.error})
-        elif self.last_install is not None and not self.last_install["ok"]:
+        elif self.last_install is not None and not self.last_install.ok:
             errors.append(
                 {
-                    "where": f"release {self.last_install.get('ref')}",
-                    "message": f"install failed: {self.last_install['message']}",
+                    "where": f"release {self.last_install.ref}",
+                    "message": f"install failed: {self.last_install.message}",
                 }
             )
-        installed = self._installed()
-        if installed and installed.get("source"):
-            installed["source"] = display_source(installed["source"])
-        section: dict[str, Any] = {
-            "desired": self.desired.as_dict() if self.desired else None,
-            "installed": installed,
-            "last_install": self.last_install,
-        }
-        self.status.update(release=section)
+        self._standing = self._stand()
+        self.status.update(release=self._standing.to_doc())
         self.status.set_errors("release", errors)
 
-    def _failed(self, desired: DesiredRelease, message: str) -> dict[str, Any]:
+    def _stand(self) -> ReleaseStanding:
+        found = self._installed()
+        installed = None
+        if found:
+            installed = Installed(
+                str(found.get("ref") or ""),
+                found.get("commit"),
+                display_source(found["source"]) if found.get("source") else None,
+                found.get("installed"),
+                found.get("dir"),
+            )
+        desired = self.desired.followed() if self.desired else None
+        return ReleaseStanding(desired, installed, self.last_install)
+
+    def standing(self) -> ReleaseStanding:
+        """The release as the fleet report tells it: as of the last ``show``."""
+        with self._lock:
+            return self._standing
+
+    def _finished(self, desired: DesiredRelease, ok: bool, message: str, **run: Any) -> LastInstall:
+        """How an install went; ``version`` is what `mozagent deploy --wait`
+        compares with the znode it wrote."""
         now = time.time()
         rel = desired.release
-        return {
-            "ok": False,
-            "message": message,
-            "ref": rel.ref if rel else None,
-            "source": display_source(rel.source) if rel else None,
-            "commit": None,
-            "started": now,
-            "ended": now,
-        }
+        return LastInstall(
+            ok=ok,
+            ref=run.get("ref", rel.ref if rel else None),
+            commit=run.get("commit"),
+            version=desired.version,
+            ended=run.get("ended", now),
+            message=message,
+            log=run.get("log_path"),
+            source=run.get("source", display_source(rel.source) if rel else None),
+            path=desired.path,
+            started=run.get("started", now),
+            returncode=run.get("returncode"),
+        )
 
     def run(self, data: Mapping[str, Any]) -> bool:
         desired = self.desired
@@ -135,7 +156,7 @@ class ReleaseJob:
             self.show()  # nothing desired: whatever is installed stays
             return True
         if desired.error is not None:
-            result = self._failed(desired, desired.error)
+            result = self._finished(desired, False, desired.error)
         else:
             assert desired.release is not None
             try:
@@ -143,20 +164,20 @@ class ReleaseJob:
                 installer = self._installer(resolve_user(self.user, self.app))
             except NoSuchUser as exc:
                 self._user_missing = True
-                result = self._failed(
+                result = self._finished(
                     desired,
+                    False,
                     f"cannot run the install script: {exc} (tried again after the next "
                     "successful puppet run)",
                 )
             else:
                 log.info("release_install_started", **desired.as_dict())
-                result = installer.install(desired.release, data).as_dict()
-        # ``version`` is what `mozagent deploy --wait` compares with the znode it wrote.
-        result.update(version=desired.version, path=desired.path, log=result.get("log_path"))
+                done = installer.install(desired.release, data).as_dict()
+                result = self._finished(desired, done.pop("ok"), done.pop("message"), **done)
         self.last_install = result
-        (log.info if result["ok"] else log.error)("release_install_finished", **result)
+        (log.info if result.ok else log.error)("release_install_finished", **result.to_doc())
         self.show()
-        return bool(result["ok"])
+        return result.ok
 
 
 class OrderQueue:
@@ -220,11 +241,9 @@ class OrderQueue:
         if handled is None:
             return True
         result = handled
-        doc = result.as_dict()
-        (log.info if result.state == "done" else log.error)(
-            "order_finished", **{k: v for k, v in doc.items() if k != "output"}
-        )
-        self._recent.appendleft({k: v for k, v in doc.items() if k != "output"})
+        doc = {k: v for k, v in result.to_doc().items() if k not in ("output", SCHEMA_KEY)}
+        (log.info if result.state == "done" else log.error)("order_finished", **doc)
+        self._recent.appendleft(doc)
         self.status.update(orders=list(self._recent))
         # Records come only with orders, so they are pruned as orders come.
         if time.time() - self._pruned > PRUNE_EVERY:

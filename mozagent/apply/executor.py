@@ -24,6 +24,7 @@ from mozagent.apply.process import ChildRunner, Ledger
 from mozagent.apply.puppet import ApplyItem, ApplyResult, PuppetPaths, run_puppet
 from mozagent.apply.scheduler import ApplyScheduler
 from mozagent.config import Config
+from mozagent.desired.presence import HostFacts, LastApply, ReleaseStanding, last_apply_of
 from mozagent.fileio import write_if_changed
 from mozagent.render.hiera import FactsInput, facts_env
 from mozagent.render.snapshot import RunLayout, Snapshot, run_files
@@ -74,6 +75,11 @@ class Executor:
         # applied already, whatever its version (a value set to what it was).
         self._applied: Snapshot | None = None
         self.applied_version: int | None = None
+        # The last run as the fleet sees it; a restart starts from the one
+        # status.json kept (a failed run must not look healthy until the next).
+        self.last_apply: LastApply | None = last_apply_of(status.snapshot().get("last_apply"))
+        # The release job's standing, once there is one (the app's code lane).
+        self.release_standing: Callable[[], ReleaseStanding] | None = None
         # Set when a puppet run ends with after-puppet work waiting: that work
         # goes next, even if more changes came meanwhile (no starving under a
         # steady stream of data changes).
@@ -352,5 +358,14 @@ class Executor:
         }
         if requests:
             record["requests"] = requests  # `mozagent apply` waits for its id here
+        self.last_apply = LastApply(ok, version, record["ended"], message)
         self.status.update(applying=None, last_apply=record)
         return ok
+
+    def facts(self) -> HostFacts:
+        """What the fleet is told of this host's config runs (and, through
+        ``release``, of its code): typed, not read back from status.json."""
+        with self._cond:
+            version = self.applied_version
+        release = self.release_standing() if self.release_standing else ReleaseStanding()
+        return HostFacts(version, self.last_apply, release)

@@ -129,11 +129,11 @@ class OrderBook:
 
     def _read(self, name: str) -> tuple[OrderResult | None, dict[str, Any] | None]:
         doc = read_json_object(self._path(name))
-        result = OrderResult.from_dict(doc.get("result")) if doc else None
+        result = OrderResult.parse(doc.get("result")) if doc else None
         return result, doc
 
     def _write(self, result: OrderResult, published: bool, created: float | None) -> None:
-        doc = {"result": result.as_dict(), "published": published, "created": created}
+        doc = {"result": result.to_doc(), "published": published, "created": created}
         write_json(self._path(result.order), doc, 0o600, durable=True)
         if self._pending is not None:
             (self._pending.discard if published else self._pending.add)(result.order)

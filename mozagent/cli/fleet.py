@@ -64,6 +64,7 @@ from mozagent.desired.orders import (
     InvalidOrder,
     Order,
     OrderResult,
+    order_doc,
     order_seq,
     parse_order,
 )
@@ -374,7 +375,7 @@ def deploy(
         )
     except InvalidRelease as exc:
         raise CommandError(str(exc), EXIT_INVALID) from None
-    written = write_release(session, path, encode_value(release.as_dict()), stat)
+    written = write_release(session, path, encode_value(release.to_doc()), stat)
     session.written = True
     what = f"node {node} of app {app}" if node else f"app {app}"
     print(
@@ -482,7 +483,7 @@ def push_order(
     out, err = out or sys.stdout, err or sys.stderr
     client = session.client
     base = fleet.orders_path(session.root, app)
-    doc = {"command": command, "by": identity(), "at": time.time(), "nodes": nodes}
+    doc = order_doc(command, identity(), time.time(), nodes)
     live = live_only(read_presences(session, app))
     missing = sorted(set(nodes or ()) - set(live))
     if wait and (missing or not live):

@@ -180,7 +180,7 @@ def fleet_json(
         elif isinstance(s.presence, NotLive):
             entry["not_live"] = s.presence.reason
         else:
-            entry["presence"] = s.presence.as_dict()
+            entry["presence"] = s.presence.to_doc()
         hosts.append(entry)
     return {
         "app": app,
@@ -219,7 +219,7 @@ def format_order(
 def _result_json(result: OrderResult | Unreadable | None) -> dict[str, Any] | None:
     if isinstance(result, Unreadable):
         return {"unreadable": result.reason}
-    return None if result is None else result.as_dict()
+    return None if result is None else result.to_doc()
 
 
 def order_json(

@@ -7,9 +7,10 @@ server, and keeps ``fleet``, ``deploy --wait``, ``data --wait`` and ``order
 status`` agreeing on what "done" means.
 
 Everything read from ZooKeeper is untrusted: any znode may be damaged or
-written by something that is not an agent, so parsing goes through
-``keys.parse_value`` (bounded) and every field is type-checked; what does not
-fit becomes an ``Unreadable`` to show, never an exception to crash on. Only
+written by something that is not an agent, so parsing goes through the
+documents' own definitions (``desired.presence``, ``desired.orders``:
+bounded, every field type-checked); what does not fit becomes an
+``Unreadable`` to show, never an exception to crash on. Only
 an ephemeral znode is an agent's presence (it lives and dies with the agent's
 session): a persistent one, which any client can leave behind with any
 claims, is ``NotLive`` and never counts as a host that converged.
@@ -20,23 +21,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from mozagent.desired.fleet import ORDER_PREFIX, DesiredRelease
 from mozagent.desired.keys import InvalidValue, parse_value
 from mozagent.desired.orders import Order, OrderResult
+from mozagent.desired.presence import Presence
 from mozagent.desired.release import DEFAULT_INSTALL_SCRIPT, Release, display_source
-
-MAX_TEXT = 64 * 1024
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def clean(text: Any, limit: int = 200) -> str:
-    """Untrusted text made safe for a terminal: a host could otherwise put
-    escape sequences on an operator's screen."""
-    shown = _CONTROL.sub("?", str(text))
-    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
-
+from mozagent.desired.schema import Unreadable, clean
 
 # --- checking what an operator writes -------------------------------------------------------
 
@@ -62,179 +53,12 @@ def order_name(seq: str) -> str:
 # --- reading what agents and operators wrote ------------------------------------------------
 
 
-class _Fields:
-    """Typed access to an untrusted mapping; every mismatch names the field."""
-
-    def __init__(self, doc: Any, where: str) -> None:
-        if not isinstance(doc, dict):
-            raise InvalidValue(f"{where} is not a mapping")
-        self.doc = doc
-        self.where = where
-
-    def _get(self, name: str, kinds: tuple[type, ...], what: str, optional: bool) -> Any:
-        value = self.doc.get(name)
-        if value is None:
-            if optional:
-                return None
-            raise InvalidValue(f"{self.where}: {name} is missing")
-        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-            raise InvalidValue(f"{self.where}: {name} is not {what}")
-        return value
-
-    def text(self, name: str, optional: bool = True) -> str | None:
-        value = self._get(name, (str,), "a string", optional)
-        if value is not None and len(value) > MAX_TEXT:
-            raise InvalidValue(f"{self.where}: {name} is too long")
-        return value
-
-    def integer(self, name: str, optional: bool = True) -> int | None:
-        return self._get(name, (int,), "an integer", optional)
-
-    def number(self, name: str, optional: bool = True) -> float | None:
-        value = self._get(name, (int, float), "a number", optional)
-        return None if value is None else float(value)
-
-    def flag(self, name: str, optional: bool = True) -> bool | None:
-        return self._get(name, (bool,), "true or false", optional)
-
-    def sub(self, name: str) -> _Fields | None:
-        value = self.doc.get(name)
-        return None if value is None else _Fields(value, f"{self.where}.{name}")
-
-
-@dataclass(frozen=True)
-class Unreadable:
-    """A znode that could not be understood: shown with why, counted as a problem."""
-
-    reason: str
-
-
 @dataclass(frozen=True)
 class NotLive:
     """A znode under ``hosts/`` that no session holds: not a live agent,
     whatever it claims. Shown, never waited for, never converged."""
 
     reason: str = "not a live agent (persistent znode)"
-
-
-@dataclass(frozen=True)
-class LastApply:
-    ok: bool
-    data_version: int | None
-    ended: float | None
-    message: str
-
-
-@dataclass(frozen=True)
-class FollowedRelease:
-    """The release znode a host follows (its path tells app release from override)."""
-
-    ref: str | None
-    path: str
-    version: int
-
-
-@dataclass(frozen=True)
-class Installed:
-    ref: str
-    commit: str | None
-    source: str | None
-
-
-@dataclass(frozen=True)
-class LastInstall:
-    ok: bool
-    ref: str | None
-    commit: str | None
-    version: int | None
-    ended: float | None
-    message: str
-    log: str | None
-
-
-@dataclass(frozen=True)
-class Presence:
-    node: str
-    agent_version: str
-    pid: int | None
-    updated: float | None
-    data_version: int | None
-    last_apply: LastApply | None
-    desired: FollowedRelease | None
-    installed: Installed | None
-    last_install: LastInstall | None
-
-    def as_dict(self) -> dict[str, Any]:
-        def plain(obj: Any) -> Any:
-            return None if obj is None else dict(obj.__dict__)
-
-        return {
-            "node": self.node,
-            "agent_version": self.agent_version,
-            "pid": self.pid,
-            "updated": self.updated,
-            "data_version": self.data_version,
-            "last_apply": plain(self.last_apply),
-            "release": {
-                "desired": plain(self.desired),
-                "installed": plain(self.installed),
-                "last_install": plain(self.last_install),
-            },
-        }
-
-
-def _load(raw: bytes | None, where: str) -> _Fields:
-    return _Fields(parse_value(raw, where), where)
-
-
-def parse_presence(raw: bytes | None, node: str, app: str) -> Presence | Unreadable:
-    """A host's presence, or why it cannot be used. The znode's name is the
-    host's identity; a body naming another host or app is foreign."""
-    try:
-        doc = _load(raw, "presence")
-        if doc.text("node", False) != node:
-            raise InvalidValue(f"presence names node {clean(doc.doc.get('node'))!r}")
-        if doc.text("app", False) != app:
-            raise InvalidValue(f"presence names app {clean(doc.doc.get('app'))!r}")
-        last_apply = None
-        if (la := doc.sub("last_apply")) is not None:
-            last_apply = LastApply(
-                bool(la.flag("ok", False)),
-                la.integer("data_version"),
-                la.number("ended"),
-                la.text("message") or "",
-            )
-        desired = installed = last_install = None
-        if (rel := doc.sub("release")) is not None:
-            if (d := rel.sub("desired")) is not None:
-                desired = FollowedRelease(
-                    d.text("ref"), str(d.text("path", False)), int(d.integer("version", False) or 0)
-                )
-            if (i := rel.sub("installed")) is not None:
-                installed = Installed(str(i.text("ref", False)), i.text("commit"), i.text("source"))
-            if (li := rel.sub("last_install")) is not None:
-                last_install = LastInstall(
-                    bool(li.flag("ok", False)),
-                    li.text("ref"),
-                    li.text("commit"),
-                    li.integer("version"),
-                    li.number("ended"),
-                    li.text("message") or "",
-                    li.text("log"),
-                )
-        return Presence(
-            node,
-            doc.text("agent_version") or "?",
-            doc.integer("pid"),
-            doc.number("updated"),
-            doc.integer("data_version"),
-            last_apply,
-            desired,
-            installed,
-            last_install,
-        )
-    except InvalidValue as exc:
-        return Unreadable(str(exc))
 
 
 Seen = Presence | Unreadable | NotLive
@@ -245,7 +69,7 @@ def judge_presence(raw: bytes | None, ephemeral_owner: int, node: str, app: str)
     ephemeral one (``ephemeralOwner`` != 0) is a live agent's presence."""
     if not ephemeral_owner:
         return NotLive()
-    return parse_presence(raw, node, app)
+    return Presence.parse(raw, node, app)
 
 
 def is_live(seen: Seen | None) -> bool:
@@ -254,10 +78,10 @@ def is_live(seen: Seen | None) -> bool:
 
 
 def parse_result(raw: bytes | None, node: str, order: str) -> OrderResult | Unreadable:
-    """A host's result for ``order``: ``OrderResult.from_dict`` decides what a
+    """A host's result for ``order``: ``OrderResult.parse`` decides what a
     whole result is; a body naming another host or order is foreign."""
     try:
-        result = OrderResult.from_dict(parse_value(raw, "result"))
+        result = OrderResult.parse(parse_value(raw, "result"))
     except InvalidValue as exc:
         return Unreadable(str(exc))
     if result is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mozagent.desired.presence import FollowedRelease
 from mozagent.desired.release import Release, display_source
 
 
@@ -77,9 +78,21 @@ class DesiredRelease:
     release: Release | None
     error: str | None = None
 
+    def followed(self) -> FollowedRelease:
+        """What the host's presence and status say it follows (no credentials)."""
+        rel = self.release
+        return FollowedRelease(
+            rel.ref if rel else None,
+            self.path,
+            self.version,
+            display_source(rel.source) if rel else None,
+            self.error,
+        )
+
     def as_dict(self) -> dict[str, Any]:
+        """For logs: everything the znode asked for, without credentials."""
         doc: dict[str, Any] = {"path": self.path, "version": self.version, "error": self.error}
-        doc.update(self.release.as_dict() if self.release else {"ref": None, "source": None})
+        doc.update(self.release.to_doc() if self.release else {"ref": None, "source": None})
         if doc["source"]:
             # Status and presence are read by people and tools: no credentials.
             doc["source"] = display_source(doc["source"])

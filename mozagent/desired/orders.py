@@ -21,6 +21,7 @@ from typing import Any
 
 from mozagent.desired.fleet import ORDER_PREFIX
 from mozagent.desired.keys import NAME_RE, InvalidValue, check_name, parse_value
+from mozagent.desired.schema import SCHEMA_KEY, obeyable, schema_of
 
 ORDER_NAME_RE = re.compile(re.escape(ORDER_PREFIX) + r"([0-9]{1,19})")
 # A result is a znode every host writes and the operator reads in a terminal:
@@ -37,7 +38,11 @@ MAX_COMMAND_NAME = 64
 
 STATES = ("running", "done", "failed", "refused", "expired")
 FINAL_STATES = frozenset(STATES) - {"running"}
-ORDER_FIELDS = ("command", "by", "at", "nodes")
+ORDER_FIELDS = ("command", "by", "at", "nodes", SCHEMA_KEY)
+# An order is a command (desired/schema.py): a newer schema is refused. A
+# result is a report: readers take what they know of any schema.
+ORDER_SCHEMA = 1
+RESULT_SCHEMA = 1
 
 
 class InvalidOrder(ValueError):
@@ -59,6 +64,12 @@ class Order:
     at: float
     nodes: tuple[str, ...] | None
     created: float
+
+
+def order_doc(command: str, by: str, at: float, nodes: list[str] | None) -> dict[str, Any]:
+    """An order znode's content as ``mozagent order`` writes it (schema 1 is
+    left implicit: agents from before schemas refuse a key they do not know)."""
+    return {"command": command, "by": by, "at": at, "nodes": nodes}
 
 
 def order_seq(name: str) -> int:
@@ -101,6 +112,10 @@ def parse_order(name: str, raw: bytes | None, created: float, where: str) -> Ord
             f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; "
             f"an order has only {', '.join(ORDER_FIELDS)}"
         )
+    try:
+        obeyable(doc, where, ORDER_SCHEMA)
+    except InvalidValue as exc:
+        raise InvalidOrder(str(exc)) from None
     command = doc.get("command")
     if not isinstance(command, str) or not command:
         raise InvalidOrder(f"{where}: 'command' must be the name of a command, got {command!r}")
@@ -282,8 +297,9 @@ class OrderResult:
     ended: float | None = None
     message: str = ""
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_doc(self) -> dict[str, Any]:
         return {
+            SCHEMA_KEY: RESULT_SCHEMA,
             "node": self.node,
             "order": self.order,
             "command": self.command,
@@ -296,10 +312,15 @@ class OrderResult:
         }
 
     @staticmethod
-    def from_dict(doc: Any) -> OrderResult | None:
+    def parse(doc: Any) -> OrderResult | None:
         """None for anything that is not a whole result: a damaged record must
-        be noticed by the caller, not crash it or pass as a real outcome."""
+        be noticed by the caller, not crash it or pass as a real outcome.
+        Fields it does not know (a newer agent's) are ignored."""
         if not isinstance(doc, dict):
+            return None
+        try:
+            schema_of(doc, "result")
+        except InvalidValue:
             return None
         strings = ("node", "order", "command", "state", "output", "message")
         if not all(isinstance(doc.get(k), str) for k in strings):

@@ -16,10 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mozagent.desired.keys import InvalidValue, parse_value
+from mozagent.desired.schema import SCHEMA_KEY, obeyable
 
 DEFAULT_INSTALL_SCRIPT = "bin/install"
 REQUIRED_KEYS = ("ref", "source")
-OPTIONAL_KEYS = ("install_script", "by", "at")
+OPTIONAL_KEYS = ("install_script", "by", "at", SCHEMA_KEY)
+# A release znode is a command (desired/schema.py): a newer schema is refused.
+RELEASE_SCHEMA = 1
 MAX_REF_CHARS = 255
 MAX_SOURCE_CHARS = 2048
 COMMIT_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
@@ -123,9 +126,10 @@ class Release:
         _check_source(self.source)
         _check_install_script(self.install_script)
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_doc(self) -> dict[str, Any]:
         """The znode's content; credentials in the source stay in (this is what
-        is written), unlike ``display_source``."""
+        is written), unlike ``display_source``. Schema 1 is left implicit:
+        agents from before schemas refuse a key they do not know."""
         doc: dict[str, Any] = {
             "ref": self.ref,
             "source": self.source,
@@ -163,6 +167,10 @@ def release_from_doc(doc: Any) -> Release:
             f"unknown key(s) {', '.join(unknown)}: a release has "
             f"{', '.join(REQUIRED_KEYS + OPTIONAL_KEYS)}"
         )
+    try:
+        obeyable(doc, "release", RELEASE_SCHEMA)
+    except InvalidValue as exc:
+        raise InvalidRelease(str(exc).removeprefix("release ")) from None
     missing = [k for k in REQUIRED_KEYS if k not in doc]
     if missing:
         raise InvalidRelease(f"lacks {' and '.join(missing)}")

@@ -53,9 +53,10 @@ from kazoo.exceptions import NodeExistsError, NoNodeError
 from kazoo.protocol.states import EventType, WatchedEvent, ZnodeStat
 
 from mozagent import __version__
-from mozagent.desired.convergence import clean
 from mozagent.desired.fleet import host_path, result_path
 from mozagent.desired.orders import OrderResult
+from mozagent.desired.presence import HostFacts, Presence
+from mozagent.desired.schema import clean
 from mozagent.fileio import read_json_object, write_json
 from mozagent.report.status import StatusStore
 from mozagent.runtime import Worker, run_woken
@@ -165,28 +166,13 @@ def relation(
 
 
 def presence_doc(
-    status: dict[str, Any], app: str, node: str, boot_id: str | None = None
+    facts: HostFacts, app: str, node: str, boot_id: str | None = None
 ) -> dict[str, Any]:
-    """Pure: the presence znode's content from the status document."""
-    last = status.get("last_apply") or None
-    release = status.get("release") or {}
-    return {
-        "node": node,
-        "app": app,
-        "agent_version": __version__,
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "boot_id": boot_id,
-        "data_version": status.get("applied_data_version"),
-        "last_apply": None
-        if last is None
-        else {k: last.get(k) for k in ("ok", "data_version", "ended", "message")},
-        "release": {
-            "desired": release.get("desired"),
-            "installed": release.get("installed"),
-            "last_install": release.get("last_install"),
-        },
-    }
+    """The presence znode's content, from what this agent's jobs know."""
+    presence = Presence.of(
+        facts, app, node, __version__, os.getpid(), socket.gethostname(), boot_id
+    )
+    return presence.to_doc()
 
 
 def encode(doc: dict[str, Any]) -> bytes:
@@ -249,6 +235,7 @@ class FleetReport:
         app: str,
         node: str,
         status: StatusStore,
+        facts: Callable[[], HostFacts],
         unpublished: Callable[[], list[OrderResult]],
         published: Callable[[str, str], None],
         health: Worker,
@@ -263,7 +250,9 @@ class FleetReport:
         self.root = root
         self.app = app
         self.node = node
-        self.status = status
+        self.status = status  # where this report's own problems are shown
+        # What the host's jobs know (typed, from the executor and the release job).
+        self.facts = facts
         # The executor's durable records of order results (apply.orders.OrderBook).
         self._unpublished = unpublished
         self._published = published
@@ -401,7 +390,7 @@ class FleetReport:
                 listener()
 
     def publish_presence(self) -> None:
-        doc = presence_doc(self.status.snapshot(), self.app, self.node, self.boot_id)
+        doc = presence_doc(self.facts(), self.app, self.node, self.boot_id)
         session = self.client.client_id[0] if self.client.client_id else None
         # Skipped only when this very session wrote these bytes and re-armed
         # its watch: after an expiry (a new session) it is written again.
@@ -429,7 +418,7 @@ class FleetReport:
     def publish_results(self) -> None:
         for result in self._unpublished():
             path = result_path(self.root, self.app, result.order, self.node)
-            data = encode(result.as_dict())
+            data = encode(result.to_doc())
             try:
                 self._call(self.client.set_async, path, data)
             except NoNodeError:

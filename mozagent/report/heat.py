@@ -11,9 +11,9 @@ removed, its record kept so that it never runs again.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from mozagent.apply.deployments import DeploymentLog
 from mozagent.desired.deployments import short
 from mozagent.report.signals import Outbox
 from mozagent.report.status import StatusStore
@@ -22,8 +22,18 @@ SHOWN = 50
 STUCK_ATTEMPTS = 3
 
 
+class Records(Protocol):
+    """The deployment records as this report reads them (the executor's
+    ``apply.deployments.DeploymentLog``): every record, and a hook it calls
+    when one changes."""
+
+    on_change: Callable[[], None]
+
+    def records(self) -> list[dict[str, Any]]: ...
+
+
 class HeatReport:
-    def __init__(self, status: StatusStore, log: DeploymentLog, outbox: Outbox) -> None:
+    def __init__(self, status: StatusStore, log: Records, outbox: Outbox) -> None:
         self.status = status
         self.log = log
         self.outbox = outbox

@@ -21,6 +21,8 @@ from typing import Any
 
 from mozagent import __version__
 from mozagent.desired.deployments import short
+from mozagent.desired.schema import SCHEMA_KEY
+from mozagent.desired.status import STATUS_SCHEMA, sanitize
 from mozagent.fileio import LOW_SPACE_BYTES, read_json, write_json
 from mozagent.report.health import HEARTBEAT_STALE
 
@@ -38,6 +40,7 @@ class StatusStore:
         self._path = path
         self._lock = threading.Lock()
         self._doc: dict[str, Any] = {
+            SCHEMA_KEY: STATUS_SCHEMA,
             "agent": {"version": __version__, "pid": os.getpid(), "started": time.time()},
             "zookeeper": {"state": "not configured"},
             "layers": {},
@@ -114,79 +117,6 @@ def _copy(doc: Any) -> Any:
     if isinstance(doc, list):
         return [_copy(v) for v in doc]
     return doc
-
-
-# The type each section must have; anything else in a status file (a hand
-# edit, a bug, a disk error) is dropped rather than trusted or crashed on.
-_SECTIONS: dict[str, type | tuple[type, ...]] = {
-    "agent": dict,
-    "zookeeper": dict,
-    "layers": dict,
-    "last_apply": dict,
-    "applying": dict,
-    "errors": dict,
-    "deployments": list,
-    "heat": dict,
-    "release": dict,
-    "orders": list,
-    "applied_data_version": int,
-    "app": str,
-    "node": str,
-    "puppet_ref": str,
-    "config_file": str,
-    "data_version": int,
-    "next_apply": (int, float),
-    "updated": (int, float),
-}
-
-
-def sanitize(doc: Any) -> dict[str, Any] | None:
-    """A status document whose every known section has the right type, or None.
-
-    Sections of the wrong type are dropped and reported as an error of the
-    status file itself: a damaged file must never read as a healthy host.
-    """
-    if not isinstance(doc, dict):
-        return None
-    out: dict[str, Any] = {}
-    damaged: list[str] = []
-    for key, value in doc.items():
-        kind = _SECTIONS.get(key)
-        if kind is None or value is None or isinstance(value, kind):
-            out[key] = value
-        else:
-            damaged.append(f"{key!r} is a {type(value).__name__}")
-    errors = out.get("errors") or {}
-    clean: dict[str, list[dict[str, str]]] = {}
-    for group, items in errors.items():
-        good = [e for e in items if _is_error(e)] if isinstance(items, list) else []
-        if good:
-            clean[group] = good
-        if not isinstance(items, list) or len(good) != len(items):
-            damaged.append(f"errors.{group} is not a list of errors")
-    if not isinstance(out.get("agent"), dict) or not out["agent"].get("pid"):
-        damaged.append("no agent section")
-    if damaged:
-        clean["status_file"] = [
-            {
-                "where": "status.json",
-                "message": f"the status file is damaged ({'; '.join(damaged)}); what it says "
-                "may be wrong until the agent rewrites it",
-            }
-        ]
-    out["errors"] = clean
-    for key in ("agent", "zookeeper", "layers"):
-        if not isinstance(out.get(key), dict):
-            out[key] = {}
-    return out
-
-
-def _is_error(item: Any) -> bool:
-    return (
-        isinstance(item, dict)
-        and isinstance(item.get("where"), str)
-        and isinstance(item.get("message"), str)
-    )
 
 
 def load_status(path: str) -> dict[str, Any] | None:
