@@ -92,6 +92,13 @@ def parse_zk_hosts(source: str, key: str, value: Any) -> str:
     return text
 
 
+def _absolute_path(source: str, key: str, value: Any) -> str:
+    text = _string(source, key, value)
+    if not os.path.isabs(text):
+        raise _fail(source, key, f"must be an absolute path, got {text!r}")
+    return text
+
+
 def _string_list(source: str, key: str, value: Any) -> tuple[str, ...]:
     """Accept a list or a single string: a one-element list is a common typo-free default."""
     if isinstance(value, str):
@@ -204,6 +211,9 @@ class ZooKeeperConfig:
     retry_initial: float = _setting(_positive, 0.5)
     retry_max: float = _setting(_positive, 30.0)
     resync_interval: float = _setting(_number, 600.0)
+    # A file holding this agent's digest identity, user:password (0600,
+    # owned by the agent's user: mozagent/zkauth.py). Never the password here.
+    credentials_file: str | None = _setting(_absolute_path, None)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from kazoo.exceptions import (
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry
 
+from mozagent.zkauth import Digest
+
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionLoss,
     ConnectionClosedError,
@@ -30,6 +32,7 @@ def make_client(
     session_timeout: float = 10.0,
     retry_max: float = 30.0,
     logger: logging.Logger | None = None,
+    identity: Digest | None = None,
 ) -> KazooClient:
     """Reconnect forever, with jittered exponential backoff capped at ``retry_max``.
 
@@ -37,7 +40,8 @@ def make_client(
     time after an outage; the cap is the operator's setting. An operator
     command passes its whole time budget as the cap (a longer wait would end
     after the command) and its own ``logger``, so that kazoo's lines look
-    like the command's (``logs.route_client_logs``).
+    like the command's (``logs.route_client_logs``). ``identity`` is sent
+    at every connection, a new session's too (``zkauth``).
     """
     retry = KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_jitter=0.4, max_delay=retry_max)
     return KazooClient(
@@ -45,6 +49,7 @@ def make_client(
         timeout=session_timeout,
         connection_retry=retry,
         logger=logger or logging.getLogger("kazoo.client"),
+        auth_data=identity.auth_data() if identity is not None else None,
     )
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import KazooException, NoNodeError
+from kazoo.exceptions import KazooException, NoAuthError, NoNodeError
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import ZnodeStat
 
@@ -35,6 +35,7 @@ from mozagent.cli.parser import (
 )
 from mozagent.config import DEFAULT_ROOT, ConfigError, config_path, parse_zk_hosts, parse_zk_root
 from mozagent.logs import route_client_logs
+from mozagent.zkauth import CREDENTIALS_ENV, Digest, read_credentials
 from mozagent.zkclient import CONNECTION_ERRORS, describe, make_client
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
@@ -145,6 +146,17 @@ def target_of(args: argparse.Namespace) -> tuple[str, str]:
     return hosts, root
 
 
+def identity_of(args: argparse.Namespace) -> Digest | None:
+    """The operator's ZooKeeper identity: the file ${CREDENTIALS_ENV} names,
+    else the config's ``zookeeper.credentials_file`` (a command run on a host
+    as the agent's user), else none. Only the path is ever an argument."""
+    path = os.environ.get(CREDENTIALS_ENV)
+    if not path:
+        cfg = config_of(args, required=False)
+        path = cfg.zookeeper.credentials_file if cfg and cfg.zookeeper else None
+    return read_credentials(path) if path else None
+
+
 def timeout_of(args: argparse.Namespace, wait: bool) -> float:
     timeout = getattr(args, "timeout", DEFAULT_WAIT_TIMEOUT if wait else DEFAULT_TIMEOUT)
     if not 0 < timeout < float("inf"):
@@ -162,10 +174,15 @@ def connected(
     """Run ``work`` on a ZooKeeper session, the whole of it bounded by ``timeout``;
     ``writes``: whether a cut-short command may have made its change."""
     hosts, root = target or target_of(args)
+    identity = identity_of(args)
     started = time.monotonic()
     # A reconnect delay longer than the whole command would end after it.
     client = make_client(
-        hosts, session_timeout=min(timeout, 10.0), retry_max=timeout, logger=route_client_logs()
+        hosts,
+        session_timeout=min(timeout, 10.0),
+        retry_max=timeout,
+        logger=route_client_logs(),
+        identity=identity,
     )
     session = Session(client, root, started, timeout, hosts=hosts)
     timed_out = reached = False
@@ -190,6 +207,13 @@ def connected(
         return fail(str(exc), exc.code)
     except CONNECTION_ERRORS as exc:
         return fail(describe(exc, hosts) + _what_was_written(session.written, writes), 1)
+    except NoAuthError:
+        who = f"digest user {identity.user!r}" if identity else f"no identity (${CREDENTIALS_ENV})"
+        return fail(
+            f"ZooKeeper at {hosts} refused the request (NoAuth): {who} lacks the permission "
+            "on a znode it needed" + _what_was_written(session.written, writes),
+            1,
+        )
     except KazooException as exc:
         return fail(f"ZooKeeper refused the request: {type(exc).__name__} {exc}".strip(), 1)
     finally:

@@ -29,6 +29,7 @@ from mozagent.render.snapshot import Snapshot
 from mozagent.report.status import StatusStore, when
 from mozagent.runtime import Worker
 from mozagent.sources.zkreader import ZooKeeperReader
+from mozagent.zkauth import read_credentials
 from mozagent.zkclient import CONNECTION_ERRORS, make_client
 
 log = structlog.get_logger("mozagent")
@@ -67,7 +68,10 @@ class ZooKeeperSource:
         self.health = health
         self.stopping = stopping
         self._wake = threading.Event()
-        client = make_client(self.z.hosts, self.z.session_timeout, self.z.retry_max)
+        identity = read_credentials(self.z.credentials_file) if self.z.credentials_file else None
+        client = make_client(
+            self.z.hosts, self.z.session_timeout, self.z.retry_max, identity=identity
+        )
         self.reader = ZooKeeperReader(
             client,
             layer_paths(self.z.root, cfg.app, cfg.node),
