@@ -214,6 +214,12 @@ class ZooKeeperConfig:
     # A file holding this agent's digest identity, user:password (0600,
     # owned by the agent's user: mozagent/zkauth.py). Never the password here.
     credentials_file: str | None = _setting(_absolute_path, None)
+    # TLS to ZooKeeper's secureClientPort (hosts name that port): the CA that
+    # signed the servers' certificates, and this client's certificate and key
+    # (its x509 identity). With tls_ca set there is no plain-text fallback.
+    tls_ca: str | None = _setting(_absolute_path, None)
+    tls_cert: str | None = _setting(_absolute_path, None)
+    tls_key: str | None = _setting(_absolute_path, None)
 
 
 @dataclass(frozen=True)
@@ -355,6 +361,14 @@ def _typed_section(source: str, raw: dict[str, Any], key: str, cls: type[T]) -> 
     return cls(**values)
 
 
+def _check_tls(source: str, z: ZooKeeperConfig) -> None:
+    if (z.tls_cert is None) != (z.tls_key is None):
+        given = "zookeeper.tls_cert" if z.tls_cert else "zookeeper.tls_key"
+        raise _fail(source, given, "needs both zookeeper.tls_cert and zookeeper.tls_key")
+    if z.tls_cert and not z.tls_ca:
+        raise _fail(source, "zookeeper.tls_cert", "needs zookeeper.tls_ca (the CA of the servers)")
+
+
 def parse_config(raw: Any, source: str = "<config>") -> Config:
     """Turn the parsed YAML into a Config, or raise ConfigError naming the bad key."""
     if raw is None:
@@ -383,6 +397,7 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
     zookeeper = None
     if raw.get("zookeeper") is not None:  # zookeeper: null is no ZooKeeper
         zookeeper = section("zookeeper", ZooKeeperConfig)
+        _check_tls(source, zookeeper)
         if app is None:
             raise _fail(source, "app", "is required when zookeeper is configured")
     hiera = section("hiera", HieraConfig)

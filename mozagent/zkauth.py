@@ -1,5 +1,6 @@
-"""Who the agent or an operator is to ZooKeeper: digest credentials, read
-from a file only its reader can read.
+"""Who the agent or an operator is to ZooKeeper, and how it talks to it:
+digest credentials read from a file only its reader can read, and TLS (the
+servers' CA, a client certificate whose subject is its x509 identity).
 
 The password never passes through the config (which is world-readable and
 shown in status), a command line (``ps`` shows it to every user) or an
@@ -22,6 +23,12 @@ from dataclasses import dataclass, field
 from mozagent.config import ConfigError
 
 CREDENTIALS_ENV = "MOZAGENT_ZOOKEEPER_CREDENTIALS"
+# The CLI's TLS files, as zookeeper.tls_ca/tls_cert/tls_key are the agent's.
+TLS_ENV = {
+    "ca": "MOZAGENT_ZOOKEEPER_TLS_CA",
+    "cert": "MOZAGENT_ZOOKEEPER_TLS_CERT",
+    "key": "MOZAGENT_ZOOKEEPER_TLS_KEY",
+}
 MAX_CREDENTIALS_BYTES = 4096
 
 
@@ -56,12 +63,13 @@ def parse_credentials(text: str, path: str) -> Digest:
     return Digest(user, password)
 
 
-def read_credentials(path: str) -> Digest:
-    """The digest identity in ``path``, after checking who else could read it."""
+def read_private(path: str, what: str, limit: int) -> bytes:
+    """The bytes of a secret file, after checking that nobody but its reader
+    can read or change it (a credentials file, a TLS key)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise CredentialsError(f"{path}: no such credentials file") from None
+        raise CredentialsError(f"{path}: no such {what}") from None
     except OSError as exc:
         if os.path.islink(path):
             raise CredentialsError(
@@ -83,13 +91,89 @@ def read_credentials(path: str) -> Digest:
                 f"{path}: mode {stat.S_IMODE(st.st_mode):04o} lets other users read or "
                 f"change it: chmod 600 {path}"
             )
-        data = fh.read(MAX_CREDENTIALS_BYTES + 1)
-    if len(data) > MAX_CREDENTIALS_BYTES:
-        raise CredentialsError(
-            f"{path}: is over {MAX_CREDENTIALS_BYTES} bytes: not a credentials file"
-        )
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise CredentialsError(f"{path}: is over {limit} bytes: not a {what}")
+    return data
+
+
+def read_credentials(path: str) -> Digest:
+    """The digest identity in ``path``, after checking who else could read it."""
+    data = read_private(path, "credentials file", MAX_CREDENTIALS_BYTES)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise CredentialsError(f"{path}: is not UTF-8 text") from None
     return parse_credentials(text, path)
+
+
+@dataclass(frozen=True)
+class Tls:
+    """TLS to ZooKeeper: always verified, host names included."""
+
+    ca: str
+    cert: str | None = None
+    key: str | None = None
+
+    def check(self) -> Tls:
+        """Refuse a key others can read, and files that are not there, before
+        connecting: kazoo would only retry for ever."""
+        for path, what in ((self.ca, "CA file"), (self.cert, "certificate file")):
+            if path is not None and not os.path.isfile(path):
+                raise CredentialsError(f"{path}: no such {what}")
+        if self.key is not None:
+            read_private(self.key, "TLS key file", 1 << 20)
+        return self
+
+    def client_args(self) -> dict[str, object]:
+        """kazoo's: ``check_hostname`` is off by default there; here it is on."""
+        return {
+            "use_ssl": True,
+            "ca": self.ca,
+            "certfile": self.cert,
+            "keyfile": self.key,
+            "verify_certs": True,
+            "check_hostname": True,
+        }
+
+
+# What OpenSSL says when the other end does not speak TLS at all.
+_NOT_TLS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "UNEXPECTED_EOF_WHILE_READING")
+
+
+def tls_problem(hosts: str, tls: Tls, timeout: float = 5.0) -> str | None:
+    """Why a TLS handshake with the first of ``hosts`` fails, in words, or None.
+
+    kazoo retries a failed handshake for ever and says nothing to its caller;
+    this one handshake, with the same CA, certificate and host name check, is
+    how a person learns it is a wrong CA, a certificate for another name, an
+    expired one, or a plain-text port.
+    """
+    import socket
+    import ssl
+
+    from kazoo.hosts import collect_hosts
+
+    (host, port), *_ = collect_hosts(hosts)[0]
+    context = ssl.create_default_context(cafile=tls.ca)
+    if tls.cert and tls.key:
+        context.load_cert_chain(tls.cert, tls.key)
+    try:
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=host) as conn,
+        ):
+            conn.do_handshake()
+    except ssl.SSLCertVerificationError as exc:
+        return f"TLS to {host}:{port}: the server's certificate was refused: {exc.verify_message}"
+    except ssl.SSLError as exc:
+        reason = exc.reason or str(exc)
+        if reason in _NOT_TLS:
+            return (
+                f"TLS to {host}:{port}: no TLS there ({reason}): is it ZooKeeper's "
+                "secureClientPort?"
+            )
+        return f"TLS to {host}:{port}: {reason}"
+    except OSError as exc:
+        return f"TLS to {host}:{port}: {exc.strerror or exc}"
+    return None

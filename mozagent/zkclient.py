@@ -16,7 +16,7 @@ from kazoo.exceptions import (
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry
 
-from mozagent.zkauth import Digest
+from mozagent.zkauth import Digest, Tls
 
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionLoss,
@@ -33,6 +33,7 @@ def make_client(
     retry_max: float = 30.0,
     logger: logging.Logger | None = None,
     identity: Digest | None = None,
+    tls: Tls | None = None,
 ) -> KazooClient:
     """Reconnect forever, with jittered exponential backoff capped at ``retry_max``.
 
@@ -41,7 +42,8 @@ def make_client(
     command passes its whole time budget as the cap (a longer wait would end
     after the command) and its own ``logger``, so that kazoo's lines look
     like the command's (``logs.route_client_logs``). ``identity`` is sent
-    at every connection, a new session's too (``zkauth``).
+    at every connection, a new session's too; with ``tls`` every connection
+    is TLS, verified, host names included: never plain text (``zkauth``).
     """
     retry = KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_jitter=0.4, max_delay=retry_max)
     return KazooClient(
@@ -50,6 +52,7 @@ def make_client(
         connection_retry=retry,
         logger=logger or logging.getLogger("kazoo.client"),
         auth_data=identity.auth_data() if identity is not None else None,
+        **(tls.client_args() if tls is not None else {}),
     )
 
 

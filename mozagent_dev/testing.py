@@ -20,6 +20,15 @@ from pathlib import Path
 from typing import Any
 
 ZK_JARS = ("/usr/share/java/zookeeper.jar", "/usr/share/java/slf4j-simple.jar")
+# What TLS needs besides: Debian's zookeeper.jar manifest lacks Netty's codec
+# (reference/zookeeper.md), and TLS is served by Netty only.
+NETTY_JARS = tuple(
+    f"/usr/share/java/netty-{part}.jar"
+    for part in (
+        "codec", "resolver", "handler", "transport", "buffer", "common",
+        "transport-native-epoll", "transport-native-unix-common",
+    )
+)  # fmt: skip
 
 
 def free_port() -> int:
@@ -57,9 +66,18 @@ class ZooKeeperServer:
     """Start with ``start()``, stop with ``stop()``; ``restart()`` keeps the data."""
 
     def __init__(
-        self, port: int | None = None, data_dir: str | None = None, tick_ms: int = 500
+        self,
+        port: int | None = None,
+        data_dir: str | None = None,
+        tick_ms: int = 500,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
+        """``tls``: (the server's certificate and key in one PEM, the CA its
+        clients' certificates must come from): a ``secureClientPort`` as well,
+        client certificates required, their subjects x509 identities."""
         self.port = port or free_port()
+        self.tls = tls
+        self.secure_port = free_port() if tls else None
         self._own_dir = data_dir is None
         self.dir = Path(data_dir or tempfile.mkdtemp(prefix="mozagent-zk-"))
         self.tick_ms = tick_ms
@@ -68,6 +86,24 @@ class ZooKeeperServer:
     @property
     def hosts(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def tls_hosts(self) -> str:
+        return f"127.0.0.1:{self.secure_port}"
+
+    def _tls_config(self) -> str:
+        if self.tls is None:
+            return ""
+        keystore, ca = self.tls
+        return (
+            f"secureClientPort={self.secure_port}\n"
+            "secureClientPortAddress=127.0.0.1\n"
+            "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory\n"
+            f"ssl.keyStore.location={keystore}\nssl.keyStore.type=PEM\n"
+            f"ssl.trustStore.location={ca}\nssl.trustStore.type=PEM\n"
+            "ssl.clientAuth=need\n"
+            "authProvider.x509=org.apache.zookeeper.server.auth.X509AuthenticationProvider\n"
+        )
 
     def _write_config(self) -> Path:
         (self.dir / "data").mkdir(parents=True, exist_ok=True)
@@ -79,7 +115,7 @@ class ZooKeeperServer:
             "clientPortAddress=127.0.0.1\n"
             "admin.enableServer=false\n"
             "maxClientCnxns=200\n"
-            "minSessionTimeout=1000\n"
+            "minSessionTimeout=1000\n" + self._tls_config()
         )
         return cfg
 
@@ -87,7 +123,8 @@ class ZooKeeperServer:
         if not zookeeper_available():
             raise RuntimeError("ZooKeeper is not installed: apt-get install zookeeper")
         cfg = self._write_config()
-        classpath = ":".join([str(self.dir), *[j for j in ZK_JARS if os.path.exists(j)]])
+        jars = ZK_JARS + (NETTY_JARS if self.tls else ())
+        classpath = ":".join([str(self.dir), *[j for j in jars if os.path.exists(j)]])
         with open(self.dir / "server.log", "ab") as log:
             self.proc = subprocess.Popen(
                 [
@@ -112,11 +149,21 @@ class ZooKeeperServer:
                 raise RuntimeError(
                     f"ZooKeeper exited with {self.proc.returncode}; see {self.dir / 'server.log'}"
                 )
-            if self._ruok():
+            if self._ruok() and self._secure_port_open():
                 return
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"ZooKeeper did not answer on {self.hosts} within {timeout:g} s")
+
+    def _secure_port_open(self) -> bool:
+        """Netty binds the TLS port after the plain one answers."""
+        if self.secure_port is None:
+            return True
+        try:
+            with socket.create_connection(("127.0.0.1", self.secure_port), timeout=1):
+                return True
+        except OSError:
+            return False
 
     def _ruok(self) -> bool:
         try:

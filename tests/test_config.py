@@ -59,6 +59,18 @@ def test_full_config_parses() -> None:
         ({"puppet": {"timeout": 0}}, "puppet.timeout: must be > 0"),
         ({"apply": {"retry_initial": 0}}, "apply.retry_initial: must be > 0"),
         (["list"], "the top level must be a mapping"),
+        (
+            {"app": "a", "zookeeper": {"hosts": "h:1", "credentials_file": "zk.cred"}},
+            "zookeeper.credentials_file: must be an absolute path",
+        ),
+        (
+            {"app": "a", "zookeeper": {"hosts": "h:1", "tls_ca": "/ca", "tls_cert": "/c"}},
+            "zookeeper.tls_cert: needs both zookeeper.tls_cert and zookeeper.tls_key",
+        ),
+        (
+            {"app": "a", "zookeeper": {"hosts": "h:1", "tls_cert": "/c", "tls_key": "/k"}},
+            "zookeeper.tls_cert: needs zookeeper.tls_ca",
+        ),
     ],
 )
 def test_bad_config_names_the_key(raw: object, message: str) -> None:

@@ -35,7 +35,14 @@ from mozagent.cli.parser import (
 )
 from mozagent.config import DEFAULT_ROOT, ConfigError, config_path, parse_zk_hosts, parse_zk_root
 from mozagent.logs import route_client_logs
-from mozagent.zkauth import CREDENTIALS_ENV, Digest, read_credentials
+from mozagent.zkauth import (
+    CREDENTIALS_ENV,
+    TLS_ENV,
+    Digest,
+    Tls,
+    read_credentials,
+    tls_problem,
+)
 from mozagent.zkclient import CONNECTION_ERRORS, describe, make_client
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
@@ -157,6 +164,29 @@ def identity_of(args: argparse.Namespace) -> Digest | None:
     return read_credentials(path) if path else None
 
 
+def tls_of(args: argparse.Namespace) -> Tls | None:
+    """The operator's TLS files: ${TLS_ENV['ca']} (and _CERT, _KEY), else the
+    config's ``zookeeper.tls_*``; a TLS setup is never dropped for plain text."""
+    ca, cert, key = (os.environ.get(TLS_ENV[k]) for k in ("ca", "cert", "key"))
+    if not ca:
+        cfg = config_of(args, required=False)
+        z = cfg.zookeeper if cfg else None
+        ca, cert, key = (z.tls_ca, z.tls_cert, z.tls_key) if z else (None, None, None)
+    elif (cert is None) != (key is None):
+        raise ConfigError(f"set both ${TLS_ENV['cert']} and ${TLS_ENV['key']}, or neither")
+    return Tls(ca, cert, key).check() if ca else None
+
+
+def _unreachable(hosts: str, timeout: float, tls: Tls | None) -> int:
+    """No session: with TLS, one handshake of our own says whether TLS is why."""
+    why = tls_problem(hosts, tls, timeout=2.0) if tls else None
+    return fail(
+        f"cannot connect to ZooKeeper at {hosts} within {timeout:g} s"
+        + (f" ({why})" if why else ""),
+        1,
+    )
+
+
 def timeout_of(args: argparse.Namespace, wait: bool) -> float:
     timeout = getattr(args, "timeout", DEFAULT_WAIT_TIMEOUT if wait else DEFAULT_TIMEOUT)
     if not 0 < timeout < float("inf"):
@@ -174,7 +204,7 @@ def connected(
     """Run ``work`` on a ZooKeeper session, the whole of it bounded by ``timeout``;
     ``writes``: whether a cut-short command may have made its change."""
     hosts, root = target or target_of(args)
-    identity = identity_of(args)
+    identity, tls = identity_of(args), tls_of(args)
     started = time.monotonic()
     # A reconnect delay longer than the whole command would end after it.
     client = make_client(
@@ -183,6 +213,7 @@ def connected(
         retry_max=timeout,
         logger=route_client_logs(),
         identity=identity,
+        tls=tls,
     )
     session = Session(client, root, started, timeout, hosts=hosts)
     timed_out = reached = False
@@ -191,13 +222,13 @@ def connected(
             try:
                 client.start(timeout=timeout)
             except KazooTimeoutError:
-                return fail(f"cannot connect to ZooKeeper at {hosts} within {timeout:g} s", 1)
+                return _unreachable(hosts, timeout, tls)
             reached = True
             return work(session)
     except _Deadline:
         timed_out = True
         if not reached:
-            return fail(f"cannot connect to ZooKeeper at {hosts} within {timeout:g} s", 1)
+            return _unreachable(hosts, timeout, tls)
         return fail(
             f"ZooKeeper at {hosts} did not answer within {timeout:g} s (--timeout)"
             + _what_was_written(session.written, writes),

@@ -29,7 +29,7 @@ from mozagent.render.snapshot import Snapshot
 from mozagent.report.status import StatusStore, when
 from mozagent.runtime import Worker
 from mozagent.sources.zkreader import ZooKeeperReader
-from mozagent.zkauth import read_credentials
+from mozagent.zkauth import Tls, read_credentials, tls_problem
 from mozagent.zkclient import CONNECTION_ERRORS, make_client
 
 log = structlog.get_logger("mozagent")
@@ -69,8 +69,12 @@ class ZooKeeperSource:
         self.stopping = stopping
         self._wake = threading.Event()
         identity = read_credentials(self.z.credentials_file) if self.z.credentials_file else None
+        self.tls = (
+            Tls(self.z.tls_ca, self.z.tls_cert, self.z.tls_key).check() if self.z.tls_ca else None
+        )
+        self._tls_seen: tuple[float, str | None] = (0.0, None)
         client = make_client(
-            self.z.hosts, self.z.session_timeout, self.z.retry_max, identity=identity
+            self.z.hosts, self.z.session_timeout, self.z.retry_max, identity=identity, tls=self.tls
         )
         self.reader = ZooKeeperReader(
             client,
@@ -115,7 +119,7 @@ class ZooKeeperSource:
                     "where": "zookeeper",
                     "message": f"{conn.state}: no connection to {hosts} since "
                     f"{when(conn.since)}; retrying, and the rendered files keep the last "
-                    "good data",
+                    "good data" + self._tls_why(now),
                 }
             )
         elif conn.state == "connected" and self.reader.silent_since(now, self._stale_after()):
@@ -128,6 +132,17 @@ class ZooKeeperSource:
                 }
             )
         self.status.set_errors("zookeeper", errors)
+
+    def _tls_why(self, now: float) -> str:
+        """Why TLS fails, if it is TLS that fails: one handshake of our own
+        every 30 s at most while there is no connection (kazoo says nothing)."""
+        if self.tls is None:
+            return ""
+        checked, why = self._tls_seen
+        if now - checked > 30:
+            why = tls_problem(self.z.hosts, self.tls, timeout=2.0)
+            self._tls_seen = (now, why)
+        return f" ({why})" if why else ""
 
     def _stale_after(self) -> float:
         """How long a connected session may go without a successful read."""
@@ -217,7 +232,7 @@ class ZooKeeperSource:
         if not synced:
             self.reader.connection.state = "unreachable"
             self.status.update(zookeeper=self.reader.connection.as_dict(z.hosts))
-            message = f"{why}; applied the last good data"
+            message = f"{why}; applied the last good data" + self._tls_why(time.time())
             self.status.set_errors("zookeeper", [{"where": "zookeeper", "message": message}])
 
     def close(self) -> None:
