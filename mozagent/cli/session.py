@@ -168,6 +168,8 @@ def tls_of(args: argparse.Namespace) -> Tls | None:
     """The operator's TLS files: ${TLS_ENV['ca']} (and _CERT, _KEY), else the
     config's ``zookeeper.tls_*``; a TLS setup is never dropped for plain text."""
     ca, cert, key = (os.environ.get(TLS_ENV[k]) for k in ("ca", "cert", "key"))
+    if not ca and (cert or key):
+        raise ConfigError(f"${TLS_ENV['cert']} and ${TLS_ENV['key']} need ${TLS_ENV['ca']}")
     if not ca:
         cfg = config_of(args, required=False)
         z = cfg.zookeeper if cfg else None
