@@ -17,6 +17,7 @@ Digest credentials travel in clear text unless the connection is TLS
 from __future__ import annotations
 
 import os
+import ssl
 import stat
 from dataclasses import dataclass, field
 
@@ -139,6 +140,28 @@ class Tls:
 
 # What OpenSSL says when the other end does not speak TLS at all.
 _NOT_TLS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "UNEXPECTED_EOF_WHILE_READING")
+
+
+_SHORT = {
+    "commonName": "CN",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "countryName": "C",
+    "localityName": "L",
+    "stateOrProvinceName": "ST",
+}
+
+
+def subject_of(cert: str) -> str:
+    """A certificate's subject as ZooKeeper's X509 provider names it
+    (``CN=web1,O=…``, most specific first), or the file's name if unreadable."""
+    try:
+        decoded = ssl._ssl._test_decode_cert(cert)  # type: ignore[attr-defined]
+    except (OSError, ssl.SSLError, AttributeError, ValueError):
+        return f"(the certificate {cert})"
+    rdns = reversed(decoded.get("subject", ()))
+    names = [f"{_SHORT.get(k, k)}={v}" for rdn in rdns for k, v in rdn]
+    return ",".join(names) or f"(the certificate {cert})"
 
 
 def tls_problem(hosts: str, tls: Tls, timeout: float = 5.0) -> str | None:

@@ -18,6 +18,7 @@ import yaml
 from kazoo.client import KazooClient
 
 from mozagent_dev.testing import ZooKeeperServer, text_of, wait_until, zookeeper_available
+from tests.roles import Fleet
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -198,3 +199,17 @@ def sandbox(
     box = Sandbox(tmp_path, zk_server.hosts, zk_root)
     yield box
     box.stop_daemons()
+
+
+@pytest.fixture
+def fleet(
+    zk_server: ZooKeeperServer,
+    zk_root: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Fleet]:
+    f = Fleet(zk_server, zk_root, tmp_path)
+    f.capsys, f.monkeypatch = capsys, monkeypatch
+    yield f
+    f.close()

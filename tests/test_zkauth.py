@@ -105,7 +105,9 @@ def test_the_cli_reads_what_its_identity_may_and_nothing_without_one(
     assert main(argv) == 1
     out, err = capsys.readouterr()
     assert "hello from acl" not in out
-    assert "refused the request (NoAuth): no identity ($MOZAGENT_ZOOKEEPER_CREDENTIALS)" in err
+    assert f"ZooKeeper refused to read {protected}: a client with no identity lacks" in err
+    assert f"the read (r) permission on {protected}" in err
+    assert "(name one with $MOZAGENT_ZOOKEEPER_CREDENTIALS)" in err
     monkeypatch.setenv(CREDENTIALS_ENV, str(credentials(tmp_path / "cli.cred")))
     assert main(argv) == 0
     out, err = capsys.readouterr()

@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import structlog
+
 from mozagent.apply.process import ChildApplier, ChildExit, ChildRunner
 from mozagent.apply.runas import RunAs
 from mozagent.apply.script import base_env
@@ -44,6 +46,8 @@ from mozagent.desired.orders import (
     targets,
 )
 from mozagent.fileio import read_json_object, write_json
+
+log = structlog.get_logger("mozagent")
 
 INTERRUPTED = "interrupted: the agent stopped while it ran; not run again"
 DAMAGED = "the local record of this order was damaged; it is not run again"
@@ -303,6 +307,9 @@ class OrderRunner(ChildApplier):
             return None
         if why_old is not None:
             return self.expire(order, why_old)
+        # Whose change this host acts on (the CLI writes its ZooKeeper
+        # identity and OS user into ``by``; `mozagent audit` has the why).
+        log.info("order_accepted", order=name, command=order.command, by=order.by)
         return self.run(order, release_dir)
 
     def _final(self, result: OrderResult, created: float | None = None) -> OrderResult:

@@ -39,6 +39,14 @@ def _command(name: str) -> Command:
         from mozagent.cli import data
 
         return data.cmd_data
+    if name == "acl":
+        from mozagent.cli import acl
+
+        return acl.cmd_acl
+    if name == "audit":
+        from mozagent.cli import audit
+
+        return audit.cmd_audit
     from mozagent.cli import fleet
 
     return {

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 import yaml
-from kazoo.client import KazooClient
-from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
+from kazoo.client import TransactionRequest
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, RolledBackError
 
+from mozagent.cli.audit import Note
 from mozagent.cli.fleet import layer_version, wait_for_data
 from mozagent.cli.parser import DATA_ARITY, Usage, check_word, fail
 from mozagent.cli.session import (
@@ -36,6 +37,7 @@ from mozagent.cli.session import (
     target_of,
     timeout_of,
 )
+from mozagent.desired.audit import Change, shown_value
 from mozagent.desired.keys import (
     MAX_VALUE_BYTES,
     InvalidValue,
@@ -46,7 +48,9 @@ from mozagent.desired.keys import (
     parse_yaml_text,
 )
 from mozagent.desired.layers import layer_paths
+from mozagent.zkacl import PolicyClient, first_refusal
 
+SET_ATTEMPTS = 3  # a set races only with other writers of the same key
 # ZooKeeper refuses a request over jute.maxbuffer (1 MiB by default); keep margin.
 MAX_TRANSACTION_BYTES = 1_000_000
 
@@ -99,20 +103,22 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     def work(session: Session) -> int:
         client = session.client
+        reason = getattr(args, "reason", None)
+        note = Note.of(session, reason, ref.app, ref.node) if changes else Note.none(session)
         if cmd == "set":
-            code = set_key(client, ref, words["KEY"], value, args.dry_run)
+            code = set_key(client, ref, words["KEY"], value, args.dry_run, note)
         elif cmd == "get":
             return get_key(client, ref, words["KEY"])
         elif cmd == "delete" and whole_layer:
-            return delete_layer(client, ref)
+            return delete_layer(client, ref, note)
         elif cmd == "delete":
-            code = delete_key(client, ref, words["KEY"])
+            code = delete_key(client, ref, words["KEY"], note)
         elif cmd == "list":
             return list_keys(client, ref)
         elif cmd == "export":
             return export_layer(client, ref)
         else:
-            code = import_layer(client, ref, words["FILE"], args.dry_run)
+            code = import_layer(client, ref, words["FILE"], args.dry_run, note)
         if not wait or code != EXIT_OK:
             return code
         session.written = True
@@ -130,6 +136,32 @@ class LayerRef:
 
     path: str
     label: str
+    app: str | None = None
+    node: str | None = None
+
+
+def key_change(key: str, before: bytes | None, after: bytes | None) -> Change:
+    """A key's change as the audit entry keeps it (secrets masked, bounded)."""
+
+    def text(raw: bytes | None) -> str | None:
+        return None if raw is None else raw.decode("utf-8", "replace").rstrip("\n")
+
+    return Change(key, shown_value(key, text(before)), shown_value(key, text(after)))
+
+
+def _committed(txn: TransactionRequest, doing: str) -> bool:
+    """Whether the change and its audit entry went in together; False when the
+    znode changed meanwhile (a retry may do); any other failure is said."""
+    results = txn.commit()
+    failures = [r for r in results if isinstance(r, Exception)]
+    if not failures:
+        return True
+    if (refused := first_refusal(failures)) is not None:
+        raise CommandError(f"{refused}; nothing written")
+    if any(isinstance(r, BadVersionError | NodeExistsError | NoNodeError) for r in failures):
+        return False
+    first = next((r for r in failures if not isinstance(r, RolledBackError)), failures[0])
+    raise CommandError(f"{doing} failed: {type(first).__name__}; nothing written")
 
 
 def layer_ref(root: str, app: str | None, node: str | None, is_global: bool) -> LayerRef:
@@ -143,8 +175,10 @@ def layer_ref(root: str, app: str | None, node: str | None, is_global: bool) -> 
         check_name("app", app)
         if node:
             check_name("node", node)
-            return LayerRef(layer_paths(root, app, node)["node"], f"node {node} of app {app}")
-        return LayerRef(layer_paths(root, app, "_")["app"], f"app {app}")
+            return LayerRef(
+                layer_paths(root, app, node)["node"], f"node {node} of app {app}", app, node
+            )
+        return LayerRef(layer_paths(root, app, "_")["app"], f"app {app}", app)
     except InvalidValue as exc:
         raise CommandError(str(exc), EXIT_INVALID) from None
 
@@ -200,7 +234,7 @@ class LayerContent:
         return good, bad
 
 
-def read_layer(client: KazooClient, ref: LayerRef) -> LayerContent:
+def read_layer(client: PolicyClient, ref: LayerRef) -> LayerContent:
     try:
         children, stat = client.retry(client.get_children, ref.path, include_data=True)
     except NoNodeError:
@@ -216,7 +250,7 @@ def read_layer(client: KazooClient, ref: LayerRef) -> LayerContent:
     return LayerContent(True, stat.version, raw)
 
 
-def existing_layer(client: KazooClient, ref: LayerRef) -> LayerContent:
+def existing_layer(client: PolicyClient, ref: LayerRef) -> LayerContent:
     content = read_layer(client, ref)
     if not content.exists:
         raise CommandError(f"the {ref.label} does not exist ({ref.path})")
@@ -249,11 +283,12 @@ def _shown(content: LayerContent) -> dict[str, Any]:
 
 
 def set_key(
-    client: KazooClient,
+    client: PolicyClient,
     ref: LayerRef,
     key: str,
     value: Any,
     dry_run: bool,
+    note: Note,
     out: TextIO | None = None,
 ) -> int:
     out = out or sys.stdout
@@ -268,15 +303,27 @@ def set_key(
         text = diff_text(old, new, f"zookeeper:{ref.path}", f"zookeeper:{ref.path} (after set)")
         out.write(text or f"no change: {key} already has that value in the {ref.label}\n")
         return EXIT_OK
-    try:
-        client.retry(client.create, path, data, makepath=True)
-    except NodeExistsError:
-        client.retry(client.set, path, data)
+    for _ in range(SET_ATTEMPTS):
+        try:
+            before, stat = client.retry(client.get, path)
+        except NoNodeError:
+            before, stat = None, None
+        txn = client.transaction()
+        if stat is None:
+            client.retry(client.ensure_path, ref.path)
+            txn.create(path, data)
+        else:
+            txn.set_data(path, data, version=stat.version)
+        note.add(txn, "data.set", path, [key_change(key, before, data)])
+        if _committed(txn, f"setting {key} in the {ref.label}"):
+            break
+    else:
+        raise CommandError(f"{path} kept changing while it was set; nothing written, run again")
     out.write(f"set {key} in the {ref.label}\n")
     return EXIT_OK
 
 
-def get_key(client: KazooClient, ref: LayerRef, key: str, out: TextIO | None = None) -> int:
+def get_key(client: PolicyClient, ref: LayerRef, key: str, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     _check_key(key)
     try:
@@ -299,28 +346,45 @@ def format_value(value: Any) -> str:
     return text[: -len("...\n")] if text.endswith("\n...\n") else text
 
 
-def delete_key(client: KazooClient, ref: LayerRef, key: str, out: TextIO | None = None) -> int:
+def delete_key(
+    client: PolicyClient, ref: LayerRef, key: str, note: Note, out: TextIO | None = None
+) -> int:
     out = out or sys.stdout
     _check_key(key)
+    path = f"{ref.path}/{key}"
     try:
-        client.retry(client.delete, f"{ref.path}/{key}")
+        before, stat = client.retry(client.get, path)
     except NoNodeError:
         raise CommandError(f"{key}: no such key in the {ref.label} ({ref.path})") from None
-    except NotEmptyError:
-        raise CommandError(f"{ref.path}/{key} has children: it is not a key znode") from None
+    if stat.numChildren:
+        raise CommandError(f"{path} has children: it is not a key znode")
+    txn = client.transaction()
+    txn.delete(path, version=stat.version)
+    note.add(txn, "data.delete", path, [key_change(key, before, None)])
+    if not _committed(txn, f"deleting {key} from the {ref.label}"):
+        raise CommandError(f"{path} changed while it was deleted; nothing deleted, run again")
     out.write(f"deleted {key} from the {ref.label}\n")
     return EXIT_OK
 
 
-def delete_layer(client: KazooClient, ref: LayerRef, out: TextIO | None = None) -> int:
+def delete_layer(client: PolicyClient, ref: LayerRef, note: Note, out: TextIO | None = None) -> int:
     """Delete a layer and its keys in one transaction: hosts see it whole or empty."""
     out = out or sys.stdout
     content = existing_layer(client, ref)
     txn = client.transaction()
     for name, (_, version) in sorted(content.raw.items()):
         txn.delete(f"{ref.path}/{name}", version=version)
-    txn.delete(ref.path, version=content.version)
+    if client.policy is None:
+        txn.delete(ref.path, version=content.version)
+    else:
+        # Under a policy the layer znode is part of the tree `mozagent acl`
+        # made, with its ACL: it stays, emptied.
+        txn.set_data(ref.path, b"", version=content.version)
+    changes = [key_change(name, data, None) for name, (data, _) in sorted(content.raw.items())]
+    note.add(txn, "data.delete", ref.path, changes)
     failures = [r for r in txn.commit() if isinstance(r, Exception)]
+    if (refused := first_refusal(failures)) is not None:
+        raise CommandError(f"{refused}; nothing was deleted")
     if failures:
         raise CommandError(
             f"deleting the {ref.label} failed: it changed meanwhile or has nested znodes "
@@ -331,7 +395,7 @@ def delete_layer(client: KazooClient, ref: LayerRef, out: TextIO | None = None) 
 
 
 def list_keys(
-    client: KazooClient, ref: LayerRef, out: TextIO | None = None, err: TextIO | None = None
+    client: PolicyClient, ref: LayerRef, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     content = existing_layer(client, ref)
@@ -345,7 +409,7 @@ def list_keys(
 
 
 def export_layer(
-    client: KazooClient, ref: LayerRef, out: TextIO | None = None, err: TextIO | None = None
+    client: PolicyClient, ref: LayerRef, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     good, bad = existing_layer(client, ref).values()
@@ -410,7 +474,12 @@ def same_value(data: bytes, value: Any) -> bool:
 
 
 def import_layer(
-    client: KazooClient, ref: LayerRef, path: str, dry_run: bool, out: TextIO | None = None
+    client: PolicyClient,
+    ref: LayerRef,
+    path: str,
+    dry_run: bool,
+    note: Note,
+    out: TextIO | None = None,
 ) -> int:
     out = out or sys.stdout
     desired = load_import_file(path)
@@ -439,8 +508,16 @@ def import_layer(
             txn.check(f"{ref.path}/{name}", version)
     for name in sorted(set(encoded) - set(current.raw)):
         txn.create(f"{ref.path}/{name}", encoded[name])
+    changes = [
+        key_change(name, current.raw[name][0] if name in current.raw else None, encoded.get(name))
+        for name in sorted(set(encoded) | set(current.raw))
+        if name not in current.raw or name not in encoded or current.raw[name][0] != encoded[name]
+    ]
+    note.add(txn, "data.import", ref.path, changes)
     results = txn.commit()
     failures = [r for r in results if isinstance(r, Exception)]
+    if (refused := first_refusal(failures)) is not None:
+        raise CommandError(f"{refused}; nothing written")
     if failures:
         first = next((r for r in failures if type(r).__name__ != "RolledBackError"), failures[0])
         why = (

@@ -29,8 +29,10 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TextIO
 
+from kazoo.client import TransactionRequest
 from kazoo.exceptions import (
     BadVersionError,
     ConnectionLoss,
@@ -41,6 +43,7 @@ from kazoo.exceptions import (
 from kazoo.protocol.states import ZnodeStat
 
 from mozagent.cli import fleetviews as views
+from mozagent.cli.audit import Note
 from mozagent.cli.parser import Usage, check_word
 from mozagent.cli.session import (
     EXIT_FAILED,
@@ -55,6 +58,7 @@ from mozagent.cli.session import (
 )
 from mozagent.desired import convergence as cv
 from mozagent.desired import fleet
+from mozagent.desired.audit import Change
 from mozagent.desired.fleet import DesiredRelease
 from mozagent.desired.keys import InvalidValue, check_name, encode_value
 from mozagent.desired.layers import layer_paths
@@ -75,6 +79,7 @@ from mozagent.desired.release import (
     display_source,
     parse_release,
 )
+from mozagent.zkacl import first_refusal
 
 EXIT_NOTHING = 3  # no live host to show or to wait for; no such order
 EXIT_IN_PROGRESS = 4  # order status without --wait: some hosts have not finished
@@ -139,13 +144,16 @@ def read_release(session: Session, path: str) -> tuple[DesiredRelease | None, Zn
     return DesiredRelease(path, stat.mzxid, release), stat
 
 
-def identity() -> str:
-    """Who wrote a release or an order, for the record: user@host."""
+def identity(session: Session | None = None) -> str:
+    """Who wrote a release or an order, for the record: user@host, after the
+    ZooKeeper identity (``digest:bob bob@laptop``) when the session has one."""
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = "unknown"
-    return f"{user}@{socket.gethostname()}"[:MAX_BY_CHARS]
+    zk = session.client.identity_name if session is not None else "anonymous"
+    who = f"{user}@{socket.gethostname()}"
+    return (who if zk == "anonymous" else f"{zk} {who}")[:MAX_BY_CHARS]
 
 
 # --- fleet -------------------------------------------------------------------------------------
@@ -331,7 +339,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     timeout = timeout_of(args, wait)
 
     def work(session: Session) -> int:
-        return deploy(session, app, ref, args.source, args.install_script, args.node, wait)
+        note = Note.of(session, getattr(args, "reason", None), app, args.node)
+        return deploy(session, app, ref, args.source, args.install_script, args.node, wait, note)
 
     return connected(args, timeout, True, work)
 
@@ -344,6 +353,7 @@ def deploy(
     install_script: str | None,
     node: str | None,
     wait: bool,
+    note: Note,
     out: TextIO | None = None,
 ) -> int:
     """Compare-and-set on the release znode: two operators deploying at once
@@ -371,11 +381,19 @@ def deploy(
         )
     try:
         release = Release(
-            ref, source, install_script or DEFAULT_INSTALL_SCRIPT, identity(), time.time()
+            ref, source, install_script or DEFAULT_INSTALL_SCRIPT, identity(session), time.time()
         )
     except InvalidRelease as exc:
         raise CommandError(str(exc), EXIT_INVALID) from None
-    written = write_release(session, path, encode_value(release.to_doc()), stat)
+    change = Change(
+        "release",
+        _release_words(current.release) if current is not None else None,
+        _release_words(release),
+    )
+    note_it = partial(
+        note.add, action="canary" if node else "deploy", target=path, changes=[change]
+    )
+    written = write_release(session, path, encode_value(release.to_doc()), stat, note_it)
     session.written = True
     what = f"node {node} of app {app}" if node else f"app {app}"
     print(
@@ -389,18 +407,45 @@ def deploy(
     return _wait_for_release(session, app, node, DesiredRelease(path, written.mzxid, release), out)
 
 
-def write_release(session: Session, path: str, data: bytes, stat: ZnodeStat | None) -> ZnodeStat:
+def _release_words(release: Release | None) -> str:
+    if release is None:
+        return "(unreadable)"
+    return f"{release.ref} from {display_source(release.source)}"
+
+
+def write_release(
+    session: Session,
+    path: str,
+    data: bytes,
+    stat: ZnodeStat | None,
+    note_it: Callable[[TransactionRequest], None],
+) -> ZnodeStat:
+    """The release and its audit entry, in one transaction."""
     client = session.client
-    try:
-        if stat is None:
-            return client.create(path, data, makepath=True, include_data=True)[1]
-        return client.set(path, data, version=stat.version)
-    except (BadVersionError, NodeExistsError, NoNodeError):
+    txn = client.transaction()
+    if stat is None:
+        client.ensure_path(path.rsplit("/", 1)[0])
+        txn.create(path, data)
+    else:
+        txn.set_data(path, data, version=stat.version)
+    note_it(txn)
+    results = txn.commit()
+    if (refused := first_refusal(results)) is not None:
+        raise CommandError(f"{refused}; nothing written", EXIT_FAILED)
+    if any(isinstance(r, BadVersionError | NodeExistsError | NoNodeError) for r in results):
         raise CommandError(
             f"someone else changed the release meanwhile ({path}); nothing written: "
             "look at it (`mozagent fleet`) and deploy again",
             EXIT_FAILED,
-        ) from None
+        )
+    failed = [r for r in results if isinstance(r, Exception)]
+    if failed:
+        raise CommandError(
+            f"writing the release failed ({type(failed[0]).__name__}); nothing written"
+        )
+    written = results[0] if isinstance(results[0], ZnodeStat) else client.exists(path)
+    assert written is not None
+    return written
 
 
 def _wait_for_release(
@@ -465,7 +510,8 @@ def cmd_order(args: argparse.Namespace) -> int:
     command = check_word("order command", words[0])
 
     def create(session: Session) -> int:
-        return push_order(session, app, command, nodes, wait, args.json)
+        note = Note.of(session, getattr(args, "reason", None), app, None)
+        return push_order(session, app, command, nodes, wait, args.json, note)
 
     return connected(args, timeout, True, create)
 
@@ -477,13 +523,14 @@ def push_order(
     nodes: list[str] | None,
     wait: bool,
     as_json: bool,
+    note: Note,
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     client = session.client
     base = fleet.orders_path(session.root, app)
-    doc = order_doc(command, identity(), time.time(), nodes)
+    doc = order_doc(command, identity(session), time.time(), nodes)
     live = live_only(read_presences(session, app))
     missing = sorted(set(nodes or ()) - set(live))
     if wait and (missing or not live):
@@ -496,7 +543,18 @@ def push_order(
             EXIT_NOTHING,
         )
     client.ensure_path(base)
-    path = client.create(f"{base}/{fleet.ORDER_PREFIX}", json.dumps(doc).encode(), sequence=True)
+    txn = client.transaction()
+    txn.create(f"{base}/{fleet.ORDER_PREFIX}", json.dumps(doc).encode(), sequence=True)
+    on = ", ".join(nodes) if nodes else "every host"
+    note.add(txn, "order", base, [Change("order", None, f"{command} on {on}")])
+    results = txn.commit()
+    if (refused := first_refusal(results)) is not None:
+        raise CommandError(f"{refused}; nothing written", EXIT_FAILED)
+    if isinstance(results[0], Exception):
+        raise CommandError(
+            f"creating the order failed ({type(results[0]).__name__}); nothing written"
+        )
+    path = results[0]
     session.written = True
     name = path.rsplit("/", 1)[1]
     # With --json the name is in the document: stdout stays one JSON value.

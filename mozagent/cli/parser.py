@@ -28,6 +28,19 @@ EPILOG_APPLY = """exit codes: 0 the run succeeded; 1 it failed; 2 bad usage or c
 EPILOG_FLEET = """exit codes: 0 every live host converged; 1 some host lags, failed or
 is unreadable (or ZooKeeper unreachable / not answering); 2 bad usage or config;
 3 no live hosts"""
+EPILOG_ACL = """A policy file (YAML) names identities per role:
+
+  admins: ["digest:root:HASH"]
+  apps:
+    shop:
+      deployers: ["digest:alice:HASH"]
+      operators: ["digest:bob:HASH", "x509:CN=ops1"]
+      agents: ["x509:CN=shop-agent"]
+
+`mozagent acl id CREDENTIALS_FILE` prints a digest identity; `acl table`
+what each role may do. apply must run as one of the policy's admins.
+"""
+
 EPILOG_WAIT = """--wait follows the hosts until each one is done or failed, one line per
 host as it finishes; --timeout bounds the whole command, the wait included
 (default 300 s with --wait, else 30 s).
@@ -85,6 +98,12 @@ def _options(*names: str) -> argparse.ArgumentParser:
             f"(seconds, default {DEFAULT_TIMEOUT:g}; {DEFAULT_WAIT_TIMEOUT:g} with --wait)",
         )
     if "wait" in names:
+        # Every command that waits is one that changes something: it says why.
+        p.add_argument(
+            "--reason",
+            default=S,
+            help="why, for the audit trail (`mozagent audit`); the policy can require it",
+        )
         p.add_argument(
             "--wait",
             action="store_true",
@@ -136,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     _local_parsers(sub, config)
     _data_parsers(sub)
     _fleet_parsers(sub)
+    _security_parsers(sub)
     return parser
 
 
@@ -253,6 +273,41 @@ def _fleet_parsers(sub: Any) -> None:
         help="only this node (repeat for several; default: every live host)",
     )
     p.add_argument("--json", action="store_true", help="order status as JSON")
+
+
+ACL_HELP = {
+    "apply": "store a policy and make every znode's ACL its: apply FILE [--dry-run]",
+    "check": "list every znode whose ACL is not the policy's (exit 1): check [FILE]",
+    "id": "print the identity a credentials file gives, for the policy: id FILE",
+    "table": "print who may read, write, create and delete what",
+}
+
+
+def _security_parsers(sub: Any) -> None:
+    target = _options("config", "zookeeper")
+    acl = sub.add_parser(
+        "acl",
+        help="who may change what: apply and check the ACL policy",
+        epilog=EPILOG_ACL,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[target],
+    )
+    acl_sub = acl.add_subparsers(dest="acl_command", metavar="ACTION", required=True)
+    for name, help_text in ACL_HELP.items():
+        p = acl_sub.add_parser(name, help=help_text, description=help_text, parents=[target])
+        p.add_argument("words", nargs="*", metavar="ARG")
+        if name == "apply":
+            p.add_argument("--dry-run", action="store_true", help="say what would change")
+    p = sub.add_parser(
+        "audit",
+        help="who changed what, when and why: audit [APP] (no APP: the global layer)",
+        description="The audit trail of APP (deploys, canaries, orders, data changes), "
+        "oldest first; without APP, the global layer's.",
+        parents=[target],
+    )
+    p.add_argument("words", nargs="*", metavar="APP")
+    p.add_argument("--since", help="only entries since: 30m, 12h, 7d, or a date (UTC)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:

@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException, NoAuthError, NoNodeError
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import ZnodeStat
@@ -34,7 +33,9 @@ from mozagent.cli.parser import (
     fail,
 )
 from mozagent.config import DEFAULT_ROOT, ConfigError, config_path, parse_zk_hosts, parse_zk_root
+from mozagent.desired.acl import InvalidPolicy
 from mozagent.logs import route_client_logs
+from mozagent.zkacl import PolicyClient, Refused
 from mozagent.zkauth import (
     CREDENTIALS_ENV,
     TLS_ENV,
@@ -74,7 +75,7 @@ class Session:
     """One command's connection and time budget. ``written`` tells the
     timeout message whether the change was made before ZooKeeper stalled."""
 
-    client: KazooClient
+    client: PolicyClient
     root: str
     started: float  # time.monotonic() when the command started
     timeout: float
@@ -216,6 +217,7 @@ def connected(
         logger=route_client_logs(),
         identity=identity,
         tls=tls,
+        root=root,
     )
     session = Session(client, root, started, timeout, hosts=hosts)
     timed_out = reached = False
@@ -226,6 +228,7 @@ def connected(
             except KazooTimeoutError:
                 return _unreachable(hosts, timeout, tls)
             reached = True
+            client.load_policy()
             return work(session)
     except _Deadline:
         timed_out = True
@@ -240,13 +243,20 @@ def connected(
         return fail(str(exc), exc.code)
     except CONNECTION_ERRORS as exc:
         return fail(describe(exc, hosts) + _what_was_written(session.written, writes), 1)
-    except NoAuthError:
-        who = f"digest user {identity.user!r}" if identity else f"no identity (${CREDENTIALS_ENV})"
+    except Refused as exc:
+        hint = "" if identity or tls else f" (name one with ${CREDENTIALS_ENV})"
+        # A refused request changed nothing; writes are one request or one transaction.
+        done = _what_was_written(True, writes) if session.written else ""
+        done = done or ("; nothing was changed" if writes else "")
+        return fail(f"{exc}{hint}{done}", 1)
+    except NoAuthError:  # kazoo's own requests (its session's): no znode to name
         return fail(
-            f"ZooKeeper at {hosts} refused the request (NoAuth): {who} lacks the permission "
-            "on a znode it needed" + _what_was_written(session.written, writes),
+            f"ZooKeeper at {hosts} refused a request (NoAuth) from {client.who}"
+            + _what_was_written(session.written, writes),
             1,
         )
+    except InvalidPolicy as exc:
+        return fail(f"the ACL policy in ZooKeeper cannot be used: {exc}; nothing written", 1)
     except KazooException as exc:
         return fail(f"ZooKeeper refused the request: {type(exc).__name__} {exc}".strip(), 1)
     finally:

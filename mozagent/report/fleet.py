@@ -48,18 +48,20 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import structlog
-from kazoo.client import KazooClient, KazooState
+from kazoo.client import KazooState
 from kazoo.exceptions import NodeExistsError, NoNodeError
 from kazoo.protocol.states import EventType, WatchedEvent, ZnodeStat
 
 from mozagent import __version__
 from mozagent.desired.fleet import host_path, result_path
+from mozagent.desired.keys import InvalidValue
 from mozagent.desired.orders import OrderResult
 from mozagent.desired.presence import HostFacts, Presence
 from mozagent.desired.schema import clean
 from mozagent.fileio import read_json_object, write_json
 from mozagent.report.status import StatusStore
 from mozagent.runtime import Worker, run_woken
+from mozagent.zkacl import PolicyClient, Refused
 from mozagent.zkclient import CONNECTION_ERRORS, describe
 
 log = structlog.get_logger("mozagent")
@@ -68,6 +70,7 @@ log = structlog.get_logger("mozagent")
 # tests (a second agent whose file says another boot plays a clone of a host)
 # and for a sandbox whose /proc has none.
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
+REFUSED_RETRY = 5.0  # s before a refused write is tried again (a fixed policy, a new ACL)
 BOOT_ID_ENV = "MOZAGENT_BOOT_ID_FILE"
 
 
@@ -230,7 +233,7 @@ class FleetReport:
 
     def __init__(
         self,
-        client: KazooClient,
+        client: PolicyClient,
         root: str,
         app: str,
         node: str,
@@ -439,9 +442,19 @@ class FleetReport:
         if not self.client.connected:
             return
         try:
+            # Read before each round of writes: what they create carries its ACL.
+            self.client.load_policy(self.op_timeout)
             self.publish_presence()
             if self._holds.is_set():  # results under our name only while it is ours
                 self.publish_results()
+            self.status.set_errors("acl", [])
+        except (Refused, InvalidValue) as exc:
+            # Refused by the ACLs, or a policy that cannot be used: said in
+            # status, nothing written with a wrong ACL, tried again shortly.
+            log.error("fleet_report_refused", error=str(exc))
+            self.status.set_errors("acl", [{"where": self.path, "message": str(exc)}])
+            self.stopping.wait(REFUSED_RETRY)
+            self._wake.set()
         except CONNECTION_ERRORS as exc:
             log.warning("fleet_report_failed", error=describe(exc))
             self._wake.set()

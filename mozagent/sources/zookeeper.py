@@ -74,7 +74,12 @@ class ZooKeeperSource:
         )
         self._tls_seen: tuple[float, str | None] = (0.0, None)
         client = make_client(
-            self.z.hosts, self.z.session_timeout, self.z.retry_max, identity=identity, tls=self.tls
+            self.z.hosts,
+            self.z.session_timeout,
+            self.z.retry_max,
+            identity=identity,
+            tls=self.tls,
+            root=self.z.root,
         )
         self.reader = ZooKeeperReader(
             client,
