@@ -118,6 +118,10 @@ def skeleton(policy: Policy, root: str) -> list[str]:
         paths.append(f"{base}/apps/{app}")
         paths.extend(f"{base}/apps/{app}/{p}" for p in APP_SKELETON)
         paths.append(f"{base}/audit/apps/{app}")
+        hosts = policy.apps[app].hosts
+        if hosts:  # per-host identities: each host's claim, writable by it alone
+            paths.append(f"{base}/apps/{app}/claims")
+            paths.extend(f"{base}/apps/{app}/claims/{node}" for node in sorted(hosts))
     return paths
 
 

@@ -59,6 +59,7 @@ from mozagent.cli.session import (
 from mozagent.desired import convergence as cv
 from mozagent.desired import fleet
 from mozagent.desired.audit import Change
+from mozagent.desired.claims import HostClaim, presence_untrusted, result_untrusted
 from mozagent.desired.fleet import DesiredRelease
 from mozagent.desired.keys import InvalidValue, check_name, encode_value
 from mozagent.desired.layers import layer_paths
@@ -113,11 +114,49 @@ def read_presences(session: Session, app: str, deadline: float | None = None) ->
         except InvalidValue as exc:
             presences[cv.clean(name, 60)] = cv.Unreadable(str(exc))
     paths = {fleet.host_path(session.root, app, name): name for name in valid}
+    claims = read_claims(session, app, valid, deadline)
     for path, found in session.get_many(paths, deadline).items():
         if found is not None:  # None: the host went away while we listed
             data, stat = found
-            presences[paths[path]] = cv.judge_presence(data, stat.ephemeralOwner, paths[path], app)
+            node = paths[path]
+            seen = cv.judge_presence(data, stat.ephemeralOwner, node, app)
+            why = untrusted(claims, node, stat.ephemeralOwner)
+            if why and cv.is_live(seen):
+                seen = cv.NotLive(why, "UNTRUSTED: presence")
+            presences[node] = seen
     return presences
+
+
+def read_claims(
+    session: Session, app: str, nodes: Sequence[str], deadline: float | None = None
+) -> dict[str, HostClaim | str | None] | None:
+    """With per-host identities in the policy: each node's claim (or why it
+    cannot be read; None: the node has no identity of its own). None: the
+    app's hosts share identities, and there is nothing to check against."""
+    policy = session.client.policy
+    hosts = policy.roles(app).hosts if policy is not None else {}
+    if not hosts:
+        return None
+    paths = {fleet.claim_path(session.root, app, n): n for n in nodes if n in hosts}
+    claims: dict[str, HostClaim | str | None] = dict.fromkeys(nodes)
+    for path, found in session.get_many(paths, deadline).items():
+        if found is None:
+            claims[paths[path]] = "it does not exist: run `mozagent acl apply`"
+            continue
+        try:
+            claims[paths[path]] = HostClaim.parse(found[0], path)
+        except InvalidValue as exc:
+            claims[paths[path]] = str(exc)
+    return claims
+
+
+def untrusted(
+    claims: dict[str, HostClaim | str | None] | None, node: str, owner: int
+) -> str | None:
+    if claims is None:
+        return None
+    why = presence_untrusted(claims.get(node), owner)
+    return f"presence not trusted: {why}" if why else None
 
 
 def live_only(
@@ -596,11 +635,17 @@ def read_results(
         return {}
     nodes = [n for n in listing[0] if _valid_name(n)]
     found = session.get_many((f"{base}/{n}" for n in nodes), deadline)
-    return {
-        n: cv.parse_result(hit[0], n, name)
-        for n in nodes
-        if (hit := found[f"{base}/{n}"]) is not None
-    }
+    claims = read_claims(session, app, nodes, deadline)
+    results: dict[str, OrderResult | cv.Unreadable] = {}
+    for n in nodes:
+        hit = found[f"{base}/{n}"]
+        if hit is None:
+            continue
+        why = result_untrusted(claims.get(n), name, hit[0]) if claims is not None else None
+        results[n] = (
+            cv.Unreadable(f"result not trusted: {why}") if why else cv.parse_result(hit[0], n, name)
+        )
+    return results
 
 
 def order_status(

@@ -119,11 +119,15 @@ def format_fleet(
         lines.append(f"{converged} of {len(live)} hosts converged")
     else:
         lines.append("no live hosts")
-    if dead := [s.node for s in states if not s.live]:
+    ghosts = [s.node for s in states if not s.live and s.presence == NotLive()]
+    if ghosts:
         lines.append(
             f"not live agents, not counted (persistent znodes under hosts/, which no "
-            f"agent writes: remove them): {', '.join(dead)}"
+            f"agent writes: remove them): {', '.join(ghosts)}"
         )
+    for s in states:
+        if not s.live and isinstance(s.presence, NotLive) and s.presence != NotLive():
+            lines.append(f"not counted: {s.node}: {s.presence.reason}")
     for s in states:
         lines.extend(_explain(s))
     return "\n".join(lines) + "\n"

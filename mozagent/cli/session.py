@@ -228,7 +228,7 @@ def connected(
             except KazooTimeoutError:
                 return _unreachable(hosts, timeout, tls)
             reached = True
-            client.load_policy()
+            client.retry(client.load_policy)  # as any first read: a stall is the alarm's
             return work(session)
     except _Deadline:
         timed_out = True

@@ -82,9 +82,14 @@ def shown(identity: str) -> str:
 
 @dataclass(frozen=True)
 class AppRoles:
+    """``hosts``: node → that host's own identity, when the app's agents are
+    given per host (the strong setup); each then has a claim on its name
+    (``claims/<node>``) that no other identity can write."""
+
     deployers: tuple[str, ...] = ()
     operators: tuple[str, ...] = ()
     agents: tuple[str, ...] = ()
+    hosts: dict[str, str] = field(default_factory=dict)
 
     def everyone(self) -> tuple[str, ...]:
         return self.deployers + self.operators + self.agents
@@ -113,7 +118,11 @@ class Policy:
             "admins": list(self.admins),
             "require_reason": self.require_reason,
             "apps": {
-                app: {role: list(getattr(r, role)) for role in ROLES}
+                app: {
+                    "deployers": list(r.deployers),
+                    "operators": list(r.operators),
+                    "agents": dict(sorted(r.hosts.items())) if r.hosts else list(r.agents),
+                }
                 for app, r in sorted(self.apps.items())
             },
         }
@@ -127,6 +136,27 @@ def _identities(value: Any, where: str) -> tuple[str, ...]:
     if len(value) > MAX_IDENTITIES:
         raise InvalidPolicy(f"{where} has over {MAX_IDENTITIES} identities")
     return tuple(dict.fromkeys(check_identity(v, f"{where}[{i}]") for i, v in enumerate(value)))
+
+
+def _hosts(value: Any, where: str) -> dict[str, str]:
+    """``agents`` as a mapping node → identity: one identity per host."""
+    if not isinstance(value, dict):
+        return {}
+    if len(value) > MAX_IDENTITIES:
+        raise InvalidPolicy(f"{where} has over {MAX_IDENTITIES} hosts")
+    hosts: dict[str, str] = {}
+    for node, identity in value.items():
+        try:
+            check_name("node", str(node))
+        except InvalidValue as exc:
+            raise InvalidPolicy(f"{where}: {exc}") from None
+        hosts[str(node)] = check_identity(identity, f"{where}.{clean(node, 60)}")
+    if len(set(hosts.values())) != len(hosts):
+        raise InvalidPolicy(
+            f"{where}: two hosts share an identity; give each its own, or "
+            "list the app's agents' identities as a list"
+        )
+    return hosts
 
 
 def parse_policy(doc: Any, where: str) -> Policy:
@@ -166,7 +196,14 @@ def parse_policy(doc: Any, where: str) -> Policy:
         bad = sorted(set(roles) - set(ROLES))
         if bad:
             raise InvalidPolicy(f"{at}: unknown role {clean(bad[0], 60)!r} ({', '.join(ROLES)})")
-        apps[str(app)] = AppRoles(*(_identities(roles.get(r), f"{at}.{r}") for r in ROLES))
+        hosts = _hosts(roles.get("agents"), f"{at}.agents")
+        agents = tuple(dict.fromkeys(hosts.values())) if hosts else None
+        apps[str(app)] = AppRoles(
+            _identities(roles.get("deployers"), f"{at}.deployers"),
+            _identities(roles.get("operators"), f"{at}.operators"),
+            agents if agents is not None else _identities(roles.get("agents"), f"{at}.agents"),
+            hosts,
+        )
     return Policy(admins, apps, require_reason)
 
 
@@ -194,6 +231,12 @@ TABLE: tuple[tuple[str, str, str], ...] = (
     ("apps/{app}/nodes/{node}/data", "operators=rwcd deployers=r agents=r", "a node's layer"),
     ("apps/{app}/nodes/{node}/data/{key}", "operators=rw deployers=r agents=r", ""),
     ("apps/{app}/hosts", "agents=rcd deployers=r operators=r", ""),
+    ("apps/{app}/claims", "agents=r deployers=r operators=r", "with per-host identities"),
+    (
+        "apps/{app}/claims/{node}",
+        "own=rw agents=r deployers=r operators=r",
+        "a host's claim: its session, its results",
+    ),
     ("apps/{app}/hosts/{node}", "agents=rw deployers=r operators=r", "a host's presence"),
     ("apps/{app}/orders", "operators=rc agents=rd deployers=r", "agents prune old orders"),
     ("apps/{app}/orders/{order}", "agents=rcd operators=r deployers=r", "an order"),
@@ -227,9 +270,15 @@ def table_text() -> str:
     rows = [("znode under the root", "admin", "deployer", "operator", "agent", "others", "")]
     for pattern, grants, note in TABLE:
         cells = dict.fromkeys(("deployer", "operator", "agent"), "")
+        own = ""
         for who, perms in grants_of(grants):
+            if who == "own":
+                own = perms_text(perms)
+                continue
             for role in ("deployer", "operator", "agent") if who == "all" else (letters[who],):
                 cells[role] = perms_text(perms)
+        if own:  # the host the path names, with its own identity
+            cells["agent"] += f", own {own}"
         rows.append(
             ("/" + pattern if pattern else "(the root)", "rwcda", *cells.values(), "-", note)
         )
@@ -298,7 +347,13 @@ def acl_for(policy: Policy, root: str, path: str) -> dict[str, int]:
     pattern, names = row
     roles = policy.roles(names["app"]) if "app" in names else AppRoles()
     for who, perms in grants_of(next(g for p, g, _ in TABLE if p == pattern)):
-        ids = policy.everyone() if who == "all" else getattr(roles, who)
+        if who == "all":
+            ids: tuple[str, ...] = policy.everyone()
+        elif who == "own":  # the identity of the {node} in the path, and only it
+            own = roles.hosts.get(names.get("node", ""))
+            ids = (own,) if own else ()
+        else:
+            ids = getattr(roles, who)
         for identity in ids:
             grants[identity] = grants.get(identity, 0) | perms
     return grants

@@ -59,6 +59,7 @@ class NotLive:
     whatever it claims. Shown, never waited for, never converged."""
 
     reason: str = "not a live agent (persistent znode)"
+    mark: str = "NOT LIVE: persistent znode"
 
 
 Seen = Presence | Unreadable | NotLive
@@ -109,7 +110,6 @@ class Standing:
 
 
 GONE_PRESENCE = Standing(GONE, "went away (its presence vanished)")
-NOT_LIVE_MARK = "NOT LIVE: persistent znode"
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
@@ -118,7 +118,7 @@ def _not_decidable(presence: Seen | None) -> Standing | None:
     if presence is None:
         return GONE_PRESENCE
     if isinstance(presence, NotLive):
-        return Standing(GONE, presence.reason, NOT_LIVE_MARK)
+        return Standing(GONE, presence.reason, presence.mark)
     if isinstance(presence, Unreadable):
         return Standing(
             PENDING,

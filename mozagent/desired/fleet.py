@@ -8,6 +8,7 @@ once. Under ``<root>/apps/<app>/``:
 ``hosts/<node>``            each live agent's presence (ephemeral, JSON)
 ``orders/order-<seq>``      a command pushed to the app's hosts (sequential, JSON)
 ``orders/order-<seq>/results/<node>``  what one host did with it (JSON)
+``claims/<node>``           with per-host identities: what vouches for the two above
 
 Pure: names and values only.
 """
@@ -39,6 +40,11 @@ def hosts_path(root: str, app: str) -> str:
 
 def host_path(root: str, app: str, node: str) -> str:
     return f"{hosts_path(root, app)}/{node}"
+
+
+def claim_path(root: str, app: str, node: str) -> str:
+    """A host's claim on its name, with per-host identities (``desired/claims.py``)."""
+    return f"{app_base(root, app)}/claims/{node}"
 
 
 def orders_path(root: str, app: str) -> str:

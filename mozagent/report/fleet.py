@@ -48,12 +48,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import structlog
-from kazoo.client import KazooState
-from kazoo.exceptions import NodeExistsError, NoNodeError
+from kazoo.client import KazooState, TransactionRequest
+from kazoo.exceptions import NodeExistsError, NoNodeError, RolledBackError
 from kazoo.protocol.states import EventType, WatchedEvent, ZnodeStat
 
 from mozagent import __version__
-from mozagent.desired.fleet import host_path, result_path
+from mozagent.desired.claims import HostClaim
+from mozagent.desired.fleet import claim_path, host_path, result_path
 from mozagent.desired.keys import InvalidValue
 from mozagent.desired.orders import OrderResult
 from mozagent.desired.presence import HostFacts, Presence
@@ -176,6 +177,13 @@ def presence_doc(
         facts, app, node, __version__, os.getpid(), socket.gethostname(), boot_id
     )
     return presence.to_doc()
+
+
+def _raise_first(results: list[Any]) -> None:
+    """A failed transaction as the error of the operation that failed it."""
+    failed = [r for r in results if isinstance(r, Exception)]
+    if failed:
+        raise next((r for r in failed if not isinstance(r, RolledBackError)), failed[0])
 
 
 def encode(doc: dict[str, Any]) -> bytes:
@@ -332,14 +340,17 @@ class FleetReport:
     def _create(self, data: bytes, session: int | None) -> bool:
         self._record_session(session)
         try:
-            _, stat = self._call(
-                self.client.create_async,
-                self.path,
-                data,
-                ephemeral=True,
-                makepath=True,
-                include_data=True,
-            )
+            if self._own_claim() is not None and session is not None:
+                stat = self._create_vouched(data, session)
+            else:
+                _, stat = self._call(
+                    self.client.create_async,
+                    self.path,
+                    data,
+                    ephemeral=True,
+                    makepath=True,
+                    include_data=True,
+                )
         except NodeExistsError:
             self._wake.set()  # raced with another claim or the old session's end: look again
             return False
@@ -355,6 +366,8 @@ class FleetReport:
         t = self.client.transaction()
         t.delete(self.path, version=stat.version)
         t.create(self.path, data, ephemeral=True)
+        if session is not None:
+            self._vouch_in(t, lambda c: c.with_session(session))
         results = t.commit_async().get(timeout=self.op_timeout)
         if any(isinstance(r, Exception) for r in results):
             self._wake.set()  # it changed under us: look again
@@ -365,6 +378,39 @@ class FleetReport:
             predecessor_pid=self._predecessor.pid if self._predecessor else None,
         )
         return True
+
+    # --- with per-host identities: the claim that vouches for what we write ----
+
+    def _own_claim(self) -> str | None:
+        """Our ``claims/<node>``, if the policy gives this host an identity of its own."""
+        policy = self.client.policy
+        if policy is None or self.node not in policy.roles(self.app).hosts:
+            return None
+        return claim_path(self.root, self.app, self.node)
+
+    def _vouch_in(self, t: TransactionRequest, change: Callable[[HostClaim], HostClaim]) -> None:
+        """The claim's update, as one more operation of ``t``: the claim and
+        what it vouches for are written together or not at all (a twin that
+        loses the race for the presence must not have claimed it)."""
+        path = self._own_claim()
+        if path is None:
+            return
+        raw, stat = self._call(self.client.get_async, path)
+        try:
+            claim = HostClaim.parse(raw, path)
+        except InvalidValue:
+            claim = HostClaim()  # ours to write: a damaged one is replaced
+        t.set_data(path, change(claim).encode(), version=stat.version)
+
+    def _create_vouched(self, data: bytes, session: int) -> ZnodeStat:
+        t = self.client.transaction()
+        self._vouch_in(t, lambda c: c.with_session(session))
+        t.create(self.path, data, ephemeral=True)
+        _raise_first(t.commit_async().get(timeout=self.op_timeout))
+        stat = self._call(self.client.exists_async, self.path)
+        if stat is None:
+            raise NodeExistsError()  # gone already: look again
+        return stat
 
     def _refuse(self, stat: ZnodeStat, standing: str) -> None:
         """Another session (or a persistent znode) holds our name: hands off.
@@ -423,18 +469,32 @@ class FleetReport:
             path = result_path(self.root, self.app, result.order, self.node)
             data = encode(result.to_doc())
             try:
-                self._call(self.client.set_async, path, data)
+                self._write_result(False, path, data, result.order)
             except NoNodeError:
                 try:
                     # Never makepath: a pruned order must not come back empty.
                     with contextlib.suppress(NodeExistsError):
                         self._call(self.client.create_async, posixpath.dirname(path), b"")
-                    self._call(self.client.create_async, path, data)
+                    self._write_result(True, path, data, result.order)
                 except NodeExistsError:
-                    self._call(self.client.set_async, path, data)
+                    self._write_result(False, path, data, result.order)
                 except NoNodeError:
                     pass  # the order was pruned meanwhile: nothing to report to
             self._published(result.order, result.state)
+
+    def _write_result(self, create: bool, path: str, data: bytes, order: str) -> None:
+        """With a claim of our own, the result and its digest in the claim together."""
+        if self._own_claim() is None:
+            method = self.client.create_async if create else self.client.set_async
+            self._call(method, path, data)
+            return
+        t = self.client.transaction()
+        if create:
+            t.create(path, data)
+        else:
+            t.set_data(path, data)
+        self._vouch_in(t, lambda c: c.with_result(order, data))
+        _raise_first(t.commit_async().get(timeout=self.op_timeout))
 
     def step(self) -> None:
         # Cleared before looking: a CONNECTED event after this wakes us again.
