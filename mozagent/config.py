@@ -281,6 +281,9 @@ class ReleasesConfig:
     user: str | None = _setting(_app_name, None)  # default: a user named like the app, else nobody
     timeout: float = _setting(_positive, 1800.0)  # the install script
     fetch_timeout: float = _setting(_positive, 600.0)  # git fetching the ref
+    # Credentials for private sources: a git-credential-store file (0600, the
+    # agent's); with it, a source URL carrying credentials is refused.
+    git_credentials: str | None = _setting(_absolute_path, None)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from mozagent.apply.puppet import (
 )
 from mozagent.apply.script import ScriptApplier
 from mozagent.config import Config, HeatConfig
-from mozagent.fileio import lock_holder, try_lock
+from mozagent.fileio import lock_holder, private_dir, try_lock
 from mozagent.render.hieradata import HieraData
 from mozagent.report.health import HEARTBEAT_INTERVAL, touch_heartbeat
 from mozagent.report.heat import HeatReport
@@ -204,7 +204,15 @@ class Daemon:
 
         def installer(run_as: RunAs) -> ReleaseInstaller:
             return ReleaseInstaller(
-                r.apps_dir, app, node, r.keep, run_as, children, r.timeout, r.fetch_timeout
+                r.apps_dir,
+                app,
+                node,
+                r.keep,
+                run_as,
+                children,
+                r.timeout,
+                r.fetch_timeout,
+                git_credentials=r.git_credentials,
             )
 
         book = self.order_book = OrderBook(cfg.state_dir)
@@ -253,6 +261,7 @@ class Daemon:
     def acquire_lock(self, wait: bool) -> bool:
         """One agent per state dir: two would run puppet concurrently and
         overwrite each other's status. The daemon waits; ``--once`` gives up."""
+        private_dir(self.cfg.state_dir)
         announced = False
         while True:
             fd = try_lock(self.lock_file)

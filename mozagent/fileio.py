@@ -123,6 +123,17 @@ def read_json_dir(directory: str, required: str = "id") -> list[dict[str, Any]]:
     return out
 
 
+def private_dir(path: str) -> None:
+    """The agent's state dir is its own (0700): it holds the Heat metadata
+    cache (credentials, signal URLs), the data with its secrets and the run
+    records, and the app's code runs on this host as another user. systemd's
+    StateDirectoryMode says the same; this holds without systemd too."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.stat(path)
+    if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
 def try_lock(path: str) -> int | None:
     """Take an exclusive flock on ``path`` (created if missing) and write our pid in it.
 

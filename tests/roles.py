@@ -69,7 +69,10 @@ class Fleet:
         else:
             self.monkeypatch.delenv(CREDENTIALS_ENV, raising=False)
         self.capsys.readouterr()
-        code = main([*argv, "--zookeeper", self.server.hosts, "--root", self.root])
+        try:
+            code = main([*argv, "--zookeeper", self.server.hosts, "--root", self.root])
+        except SystemExit as exc:  # argparse's usage errors
+            code = int(exc.code or 0)
         out, err = self.capsys.readouterr()
         return code, out, err
 

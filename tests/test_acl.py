@@ -89,6 +89,7 @@ def populate(fleet: Fleet) -> None:
     paths = {
         "apps/{app}/release": f"{r}/apps/shop/release",
         "apps/{app}/data/{key}": f"{r}/apps/shop/data/greeting",
+        "apps/{app}/secrets/{key}": f"{r}/apps/shop/secrets/greeting",
         "apps/{app}/nodes/{node}/release": f"{r}/apps/shop/nodes/web1/release",
         "apps/{app}/nodes/{node}/data/{key}": f"{r}/apps/shop/nodes/web1/data/greeting",
         "apps/{app}/orders/{order}/results/{node}": (

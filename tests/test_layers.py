@@ -24,6 +24,7 @@ def view(
 def test_layer_paths() -> None:
     assert layer_paths("/mozagent", "shop", "web1") == {
         "node": "/mozagent/apps/shop/nodes/web1/data",
+        "secrets": "/mozagent/apps/shop/secrets",
         "app": "/mozagent/apps/shop/data",
         "global": "/mozagent/global/data",
     }

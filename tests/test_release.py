@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,7 @@ from mozagent.apply.process import ChildRunner, Ledger
 from mozagent.apply.release import MAX_LOG_BYTES, ReleaseInstaller
 from mozagent.apply.runas import resolve_user
 from mozagent.desired.release import InvalidRelease, Release, parse_release, pick_ref
+from mozagent_dev.githttp import GitHttpServer
 
 WHERE = "/mozagent/apps/shop/release"
 
@@ -124,6 +126,7 @@ def make(base: Path) -> Make:
         timeout: float = 30,
         fetch_timeout: float = 30,
         cancel: threading.Event | None = None,
+        **options: Any,
     ) -> ReleaseInstaller:
         return ReleaseInstaller(
             apps_dir=str(base / "apps"),
@@ -134,6 +137,7 @@ def make(base: Path) -> Make:
             runner=ChildRunner(cancel or threading.Event(), Ledger(str(base / "running.json"))),
             timeout=timeout,
             fetch_timeout=fetch_timeout,
+            **options,
         )
 
     return build
@@ -621,3 +625,72 @@ def test_ls_remote_names_resolve_as_git_fetch_does() -> None:
 def test_keep_must_leave_room_for_the_current_release(make: Make) -> None:
     with pytest.raises(ValueError, match="keep must be at least 1"):
         make(keep=0)
+
+
+# -- private sources: credentials never reach git's argv ---------------------
+# (visible in /proc to every user while git runs), whether they come in the
+# source's URL or from the credentials file the config names; with that file
+# configured, a URL that carries credentials is refused. Against a real git
+# smart-HTTP server that asks for Basic auth, through a ``git`` that records
+# its argv.
+
+TOKEN = "tok-61e2-never-in-argv"
+
+
+@pytest.fixture
+def server(repo: Repo) -> Iterator[GitHttpServer]:
+    srv = GitHttpServer(repo.path.parent, "deploy", TOKEN).start()
+    yield srv
+    srv.stop()
+
+
+def recording_git(tmp_path: Path) -> tuple[str, Path]:
+    log = tmp_path / "argv.log"
+    wrapper = tmp_path / "git"
+    wrapper.write_text(f'#!/bin/sh\nprintf \'%s\\n\' "$*" >> {log}\nexec git "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper), log
+
+
+def test_credentials_in_the_url_work_and_never_reach_gits_argv(
+    make: Make,
+    repo: Repo,
+    server: GitHttpServer,
+    tmp_path: Path,
+) -> None:
+    repo.commit("v1", tag="v1")
+    git, log = recording_git(tmp_path)
+    source = server.url("shop/.git", f"deploy:{TOKEN}")
+    result = make(git=git).install(Release("v1", source), {})
+    assert result.ok, result.message
+    argv = log.read_text()
+    assert "fetch" in argv and f"127.0.0.1:{server.port}/shop/.git" in argv
+    assert TOKEN not in argv and "deploy:" not in argv
+    assert TOKEN not in result.message
+    wrong = make(git=git).install(Release("v1", server.url("shop/.git", "deploy:nope")), {})
+    assert not wrong.ok and "nope" not in wrong.message and server.refused
+
+
+def test_with_a_credentials_file_urls_with_credentials_are_refused(
+    make: Make,
+    repo: Repo,
+    server: GitHttpServer,
+    tmp_path: Path,
+) -> None:
+    repo.commit("v1", tag="v1")
+    git, log = recording_git(tmp_path)
+    creds = tmp_path / "git.cred"
+    creds.write_text(f"http://deploy:{TOKEN}@127.0.0.1:{server.port}\n")
+    creds.chmod(0o600)
+    installer = make(git=git, git_credentials=str(creds))
+    refused = installer.install(Release("v1", server.url("shop/.git", f"deploy:{TOKEN}")), {})
+    assert not refused.ok
+    assert "credentials in its URL" in refused.message and TOKEN not in refused.message
+    result = installer.install(Release("v1", server.url("shop/.git")), {})
+    assert result.ok, result.message
+    assert TOKEN not in log.read_text()
+    creds.chmod(0o644)  # others could read it: refused, saying how to fix it
+    loose = make(git=git, git_credentials=str(creds)).install(
+        Release("v1", server.url("shop/.git")), {}
+    )
+    assert not loose.ok and "chmod 600" in loose.message

@@ -42,11 +42,12 @@ def test_empty_layer_is_an_empty_mapping() -> None:
     assert yaml.safe_load(LayerRenderer().render("node", {})) == {}
 
 
-def test_hiera_config_orders_node_app_global() -> None:
+def test_hiera_config_orders_node_secrets_app_global() -> None:
     doc = yaml.safe_load(render_hiera_config("/var/lib/mozagent/hieradata", "shop", "web1"))
     assert doc["version"] == 5
     assert doc["defaults"]["datadir"] == "/var/lib/mozagent/hieradata"
-    assert [h["path"] for h in doc["hierarchy"]] == ["node.yaml", "app.yaml", "global.yaml"]
+    paths = [h["path"] for h in doc["hierarchy"]]
+    assert paths == ["node.yaml", "secrets.yaml", "app.yaml", "global.yaml"]
 
 
 def test_facts_carry_identity_and_version_only() -> None:

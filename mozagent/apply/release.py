@@ -43,11 +43,24 @@ from mozagent.apply.process import ChildApplier, ChildExit, ChildRunner
 from mozagent.apply.runas import RunAs
 from mozagent.apply.script import base_env
 from mozagent.desired.keys import check_name
-from mozagent.desired.release import Release, display_source, is_commit, pick_ref
+from mozagent.desired.release import (
+    Release,
+    display_source,
+    is_commit,
+    pick_ref,
+    split_userinfo,
+)
 from mozagent.fileio import disk_full, read_json_object, write_atomic, write_json
+from mozagent.zkauth import CredentialsError, read_private
 
 MAX_LOG_BYTES = 1024 * 1024
 LOGS_PER_RELEASE = 5
+# Hands git the credentials split off the URL (``split_userinfo``), from the
+# environment: the helper's text holds none.
+_ENV_CREDENTIAL_HELPER = (
+    '!f() { test "$1" = get && printf "username=%s\\npassword=%s\\n" '
+    '"$MOZAGENT_GIT_USERNAME" "$MOZAGENT_GIT_PASSWORD"; }; f'
+)
 _GIT_CONFIG = (
     "protocol.ext.allow=never",
     "protocol.fd.allow=never",
@@ -144,6 +157,7 @@ class ReleaseInstaller(ChildApplier):
         timeout: float,
         fetch_timeout: float,
         git: str = "git",
+        git_credentials: str | None = None,
     ) -> None:
         super().__init__(runner, timeout)
         if keep < 1:
@@ -154,6 +168,9 @@ class ReleaseInstaller(ChildApplier):
         self.run_as = run_as
         self.fetch_timeout = fetch_timeout
         self.git = git
+        # A git-credential-store file (``https://user:token@host`` lines), 0600:
+        # with it, sources must not carry credentials of their own.
+        self.git_credentials = git_credentials
         self.app_dir = os.path.join(os.path.abspath(apps_dir), app)
         self.releases = os.path.join(self.app_dir, "releases")
         self.logs = os.path.join(self.app_dir, "logs")
@@ -288,15 +305,18 @@ class ReleaseInstaller(ChildApplier):
             self._clean_tmp()
 
     def _prepare(self) -> None:
-        """Directories the app's user must traverse (0755) or must not read (0700)."""
+        """Directories the app's user must traverse or must not read: the app's
+        own dir is 0750 and its group the app user's, so another app's code
+        (another user) cannot enter it; inside, what the app may read."""
         for path, mode in (
-            (self.app_dir, 0o755),
+            (self.app_dir, 0o750),
             (self.releases, 0o755),
             (self.logs, 0o700),
             (self.tmp, 0o711),
         ):
             os.makedirs(path, mode=mode, exist_ok=True)
             os.chmod(path, mode)
+        self.run_as.group_owns(self.app_dir)
         for name in os.listdir(self.app_dir):
             if name.startswith(".current."):  # a switch a killed agent did not finish
                 _remove(os.path.join(self.app_dir, name))
@@ -337,9 +357,11 @@ class ReleaseInstaller(ChildApplier):
         cmd = [self.git]
         for setting in _GIT_CONFIG:
             cmd += ["-c", setting]
+        env = self._git_env(home)
+        args = self._credentials(args, source, env)
         out = self.runner.run(
             cmd + list(args),
-            self._git_env(home),
+            env,
             left,
             cwd=cwd,
             split_stderr=True,
@@ -354,6 +376,35 @@ class ReleaseInstaller(ChildApplier):
         if source and source != display_source(source):
             out.stderr = out.stderr.replace(source, display_source(source))
         return out
+
+    def _credentials(self, args: Sequence[str], source: str, env: dict[str, str]) -> list[str]:
+        """Credentials reach git through a helper that reads the environment
+        (which only the agent's user and root can read) or the configured
+        file: never the argv, which every user sees in /proc while git runs."""
+        url, user, password = split_userinfo(source) if source else (source, None, None)
+        helper = None
+        if user is not None:
+            if self.git_credentials:
+                raise _Failed(
+                    f"the source {display_source(source)} carries credentials in its URL; "
+                    "with releases.git_credentials configured they are refused (whoever can "
+                    "read the release znode would have them): put them in that file"
+                )
+            env["MOZAGENT_GIT_USERNAME"], env["MOZAGENT_GIT_PASSWORD"] = user, password or ""
+            helper = _ENV_CREDENTIAL_HELPER
+        elif self.git_credentials:
+            try:
+                read_private(self.git_credentials, "git credentials file", 64 * 1024)
+            except CredentialsError as exc:
+                raise _Failed(str(exc)) from None
+            helper = f"store --file={self.git_credentials}"
+        if helper is not None:
+            env.update(
+                GIT_CONFIG_COUNT="1",
+                GIT_CONFIG_KEY_0="credential.helper",
+                GIT_CONFIG_VALUE_0=helper,
+            )
+        return [url if a == source else a for a in args]
 
     def _resolve_and_fetch(self, release: Release) -> str:
         """The commit ``release`` names, its tree complete in releases/.

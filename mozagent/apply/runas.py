@@ -38,6 +38,11 @@ class RunAs:
     def env(self) -> dict[str, str]:
         return {"HOME": self.home, "USER": self.name, "LOGNAME": self.name}
 
+    def group_owns(self, path: str) -> None:
+        """``path`` (root's) readable by the app's group only, when running as root."""
+        if os.geteuid() == 0 and self.uid != os.geteuid():
+            os.chown(path, 0, self.gid, follow_symlinks=False)
+
     def owns(self, path: str) -> None:
         """Give a tree the app's code writes into (its release dir) to the user.
 

@@ -23,6 +23,7 @@ from typing import Any, TextIO
 import yaml
 from kazoo.client import TransactionRequest
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, RolledBackError
+from kazoo.protocol.states import ZnodeStat
 
 from mozagent.cli.audit import Note
 from mozagent.cli.fleet import layer_version, wait_for_data
@@ -37,7 +38,7 @@ from mozagent.cli.session import (
     target_of,
     timeout_of,
 )
-from mozagent.desired.audit import Change, shown_value
+from mozagent.desired.audit import MASK, Change, shown_value
 from mozagent.desired.keys import (
     MAX_VALUE_BYTES,
     InvalidValue,
@@ -82,7 +83,9 @@ def cmd_data(args: argparse.Namespace) -> int:
     target = target_of(args)
 
     try:
-        ref = layer_ref(target[1], words.get("APP"), node, is_global)
+        ref = layer_ref(
+            target[1], words.get("APP"), node, is_global, getattr(args, "is_secret", False)
+        )
         value = None
         if cmd == "set":
             _check_key(words["KEY"])
@@ -138,15 +141,32 @@ class LayerRef:
     label: str
     app: str | None = None
     node: str | None = None
+    secret: bool = False  # the app's secrets: values never read but by `get --secret`
 
 
-def key_change(key: str, before: bytes | None, after: bytes | None) -> Change:
+def key_change(key: str, before: bytes | None, after: bytes | None, secret: bool = False) -> Change:
     """A key's change as the audit entry keeps it (secrets masked, bounded)."""
 
     def text(raw: bytes | None) -> str | None:
-        return None if raw is None else raw.decode("utf-8", "replace").rstrip("\n")
+        if raw is None:
+            return None
+        return MASK if secret else shown_value(key, raw.decode("utf-8", "replace").rstrip("\n"))
 
-    return Change(key, shown_value(key, text(before)), shown_value(key, text(after)))
+    return Change(key, text(before), text(after))
+
+
+def _current(
+    client: PolicyClient, ref: LayerRef, path: str
+) -> tuple[bytes | None, ZnodeStat | None]:
+    """A key's bytes and stat; for a secret, its stat alone (``exists`` needs no
+    permission to read, and the value is not the writer's to see)."""
+    if ref.secret:
+        stat = client.retry(client.exists, path)
+        return (MASK.encode() if stat is not None else None), stat
+    try:
+        return client.retry(client.get, path)
+    except NoNodeError:
+        return None, None
 
 
 def _committed(txn: TransactionRequest, doing: str) -> bool:
@@ -164,8 +184,18 @@ def _committed(txn: TransactionRequest, doing: str) -> bool:
     raise CommandError(f"{doing} failed: {type(first).__name__}; nothing written")
 
 
-def layer_ref(root: str, app: str | None, node: str | None, is_global: bool) -> LayerRef:
+def layer_ref(
+    root: str, app: str | None, node: str | None, is_global: bool, is_secret: bool = False
+) -> LayerRef:
     try:
+        if is_secret:
+            if is_global or node or not app:
+                raise CommandError(
+                    "--secret is for an APP's secrets: no --global or --node", EXIT_INVALID
+                )
+            check_name("app", app)
+            path = layer_paths(root, app, "_")["secrets"]
+            return LayerRef(path, f"secrets of app {app}", app, secret=True)
         if is_global:
             if node:
                 raise CommandError("--global and --node exclude each other", EXIT_INVALID)
@@ -221,8 +251,11 @@ class LayerContent:
     exists: bool
     version: int  # the layer znode's data version, bumped by every import
     raw: dict[str, tuple[bytes, int]]  # name -> (bytes, znode version)
+    secret: bool = False  # names and versions only; every value shows as MASK
 
     def values(self) -> tuple[dict[str, Any], dict[str, str]]:
+        if self.secret:
+            return dict.fromkeys(self.raw, MASK), {}
         good: dict[str, Any] = {}
         bad: dict[str, str] = {}
         for name, (data, _) in sorted(self.raw.items()):
@@ -239,6 +272,11 @@ def read_layer(client: PolicyClient, ref: LayerRef) -> LayerContent:
         children, stat = client.retry(client.get_children, ref.path, include_data=True)
     except NoNodeError:
         return LayerContent(False, -1, {})
+    if ref.secret:  # names and versions only: an operator may not read the values
+        stats = {name: client.exists_async(f"{ref.path}/{name}") for name in children}
+        found = {name: result.get() for name, result in stats.items()}
+        raw = {name: (MASK.encode(), s.version) for name, s in found.items() if s is not None}
+        return LayerContent(True, stat.version, raw, secret=True)
     pending = {name: client.get_async(f"{ref.path}/{name}") for name in children}
     raw = {}
     for name, result in pending.items():
@@ -295,6 +333,8 @@ def set_key(
     _check_key(key)
     data = encode_value(value)
     path = f"{ref.path}/{key}"
+    if dry_run and ref.secret:
+        raise CommandError("a secret has no diff to show: its value is not read back", EXIT_INVALID)
     if dry_run:
         current = read_layer(client, ref)
         old = _shown(current)
@@ -304,17 +344,14 @@ def set_key(
         out.write(text or f"no change: {key} already has that value in the {ref.label}\n")
         return EXIT_OK
     for _ in range(SET_ATTEMPTS):
-        try:
-            before, stat = client.retry(client.get, path)
-        except NoNodeError:
-            before, stat = None, None
+        before, stat = _current(client, ref, path)
         txn = client.transaction()
         if stat is None:
             client.retry(client.ensure_path, ref.path)
             txn.create(path, data)
         else:
             txn.set_data(path, data, version=stat.version)
-        note.add(txn, "data.set", path, [key_change(key, before, data)])
+        note.add(txn, "data.set", path, [key_change(key, before, data, ref.secret)])
         if _committed(txn, f"setting {key} in the {ref.label}"):
             break
     else:
@@ -352,15 +389,14 @@ def delete_key(
     out = out or sys.stdout
     _check_key(key)
     path = f"{ref.path}/{key}"
-    try:
-        before, stat = client.retry(client.get, path)
-    except NoNodeError:
-        raise CommandError(f"{key}: no such key in the {ref.label} ({ref.path})") from None
+    before, stat = _current(client, ref, path)
+    if stat is None:
+        raise CommandError(f"{key}: no such key in the {ref.label} ({ref.path})")
     if stat.numChildren:
         raise CommandError(f"{path} has children: it is not a key znode")
     txn = client.transaction()
     txn.delete(path, version=stat.version)
-    note.add(txn, "data.delete", path, [key_change(key, before, None)])
+    note.add(txn, "data.delete", path, [key_change(key, before, None, ref.secret)])
     if not _committed(txn, f"deleting {key} from the {ref.label}"):
         raise CommandError(f"{path} changed while it was deleted; nothing deleted, run again")
     out.write(f"deleted {key} from the {ref.label}\n")
@@ -380,7 +416,9 @@ def delete_layer(client: PolicyClient, ref: LayerRef, note: Note, out: TextIO | 
         # Under a policy the layer znode is part of the tree `mozagent acl`
         # made, with its ACL: it stays, emptied.
         txn.set_data(ref.path, b"", version=content.version)
-    changes = [key_change(name, data, None) for name, (data, _) in sorted(content.raw.items())]
+    changes = [
+        key_change(name, data, None, ref.secret) for name, (data, _) in sorted(content.raw.items())
+    ]
     note.add(txn, "data.delete", ref.path, changes)
     failures = [r for r in txn.commit() if isinstance(r, Exception)]
     if (refused := first_refusal(failures)) is not None:
@@ -482,6 +520,12 @@ def import_layer(
     out: TextIO | None = None,
 ) -> int:
     out = out or sys.stdout
+    if ref.secret:
+        raise CommandError(
+            "secrets are set one by one (`data set APP KEY VALUE --secret`): an import "
+            "would have to read them to know what changes",
+            EXIT_INVALID,
+        )
     desired = load_import_file(path)
     current = read_layer(client, ref)
     text = diff_text(_shown(current), desired, f"zookeeper:{ref.path}", path)

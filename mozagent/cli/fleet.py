@@ -97,8 +97,9 @@ def layer_version(session: Session, path: str, deadline: float | None = None) ->
     if listing is None:
         return 0
     names, stat = listing
-    keys = session.get_many((f"{path}/{name}" for name in names), deadline)
-    return max([stat.pzxid, *(found[1].mzxid for found in keys.values() if found)])
+    # exists() needs no read permission: a secret's version without its value.
+    keys = session.stats((f"{path}/{name}" for name in names), deadline)
+    return max([stat.pzxid, *(found.mzxid for found in keys.values() if found)])
 
 
 def read_presences(session: Session, app: str, deadline: float | None = None) -> dict[str, cv.Seen]:
@@ -216,7 +217,7 @@ def show_fleet(session: Session, app: str, as_json: bool, out: TextIO | None = N
     root = session.root
     presences = read_presences(session, app)
     paths = layer_paths(root, app, "_")
-    shared = max(layer_version(session, paths["app"]), layer_version(session, paths["global"]))
+    shared = max(layer_version(session, paths[name]) for name in ("secrets", "app", "global"))
     node_data = {
         node: layer_version(session, layer_paths(root, app, node)["node"]) for node in presences
     }

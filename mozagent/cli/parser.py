@@ -114,6 +114,13 @@ def _options(*names: str) -> argparse.ArgumentParser:
         group = p.add_mutually_exclusive_group()
         group.add_argument("--node", default=S, help="work on this node's layer of APP")
         group.add_argument(
+            "--secret",
+            dest="is_secret",
+            action="store_true",
+            default=S,
+            help="work on APP's secrets: only its agents and admins read them",
+        )
+        group.add_argument(
             "--global",
             dest="is_global",
             action="store_true",

@@ -117,6 +117,12 @@ class Session:
                 found[path] = None
         return found
 
+    def stats(
+        self, paths: Iterable[str], deadline: float | None = None
+    ) -> dict[str, ZnodeStat | None]:
+        pending = {path: self.client.exists_async(path) for path in paths}
+        return {path: self.result(result, deadline) for path, result in pending.items()}
+
     def get(self, path: str, deadline: float | None = None) -> tuple[bytes, ZnodeStat] | None:
         return self.get_many([path], deadline)[path]
 

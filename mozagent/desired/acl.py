@@ -230,6 +230,8 @@ TABLE: tuple[tuple[str, str, str], ...] = (
     ("apps/{app}/nodes/{node}/release", "deployers=rw operators=r agents=r", "a canary"),
     ("apps/{app}/nodes/{node}/data", "operators=rwcd deployers=r agents=r", "a node's layer"),
     ("apps/{app}/nodes/{node}/data/{key}", "operators=rw deployers=r agents=r", ""),
+    ("apps/{app}/secrets", "operators=rcd deployers=r agents=r", "secrets: names only"),
+    ("apps/{app}/secrets/{key}", "operators=w agents=r", "a secret: write-only for operators"),
     ("apps/{app}/hosts", "agents=rcd deployers=r operators=r", ""),
     ("apps/{app}/claims", "agents=r deployers=r operators=r", "with per-host identities"),
     (
@@ -297,7 +299,7 @@ def table_text() -> str:
 
 # What ``mozagent acl`` creates with each app in the policy, so that nobody's
 # ``c`` on a parent can create them with an ACL of its own choosing.
-APP_SKELETON = ("data", "nodes", "hosts", "orders")
+APP_SKELETON = ("data", "secrets", "nodes", "hosts", "orders")
 ROOT_SKELETON = ("acl", "global", "global/data", "apps", "audit", "audit/global", "audit/apps")
 
 

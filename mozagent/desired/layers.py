@@ -13,8 +13,12 @@ from typing import Any
 
 from mozagent.desired.keys import Entry, InvalidValue, check_key, parse_value
 
-# Most specific first: the order of Hiera's hierarchy.
-LAYERS: tuple[str, ...] = ("node", "app", "global")
+# Most specific first: the order of Hiera's hierarchy. ``secrets`` is the
+# app's keys only its agents and admins may read (desired/acl.py): rendered
+# into the 0600 Hiera files for puppet, never into facts, the install
+# script's data, status, presence or logs.
+LAYERS: tuple[str, ...] = ("node", "secrets", "app", "global")
+SECRET_LAYERS = frozenset({"secrets"})
 
 
 def layer_paths(root: str, app: str, node: str) -> dict[str, str]:
@@ -22,6 +26,7 @@ def layer_paths(root: str, app: str, node: str) -> dict[str, str]:
     base = root.rstrip("/")
     return {
         "node": f"{base}/apps/{app}/nodes/{node}/data",
+        "secrets": f"{base}/apps/{app}/secrets",
         "app": f"{base}/apps/{app}/data",
         "global": f"{base}/global/data",
     }

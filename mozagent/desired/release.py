@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 from mozagent.desired.keys import InvalidValue, parse_value
 from mozagent.desired.schema import SCHEMA_KEY, obeyable
@@ -43,6 +44,17 @@ class InvalidRelease(ValueError):
 def is_commit(ref: str) -> bool:
     """A full commit id: it names the code by itself, so no server has to resolve it."""
     return COMMIT_RE.fullmatch(ref) is not None
+
+
+def split_userinfo(source: str) -> tuple[str, str | None, str | None]:
+    """``https://user:token@host/repo`` as (``https://host/repo``, user, token):
+    git is given the URL without them, and them by a helper, never on argv."""
+    m = _USERINFO.match(source)
+    if m is None:
+        return source, None, None
+    userinfo = m.group(0)[len(m.group("scheme")) : -1]
+    user, _, password = userinfo.partition(":")
+    return m.group("scheme") + source[m.end() :], unquote(user), unquote(password) or None
 
 
 def display_source(source: str) -> str:

@@ -88,7 +88,7 @@ DEPLOYMENT_LAYER = "deployment"
 def render_hiera_config(
     datadir: str, app: str | None, node: str, deployment: bool = False
 ) -> bytes:
-    """Hiera 5: node beats app beats global, so lookup() finds the most specific.
+    """Hiera 5: node beats secrets beats app beats global: lookup() finds the most specific.
 
     A run of a Heat deployment's puppet config has one more level on top: the
     deployment's own inputs, the most specific data of all for that config.
@@ -96,6 +96,7 @@ def render_hiera_config(
     labels = {
         DEPLOYMENT_LAYER: "heat deployment inputs",
         "node": f"mozagent node layer ({node})",
+        "secrets": f"mozagent app secrets ({app or 'no app'})",
         "app": f"mozagent app layer ({app or 'no app'})",
         "global": "mozagent global layer",
     }

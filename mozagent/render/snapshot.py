@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mozagent.desired.layers import LAYERS
+from mozagent.desired.layers import LAYERS, SECRET_LAYERS
 from mozagent.render.hiera import (
     DEPLOYMENT_LAYER,
     FactsInput,
@@ -61,7 +61,8 @@ def merge_layers(values: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     that has a key wins."""
     merged: dict[str, Any] = {}
     for name in reversed(LAYERS):
-        merged.update(values.get(name) or {})
+        if name not in SECRET_LAYERS:  # the app's code is not the agent: no secrets
+            merged.update(values.get(name) or {})
     return merged
 
 

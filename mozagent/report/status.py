@@ -368,12 +368,12 @@ def format_status(doc: dict[str, Any]) -> str:
     layers = doc.get("layers") or {}
     if layers:
         lines.append("  data rendered:")
-        for name in ("node", "app", "global"):
+        for name in ("node", "secrets", "app", "global"):  # desired.layers.LAYERS
             layer = layers.get(name)
             if layer:
                 extra = " (last good copy: layer unreadable)" if layer.get("stale") else ""
                 lines.append(
-                    f"    {name:<6} version {layer.get('version', 0):<10} "
+                    f"    {name:<7} version {layer.get('version', 0):<10} "
                     f"{layer.get('keys', 0)} keys  {layer.get('path', '')}{extra}"
                 )
     lines.extend(format_last_apply(doc.get("last_apply")))

@@ -26,7 +26,13 @@ from kazoo.protocol.states import EventType, WatchedEvent
 
 from mozagent.desired.keys import Entry, InvalidValue, check_key
 from mozagent.desired.layers import LayerView
+from mozagent.zkacl import Refused
 from mozagent.zkclient import CONNECTION_ERRORS
+
+
+def why_not(exc: BaseException) -> str:
+    """A refusal says which permission (``zkacl.Refused``); others their kind."""
+    return str(exc) if isinstance(exc, Refused) else type(exc).__name__
 
 
 @dataclass
@@ -232,7 +238,7 @@ class ZooKeeperReader:
             raise
         except KazooException as exc:
             # e.g. NoAuthError: the layer keeps its last good data and says why.
-            view.error = f"cannot read the layer: {type(exc).__name__}"
+            view.error = f"cannot read the layer: {why_not(exc)}"
             return None
         view.error = None
         good, bad = [], set()
@@ -268,7 +274,7 @@ class ZooKeeperReader:
         except KazooException as exc:
             old = view.entries.get(key)
             view.entries[key] = Entry(
-                b"", old.mzxid if old else 0, f"cannot read the znode: {type(exc).__name__}"
+                b"", old.mzxid if old else 0, f"cannot read the znode: {why_not(exc)}"
             )
             return
         view.entries[key] = Entry(data or b"", stat.mzxid, children=stat.numChildren)
