@@ -164,6 +164,24 @@ def subject_of(cert: str) -> str:
     return ",".join(names) or f"(the certificate {cert})"
 
 
+def own_certificate_problem(cert: str, now: float | None = None) -> str | None:
+    """Why a certificate of ours cannot be valid now (expired, not yet valid)."""
+    import time
+
+    try:
+        decoded = ssl._ssl._test_decode_cert(cert)  # type: ignore[attr-defined]
+        not_before = ssl.cert_time_to_seconds(decoded["notBefore"])
+        not_after = ssl.cert_time_to_seconds(decoded["notAfter"])
+    except (OSError, ssl.SSLError, AttributeError, KeyError, ValueError):
+        return None
+    now = time.time() if now is None else now
+    if now > not_after:
+        return f"{cert} expired on {decoded['notAfter']}"
+    if now < not_before:
+        return f"{cert} is not valid before {decoded['notBefore']}"
+    return None
+
+
 def tls_problem(hosts: str, tls: Tls, timeout: float = 5.0) -> str | None:
     """Why a TLS handshake with the first of ``hosts`` fails, in words, or None.
 
@@ -196,6 +214,10 @@ def tls_problem(hosts: str, tls: Tls, timeout: float = 5.0) -> str | None:
                 f"TLS to {host}:{port}: no TLS there ({reason}): is it ZooKeeper's "
                 "secureClientPort?"
             )
+        if tls.cert and "ALERT" in reason and "CERTIFICATE" in reason:
+            # The server says only that it refused us; our own file says why, often.
+            why = own_certificate_problem(tls.cert) or "is it signed by a CA the server trusts?"
+            return f"TLS to {host}:{port}: the server refused this client's certificate: {why}"
         return f"TLS to {host}:{port}: {reason}"
     except OSError as exc:
         return f"TLS to {host}:{port}: {exc.strerror or exc}"

@@ -34,8 +34,9 @@ class Pki:
         )  # fmt: skip
         self._ca_key.chmod(0o600)
 
-    def issue(self, name: str, subject: str, san: str | None = None) -> Pair:
-        """A certificate signed by this CA; ``san`` like ``IP:127.0.0.1,DNS:localhost``."""
+    def issue(self, name: str, subject: str, san: str | None = None, days: int = 30) -> Pair:
+        """A certificate signed by this CA; ``san`` like ``IP:127.0.0.1,DNS:localhost``;
+        ``days=-1``: one that expired a day ago (valid from now, until yesterday)."""
         key, csr, cert = (self.root / f"{name}.{ext}" for ext in ("key", "csr", "pem"))
         _openssl(
             "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
@@ -49,7 +50,7 @@ class Pki:
             extra = ["-extfile", str(ext)]
         _openssl(
             "x509", "-req", "-in", str(csr), "-CA", str(self.ca), "-CAkey", str(self._ca_key),
-            "-CAcreateserial", "-out", str(cert), "-days", "30", *extra,
+            "-CAcreateserial", "-out", str(cert), "-days", str(days), *extra,
         )  # fmt: skip
         both = self.root / f"{name}.both.pem"
         both.write_text(cert.read_text() + key.read_text())

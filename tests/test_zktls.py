@@ -29,6 +29,8 @@ class Tls:
         self.elsewhere = self.pki.issue("elsewhere", "/CN=zk2", "DNS:zk.example")
         self.web1 = self.pki.issue("web1", "/CN=web1")
         self.web2 = self.pki.issue("web2", "/CN=web2")
+        self.expired = self.pki.issue("expired", "/CN=zk", "IP:127.0.0.1", days=-1)
+        self.web1_expired = self.pki.issue("web1-expired", "/CN=web1", days=-1)
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +102,24 @@ def test_a_wrong_ca_a_wrong_name_and_a_plain_port_each_say_so(
     with ZooKeeperServer(tls=(tls.elsewhere.both, tls.pki.ca)) as other:
         code, out, err = cli(monkeypatch, capsys, other.tls_hosts, tls.pki.ca, tls.web1)
     assert code == 1 and "certificate was refused: IP address mismatch" in err, err
+
+
+def test_an_expired_certificate_on_either_side_says_so(
+    tls: Tls,
+    server: ZooKeeperServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with ZooKeeperServer(tls=(tls.expired.both, tls.pki.ca)) as stale:
+        code, out, err = cli(monkeypatch, capsys, stale.tls_hosts, tls.pki.ca, tls.web1)
+    assert code == 1 and out == ""
+    assert "certificate was refused: certificate has expired" in err, err
+    # Our own certificate expired: the server refuses the handshake, and the
+    # command says that it did, not only that nothing answered.
+    code, out, err = cli(monkeypatch, capsys, server.tls_hosts, tls.pki.ca, tls.web1_expired)
+    assert code == 1 and out == ""
+    assert "the server refused this client's certificate:" in err, err
+    assert f"{tls.web1_expired.cert} expired on" in err, err
 
 
 def test_a_plain_client_cannot_use_the_tls_port(server: ZooKeeperServer) -> None:
