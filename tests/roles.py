@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kazoo.client import KazooClient
@@ -79,6 +80,18 @@ class Fleet:
     def apply(self) -> None:
         code, out, err = self.cli("admin", "acl", "apply", str(self.policy_file))
         assert code == 0, out + err
+
+    def as_agent(self, sandbox: Any, role: str) -> dict[str, Any]:
+        """The sandbox's agent configured on this root with ``role``'s identity;
+        returns its zookeeper section."""
+        sandbox.zk_root = self.root
+        zookeeper = {
+            **sandbox.config()["zookeeper"],
+            "root": self.root,
+            "credentials_file": str(self.cred(role)),
+        }
+        sandbox.write_config(zookeeper=zookeeper)
+        return zookeeper
 
     def close(self) -> None:
         for c in self.clients.values():

@@ -259,15 +259,9 @@ def test_the_cli_creates_with_the_policy_acl_and_says_what_a_role_may_not(fleet:
 def test_the_agent_writes_its_presence_with_the_policy_acl_and_says_when_refused(
     fleet: Fleet, sandbox: Sandbox
 ) -> None:
-    sandbox.zk_root = fleet.root
     fleet.apply()
     assert fleet.cli("operator", "data", "set", "shop", "greeting", "from policy")[0] == 0
-    zookeeper = {
-        **sandbox.config()["zookeeper"],
-        "root": fleet.root,
-        "credentials_file": str(fleet.cred("agent")),
-    }
-    sandbox.write_config(zookeeper=zookeeper)
+    zookeeper = fleet.as_agent(sandbox, "agent")
     res = sandbox.cli("daemon", "--once")
     assert res.returncode == 0, res.stdout + res.stderr
     assert sandbox.layer_file("app") == {"greeting": "from policy"}

@@ -51,13 +51,7 @@ def test_a_host_cannot_forge_another_hosts_presence_or_result(
     fleet: Fleet, sandbox: Sandbox
 ) -> None:
     per_host(fleet)
-    sandbox.zk_root = fleet.root
-    zookeeper = {
-        **sandbox.config()["zookeeper"],
-        "root": fleet.root,
-        "credentials_file": str(fleet.cred("web1")),
-    }
-    sandbox.write_config(zookeeper=zookeeper)
+    fleet.as_agent(sandbox, "web1")
     sandbox.start_daemon()
     host = f"{fleet.root}/apps/shop/hosts"
 

@@ -34,12 +34,7 @@ def test_a_secret_reaches_puppet_and_nothing_else(fleet: Fleet, sandbox: Sandbox
     code, out, _ = run("agent", "data", "get", "shop", "db_password", "--secret")
     assert (code, out) == (0, f"{SECRET}\n")
     # The agent renders it into a 0600 Hiera file for puppet, and nowhere else.
-    zookeeper = {
-        **sandbox.config()["zookeeper"],
-        "root": fleet.root,
-        "credentials_file": str(fleet.cred("agent")),
-    }
-    sandbox.write_config(zookeeper=zookeeper)
+    fleet.as_agent(sandbox, "agent")
     res = sandbox.cli("daemon", "--once")
     assert res.returncode == 0, res.stdout + res.stderr
     assert sandbox.layer_file("secrets") == {"db_password": SECRET}
