@@ -25,6 +25,7 @@ from mozagent.cli.session import (
     CommandError,
     Session,
     connected,
+    os_user,
     timeout_of,
 )
 from mozagent.desired.audit import (
@@ -39,13 +40,6 @@ from mozagent.desired.keys import InvalidValue
 from mozagent.desired.schema import Unreadable, clean
 
 MAX_SHOWN_ENTRIES = 10_000
-
-
-def os_user() -> str:
-    """The OS user and host the CLI runs as (``fleet.identity``'s words)."""
-    from mozagent.cli.fleet import identity
-
-    return identity()
 
 
 @dataclass

@@ -21,10 +21,8 @@ a persistent one is shown, never waited for.
 from __future__ import annotations
 
 import argparse
-import getpass
 import io
 import json
-import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -54,6 +52,7 @@ from mozagent.cli.session import (
     Session,
     Stalled,
     connected,
+    os_user,
     timeout_of,
 )
 from mozagent.desired import convergence as cv
@@ -184,16 +183,11 @@ def read_release(session: Session, path: str) -> tuple[DesiredRelease | None, Zn
     return DesiredRelease(path, stat.mzxid, release), stat
 
 
-def identity(session: Session | None = None) -> str:
-    """Who wrote a release or an order, for the record: user@host, after the
-    ZooKeeper identity (``digest:bob bob@laptop``) when the session has one."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    zk = session.client.identity_name if session is not None else "anonymous"
-    who = f"{user}@{socket.gethostname()}"
-    return (who if zk == "anonymous" else f"{zk} {who}")[:MAX_BY_CHARS]
+def identity(session: Session) -> str:
+    """Who wrote a release or an order, for the record: the ZooKeeper identity
+    and the OS user (``digest:bob bob@laptop``), or the user alone."""
+    zk = session.client.identity_name
+    return (os_user() if zk == "anonymous" else f"{zk} {os_user()}")[:MAX_BY_CHARS]
 
 
 # --- fleet -------------------------------------------------------------------------------------
