@@ -65,8 +65,8 @@ def parse_stored(raw: bytes, where: str) -> Policy:
         raise InvalidPolicy(f"{where}: {len(raw)} bytes, over the 1 MiB limit")
     try:
         doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidPolicy(f"{where}: not JSON ({exc})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InvalidPolicy(f"{where}: not JSON ({type(exc).__name__})") from None
     return parse_policy(doc, where)
 
 

@@ -3,6 +3,7 @@ fixture of the ACL and audit tests (``fleet`` in conftest)."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -63,8 +64,9 @@ class Fleet:
             self.clients[key] = c
         return self.clients[key]
 
-    def cli(self, role: str | None, *argv: str) -> tuple[int, str, str]:
+    def cli(self, role: str | None, *argv: str, stdin: str = "") -> tuple[int, str, str]:
         """``mozagent ARGV`` as ``role`` (None: no identity): exit code, stdout, stderr."""
+        self.monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
         if role:
             self.monkeypatch.setenv(CREDENTIALS_ENV, str(self.cred(role)))
         else:

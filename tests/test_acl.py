@@ -11,6 +11,7 @@ import re
 import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError, NoChildrenForEphemeralsError
+from kazoo.security import make_digest_acl
 
 from mozagent.desired.acl import (
     ALL,
@@ -90,7 +91,7 @@ def populate(fleet: Fleet) -> None:
         "apps/{app}/release": f"{r}/apps/shop/release",
         "apps/{app}/data/{key}": f"{r}/apps/shop/data/greeting",
         "apps/{app}/secrets/{key}": f"{r}/apps/shop/secrets/greeting",
-        "apps/{app}/nodes/{node}/release": f"{r}/apps/shop/nodes/web1/release",
+        "apps/{app}/canaries/{node}": f"{r}/apps/shop/canaries/web1",
         "apps/{app}/nodes/{node}/data/{key}": f"{r}/apps/shop/nodes/web1/data/greeting",
         "apps/{app}/orders/{order}/results/{node}": (
             f"{r}/apps/shop/orders/order-0000000000/results/web1"
@@ -247,7 +248,7 @@ def test_the_cli_creates_with_the_policy_acl_and_says_what_a_role_may_not(fleet:
     code, out, err = run("admin", "acl", "check")
     assert code == 0, out + err
     admin = fleet.client("admin")
-    acl, _ = admin.get_acls(f"{fleet.root}/apps/shop/nodes/web2/release")
+    acl, _ = admin.get_acls(f"{fleet.root}/apps/shop/canaries/web2")
     assert {f"{a.id.scheme}:{a.id.id}" for a in acl} == {
         ident("admin"),
         ident("deployer"),
@@ -288,3 +289,25 @@ def test_a_stored_policy_that_cannot_be_used_stops_writes(fleet: Fleet) -> None:
 def test_policy_round_trips_through_its_document() -> None:
     policy = parse_policy(policy_doc(), "p")
     assert parse_policy(policy.to_doc(), "stored") == policy
+
+
+def test_apply_replaces_a_damaged_policy_and_goes_past_what_it_cannot_fix(fleet: Fleet) -> None:
+    fleet.apply()
+    admin = fleet.client("admin")
+    admin.set(f"{fleet.root}/acl", b"")  # half-written: every command refuses to write
+    code, _, err = fleet.cli("operator", "data", "set", "shop", "greeting", "hi")
+    assert code == 1 and "cannot be used" in err
+    # A znode an operator planted with an ACL that leaves the admins out.
+    planted = f"{fleet.root}/apps/shop/nodes/web9"
+    fleet.client("operator").create(
+        planted, b"", acl=[make_digest_acl("operator", "operator-pw", all=True)]
+    )
+    code, out, err = fleet.cli("admin", "acl", "apply", str(fleet.policy_file))
+    assert code == 1, out + err
+    assert "the stored policy cannot be used" in out and "stored the policy" in out
+    assert f"could not set {planted}:" in out and "superuser" in out
+    assert fleet.cli("operator", "data", "set", "shop", "greeting", "hi")[0] == 0
+    code, out, _ = fleet.cli("admin", "acl", "check")
+    assert code == 1 and "1 znodes not checked" in out, out
+    code, out, _ = fleet.cli("admin", "audit", "--json")
+    assert [e["action"] for e in json.loads(out)] == ["acl.apply", "acl.apply"]

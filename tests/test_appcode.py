@@ -20,7 +20,6 @@ from tests.test_fleet import Fleet, fleet  # noqa: F401 (fleet is a fixture)
 PASSWORD = "zk-pw-5f0e-not-for-apps"
 KEY_MATERIAL = "KEY-MATERIAL-77c1-not-for-apps"
 SIGNAL = "https://heat.example/v1/signal?token=SIG-TOKEN-a19b"
-SECRET = "db-secret-3e4d-not-in-install-data"
 
 PROBE = """
 for f in {targets}; do
@@ -60,7 +59,6 @@ def test_an_install_script_cannot_reach_the_agents_secrets(fleet: Fleet) -> None
     (other / "releases" / "abc" / "settings.py").write_text("SECRET_KEY = 'blog'\n")
     other.chmod(0o750)
     resolve_user("daemon", "blog").group_owns(str(other))
-    box.cli("data", "set", "shop", "db_password", SECRET, "--secret")
     targets = [
         box.state / "status.json",
         box.state,
@@ -77,7 +75,7 @@ def test_an_install_script_cannot_reach_the_agents_secrets(fleet: Fleet) -> None
     probe = (current / "probe.txt").read_text().splitlines()
     assert probe == [f"DENIED {t}" for t in targets], probe
     seen = "".join((current / n).read_text() for n in ("env.txt", "argv.txt", "data.json"))
-    for credential in (PASSWORD, KEY_MATERIAL, "SIG-TOKEN", SECRET, str(cred)):
+    for credential in (PASSWORD, KEY_MATERIAL, "SIG-TOKEN", str(cred)):
         assert credential not in seen, credential
     assert "installed.txt" in os.listdir(current)
     app_dir = Path(current).parent

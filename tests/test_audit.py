@@ -184,3 +184,19 @@ def test_entries_are_read_as_reports_and_shown_cleaned() -> None:
     assert parse_since("1970-01-02", 0.0) == 86400.0
     with pytest.raises(InvalidValue, match="give 30m"):
         parse_since("yesterday", 0.0)
+
+
+def test_an_entry_changed_after_it_was_written_is_flagged(fleet: Fleet) -> None:
+    fleet.apply()
+    trail = f"{fleet.root}/audit/apps/shop"
+    mine = fleet.client("operator").create(
+        f"{trail}/entry-",
+        b'{"action": "deploy", "who": "digest:someone-else"}',
+        sequence=True,
+        acl=[make_digest_acl("operator", "operator-pw", all=True)],
+    )
+    fleet.client("operator").set(mine, b'{"action": "deploy", "who": "digest:alice"}')
+    code, out, err = fleet.cli("operator", "audit", "shop")
+    assert code == 0 and "EDITED after it was written" in out, out + err
+    code, out, err = fleet.cli("deployer", "audit", "shop")  # left out by that ACL
+    assert code == 0 and "UNREADABLE" in out and "lacks the read (r)" in out, out + err

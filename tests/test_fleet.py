@@ -67,7 +67,7 @@ class Fleet:
         """As any ZooKeeper client may write it (zkCli.sh, another tool)."""
         path = release_path(self.zk_root, "shop")
         if node is not None:
-            path = f"{self.zk_root}/apps/shop/nodes/{node}/release"
+            path = f"{self.zk_root}/apps/shop/canaries/{node}"
         data = f"ref: {tag}\nsource: {self.repo.url}\n".encode()
         if self.zk.exists(path):
             return self.zk.set(path, data).mzxid
@@ -197,8 +197,8 @@ def test_a_node_override_canaries_one_host(fleet: Fleet) -> None:
     fleet.set_release("v2", node="web2")
     wait_for(lambda: installed_commit(fleet, "web2")() == v2, 60, what="the canary on web2")
     assert installed_commit(fleet, "web1")() == v1
-    assert fleet.presence("web2")["release"]["desired"]["path"].endswith("nodes/web2/release")
-    fleet.zk.delete(f"{fleet.zk_root}/apps/shop/nodes/web2/release")
+    assert fleet.presence("web2")["release"]["desired"]["path"].endswith("canaries/web2")
+    fleet.zk.delete(f"{fleet.zk_root}/apps/shop/canaries/web2")
     wait_for(lambda: installed_commit(fleet, "web2")() == v1, 60, what="web2 back on v1")
 
 

@@ -107,7 +107,7 @@ class Agents:
 
     def release_path(self, node: str | None = None) -> str:
         base = f"{self.root}/apps/shop"
-        return f"{base}/nodes/{node}/release" if node else f"{base}/release"
+        return f"{base}/canaries/{node}" if node else f"{base}/release"
 
     def soon(self, play: Callable[[], None]) -> None:
         """Run ``play`` in a thread (the hosts reacting while the CLI waits)."""
@@ -637,7 +637,7 @@ def test_outcomes_of_a_wait() -> None:
     assert cv.release_outcome(host(release=bad), wanted).text == "FAILED: exit 1"
 
     app_path = "/m/apps/shop/release"
-    follows = {"ref": "v1", "path": "/m/apps/shop/nodes/web1/release", "version": 3}
+    follows = {"ref": "v1", "path": "/m/apps/shop/canaries/web1", "version": 3}
     assert cv.canary_path(host(release={"desired": follows}), app_path) == follows["path"]
     assert (
         cv.canary_path(host(release={"desired": {**follows, "path": app_path}}), app_path) is None
@@ -661,7 +661,7 @@ def test_host_problems_rules() -> None:
     assert marks() == ()
     assert marks(9) == ("LAGGING: data",)
     assert marks(desired={**good["desired"], "version": 6}) == ("LAGGING: release",)
-    assert marks(desired={**good["desired"], "path": "/m/apps/shop/nodes/web1/release"}) == (
+    assert marks(desired={**good["desired"], "path": "/m/apps/shop/canaries/web1"}) == (
         "LAGGING: release",
     )
     assert marks(installed={**good["installed"], "ref": "v1"}) == ("LAGGING: release",)
@@ -770,7 +770,7 @@ def test_fleet_and_wait_agree_on_every_host() -> None:
     variants: list[dict[str, Any]] = [
         {},
         {"desired": {**desired, "version": 6}},
-        {"desired": {**desired, "path": "/m/apps/shop/nodes/web1/release"}},
+        {"desired": {**desired, "path": "/m/apps/shop/canaries/web1"}},
         {"installed": {**installed, "ref": "v1"}},
         {"installed": {**installed, "commit": "f" * 40}},
         {"installed": {**installed, "source": "file:///elsewhere"}},

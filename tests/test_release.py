@@ -24,7 +24,13 @@ import pytest
 from mozagent.apply.process import ChildRunner, Ledger
 from mozagent.apply.release import MAX_LOG_BYTES, ReleaseInstaller
 from mozagent.apply.runas import resolve_user
-from mozagent.desired.release import InvalidRelease, Release, parse_release, pick_ref
+from mozagent.desired.release import (
+    InvalidRelease,
+    Release,
+    parse_release,
+    pick_ref,
+    split_userinfo,
+)
 from mozagent_dev.githttp import GitHttpServer
 
 WHERE = "/mozagent/apps/shop/release"
@@ -694,3 +700,14 @@ def test_with_a_credentials_file_urls_with_credentials_are_refused(
         Release("v1", server.url("shop/.git")), {}
     )
     assert not loose.ok and "chmod 600" in loose.message
+
+
+def test_only_http_credentials_are_split_off_the_url() -> None:
+    assert split_userinfo("https://deploy:t%40k@git.example/shop") == (
+        "https://git.example/shop",
+        "deploy",
+        "t@k",
+    )
+    ssh = "ssh://git@git.example/shop"
+    assert split_userinfo(ssh) == (ssh, None, None)
+    assert split_userinfo("/srv/git/shop") == ("/srv/git/shop", None, None)

@@ -18,7 +18,9 @@ SECRET = "pw-9d8c7b6a-never-shown"
 def test_a_secret_reaches_puppet_and_nothing_else(fleet: Fleet, sandbox: Sandbox) -> None:
     fleet.apply()
     run = fleet.cli
-    code, out, err = run("operator", "data", "set", "shop", "db_password", SECRET, "--secret")
+    code, out, err = run(
+        "operator", "data", "set", "shop", "db_password", "-", "--secret", stdin=SECRET
+    )
     assert code == 0, err
     assert run("operator", "data", "set", "shop", "greeting", "hi")[0] == 0
     # Write-only for the operator: names, never values.
@@ -58,17 +60,25 @@ def test_a_secret_reaches_puppet_and_nothing_else(fleet: Fleet, sandbox: Sandbox
 
 
 def test_secrets_are_set_one_by_one_and_never_diffed(fleet: Fleet) -> None:
+    code, _, err = fleet.cli("operator", "data", "set", "shop", "k", "-", "--secret", stdin="v")
+    assert code == 1 and "no ACL policy" in err  # open tree: it would be anyone's
     fleet.apply()
+    code, _, err = fleet.cli("operator", "data", "set", "shop", "k", "v", "--secret")
+    assert code == 2 and "on stdin" in err
     layer = fleet.tmp / "s.yaml"
     layer.write_text("db_password: x\n")
     code, _, err = fleet.cli("operator", "data", "import", "shop", str(layer), "--secret")
     assert code == 2 and "one by one" in err
-    code, _, err = fleet.cli("operator", "data", "set", "shop", "k", "v", "--secret", "--dry-run")
+    code, _, err = fleet.cli(
+        "operator", "data", "set", "shop", "k", "-", "--secret", "--dry-run", stdin="v"
+    )
     assert code == 2 and "no diff" in err
-    code, _, err = fleet.cli("operator", "data", "set", "shop", "k", "v", "--secret", "--node", "x")
+    code, _, err = fleet.cli(
+        "operator", "data", "set", "shop", "k", "-", "--secret", "--node", "x", stdin="v"
+    )
     assert code == 2
-    assert fleet.cli("operator", "data", "set", "shop", "k", "v1", "--secret")[0] == 0
-    assert fleet.cli("operator", "data", "set", "shop", "k", "v2", "--secret")[0] == 0
+    assert fleet.cli("operator", "data", "set", "shop", "k", "-", "--secret", stdin="v1")[0] == 0
+    assert fleet.cli("operator", "data", "set", "shop", "k", "-", "--secret", stdin="v2")[0] == 0
     assert fleet.cli("agent", "data", "get", "shop", "k", "--secret")[1] == "v2\n"
     assert fleet.cli("operator", "data", "delete", "shop", "k", "--secret")[0] == 0
     code, out, _ = fleet.cli("operator", "audit", "shop", "--json")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import stat
 import tempfile
@@ -38,6 +39,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from mozagent.apply.process import ChildApplier, ChildExit, ChildRunner
 from mozagent.apply.runas import RunAs
@@ -57,9 +59,11 @@ MAX_LOG_BYTES = 1024 * 1024
 LOGS_PER_RELEASE = 5
 # Hands git the credentials split off the URL (``split_userinfo``), from the
 # environment: the helper's text holds none.
+# Only for the source's own host: a redirect elsewhere gets nothing.
 _ENV_CREDENTIAL_HELPER = (
-    '!f() { test "$1" = get && printf "username=%s\\npassword=%s\\n" '
-    '"$MOZAGENT_GIT_USERNAME" "$MOZAGENT_GIT_PASSWORD"; }; f'
+    '!f() { test "$1" = get || return 0; h=; while IFS== read -r k v; do '
+    '[ "$k" = host ] && h=$v; done; [ "$h" = "$MOZAGENT_GIT_HOST" ] && '
+    'printf "username=%s\\npassword=%s\\n" "$MOZAGENT_GIT_USERNAME" "$MOZAGENT_GIT_PASSWORD"; }; f'
 )
 _GIT_CONFIG = (
     "protocol.ext.allow=never",
@@ -391,13 +395,16 @@ class ReleaseInstaller(ChildApplier):
                     "read the release znode would have them): put them in that file"
                 )
             env["MOZAGENT_GIT_USERNAME"], env["MOZAGENT_GIT_PASSWORD"] = user, password or ""
+            env["MOZAGENT_GIT_HOST"] = urlsplit(url).netloc
             helper = _ENV_CREDENTIAL_HELPER
         elif self.git_credentials:
             try:
                 read_private(self.git_credentials, "git credentials file", 64 * 1024)
             except CredentialsError as exc:
                 raise _Failed(str(exc)) from None
-            helper = f"store --file={self.git_credentials}"
+            # get only: git's erase after a refusal must not edit the admin's file.
+            store = shlex.quote(self.git_credentials)
+            helper = f'!f() {{ test "$1" = get && git credential-store --file={store} get; }}; f'
         if helper is not None:
             env.update(
                 GIT_CONFIG_COUNT="1",

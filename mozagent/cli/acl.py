@@ -20,6 +20,7 @@ from typing import TextIO
 
 from kazoo.exceptions import NodeExistsError, NoNodeError
 
+from mozagent.cli.audit import Note
 from mozagent.cli.parser import Usage
 from mozagent.cli.session import (
     EXIT_FAILED,
@@ -33,6 +34,7 @@ from mozagent.cli.session import (
 from mozagent.desired.acl import (
     APP_SKELETON,
     ROOT_SKELETON,
+    InvalidPolicy,
     Policy,
     acl_for,
     acl_text,
@@ -41,11 +43,14 @@ from mozagent.desired.acl import (
     parse_policy,
     table_text,
 )
+from mozagent.desired.audit import Change
 from mozagent.desired.keys import InvalidValue, parse_yaml_text
-from mozagent.zkacl import Refused, from_kazoo, policy_path, to_kazoo
+from mozagent.desired.schema import clean
+from mozagent.zkacl import Refused, first_refusal, from_kazoo, policy_path, to_kazoo
 from mozagent.zkauth import read_credentials
 
 MAX_POLICY_FILE = 1024 * 1024
+MAX_WALKS = 3  # walks of the tree by one apply, until one changes nothing
 ARITY = {"apply": ["FILE"], "check": [], "id": ["CREDENTIALS_FILE"], "table": []}
 
 
@@ -69,7 +74,11 @@ def cmd_acl(args: argparse.Namespace) -> int:
     if cmd == "apply":
         _not_locked_out(args, policy)
         return connected(
-            args, timeout, True, lambda s: apply_policy(s, policy, args.dry_run, sys.stdout)
+            args,
+            timeout,
+            True,
+            lambda s: apply_policy(s, policy, args.dry_run, sys.stdout),
+            load_policy=False,  # apply reads it itself: a damaged one must not lock it out
         )
     return connected(args, timeout, False, lambda s: check_policy(s, policy, sys.stdout))
 
@@ -148,10 +157,24 @@ def walk(session: Session, top: str) -> Iterator[tuple[str, dict[str, int] | Non
 
 
 def apply_policy(session: Session, policy: Policy | None, dry_run: bool, out: TextIO) -> int:
+    """The policy first (with its audit entry), so that no agent or command
+    goes on creating with the old one; then the fixed znodes; then every
+    znode's ACL, walked again until a walk changes nothing (what was created
+    with the old policy during the first walk is caught by the next)."""
     assert policy is not None
     client, root = session.client, session.root
-    stored = client.policy
+    try:
+        stored = client.load_policy()
+    except InvalidPolicy as exc:  # a damaged or half-written policy is replaced, not obeyed
+        print(f"the stored policy cannot be used ({exc}): replacing it", file=out)
+        stored = None
     client.use_policy(policy)
+    if stored != policy:
+        print(
+            f"{'would store' if dry_run else 'stored'} the policy at {policy_path(root)}", file=out
+        )
+        if not dry_run:
+            _store(session, policy)
     made = 0
     for path in skeleton(policy, root):
         if client.exists(path) is None:
@@ -160,36 +183,74 @@ def apply_policy(session: Session, policy: Policy | None, dry_run: bool, out: Te
             if not dry_run:
                 with contextlib.suppress(NodeExistsError):
                     client.create(path, b"", makepath=True)
-    doc = json.dumps(policy.to_doc(), sort_keys=True).encode()
-    where = policy_path(root)
-    if stored != policy:
-        print(f"{'would store' if dry_run else 'stored'} the policy at {where}", file=out)
-        if not dry_run:
-            found = client.exists(where)
-            if found is None:
-                client.create(where, doc)
-            else:
-                client.set(where, doc, version=found.version)
     changed = kept = 0
-    for path, grants in walk(session, root):
-        want = acl_for(policy, root, path)
-        if grants == want:
-            kept += 1
-            continue
-        changed += 1
-        was = "unreadable" if grants is None else acl_text(grants)
-        print(f"{'would set' if dry_run else 'set'} {path}: {was} -> {acl_text(want)}", file=out)
-        if not dry_run:
-            with contextlib.suppress(NoNodeError):
-                client.set_acls(path, to_kazoo(want))
+    failed: dict[str, str] = {}
+    for _ in range(MAX_WALKS):
+        changes = 0
+        for path, grants in walk(session, root):
+            want = acl_for(policy, root, path)
+            if grants == want:
+                kept += 1
+                continue
+            if path in failed:
+                continue
+            changes += 1
+            was = "unreadable" if grants is None else acl_text(grants)
+            print(
+                f"{'would set' if dry_run else 'set'} {clean(path, 300)}: {was} -> "
+                f"{acl_text(want)}",
+                file=out,
+            )
+            if not dry_run:
+                try:
+                    client.set_acls(path, to_kazoo(want))
+                except NoNodeError:
+                    pass
+                except Refused as exc:
+                    failed[path] = str(exc)
+        changed += changes
+        if dry_run or not changes:
+            break
+        kept = 0
     if not dry_run:
         session.written = True
     verb = "would change" if dry_run else "changed"
     print(
-        f"{verb} {changed} ACLs, {made} znodes created, {kept} ACLs already the policy's",
-        file=out,
+        f"{verb} {changed} ACLs, {made} znodes created, {kept} ACLs already the policy's", file=out
     )
-    return EXIT_OK
+    for path, why in failed.items():
+        print(
+            f"could not set {clean(path, 300)}: {why} (its ACL leaves the admins out: only a "
+            "ZooKeeper superuser can change it)",
+            file=out,
+        )
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _store(session: Session, policy: Policy) -> None:
+    """The policy and its audit entry, in one transaction."""
+    client = session.client
+    where = policy_path(session.root)
+    doc = json.dumps(policy.to_doc(), sort_keys=True).encode()
+    client.ensure_path(session.root)
+    found = client.exists(where)
+    txn = client.transaction()
+    if found is None:
+        txn.create(where, doc)
+    else:
+        txn.set_data(where, doc, version=found.version)
+    apps = ", ".join(sorted(policy.apps)) or "none"
+    Note(session, None, None, "mozagent acl apply").add(
+        txn,
+        "acl.apply",
+        where,
+        [Change("policy", None, f"{len(policy.admins)} admins; apps {apps}")],
+    )
+    results = txn.commit()
+    if (refused := first_refusal(results)) is not None:
+        raise CommandError(f"{refused}; nothing written")
+    if any(isinstance(r, Exception) for r in results):
+        raise CommandError(f"someone changed {where} meanwhile; nothing written, run it again")
 
 
 def check_policy(session: Session, policy: Policy | None, out: TextIO) -> int:
@@ -217,8 +278,12 @@ def check_policy(session: Session, policy: Policy | None, out: TextIO) -> int:
     seen = len(found)
     unread = sum(1 for _, grants in found if grants is None)
     if unread:
-        print(f"{unread} znodes not checked: this identity may not read their ACLs", file=out)
-    if wrong or missing or stored != policy:
+        print(
+            f"{unread} znodes not checked: this identity may not read their ACLs (run it as "
+            "an admin; an admin that cannot read one has found a znode that leaves it out)",
+            file=out,
+        )
+    if wrong or missing or stored != policy or unread:
         print(f"{len(wrong)} of {seen} znodes differ from the policy", file=out)
         return EXIT_FAILED
     print(f"all {seen} znodes under {root} carry the policy's ACL", file=out)

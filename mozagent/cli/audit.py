@@ -13,7 +13,7 @@ import json
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
 from kazoo.client import TransactionRequest
@@ -122,15 +122,21 @@ def read_entries(session: Session, app: str | None, since: float) -> list[AuditE
     if listing is None:
         return []
     names = [n for n in listing[0] if n.startswith(ENTRY_PREFIX)][-MAX_SHOWN_ENTRIES:]
-    found = session.get_many(f"{where}/{n}" for n in names)
+    found = session.get_many((f"{where}/{n}" for n in names), refused=True)
     entries: list[AuditEntry | Unreadable] = []
     for name in names:
         hit = found[f"{where}/{name}"]
+        if isinstance(hit, Exception):  # its writer chose an ACL that leaves us out
+            entries.append(Unreadable(f"{clean(name, 60)}: {hit}"))
+            continue
         if hit is None or hit[1].ctime / 1000 < since:
             continue
         try:
-            entries.append(AuditEntry.parse(json.loads(hit[0].decode("utf-8")), name))
-        except (ValueError, UnicodeDecodeError) as exc:
+            entry = AuditEntry.parse(json.loads(hit[0].decode("utf-8")), name)
+            # When: the server's clock (the writer's ``at`` is its own word).
+            stat = hit[1]
+            entries.append(replace(entry, at=stat.ctime / 1000, edited=stat.mzxid != stat.czxid))
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             entries.append(Unreadable(f"{clean(name, 60)}: {clean(exc)}"))
     return entries
 

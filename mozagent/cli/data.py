@@ -89,6 +89,12 @@ def cmd_data(args: argparse.Namespace) -> int:
         value = None
         if cmd == "set":
             _check_key(words["KEY"])
+            if ref.secret and words["VALUE"] != "-":
+                raise CommandError(
+                    "give a secret's value on stdin (`data set APP KEY - --secret`): a "
+                    "command line is seen by every user in ps, and kept in shell history",
+                    EXIT_INVALID,
+                )
             text = read_stdin_value() if words["VALUE"] == "-" else words["VALUE"]
             value = parse_cli_value(text, args.string, words["KEY"])
         elif cmd == "import":
@@ -106,6 +112,11 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     def work(session: Session) -> int:
         client = session.client
+        if ref.secret and client.policy is None:
+            raise CommandError(
+                f"no ACL policy at {session.root}: a secret would be readable by anyone who "
+                "can reach ZooKeeper; apply one first (`mozagent acl apply FILE`)"
+            )
         reason = getattr(args, "reason", None)
         note = Note.of(session, reason, ref.app, ref.node) if changes else Note.none(session)
         if cmd == "set":
@@ -415,7 +426,7 @@ def delete_layer(client: PolicyClient, ref: LayerRef, note: Note, out: TextIO | 
     else:
         # Under a policy the layer znode is part of the tree `mozagent acl`
         # made, with its ACL: it stays, emptied.
-        txn.set_data(ref.path, b"", version=content.version)
+        txn.check(ref.path, version=content.version)
     changes = [
         key_change(name, data, None, ref.secret) for name, (data, _) in sorted(content.raw.items())
     ]

@@ -107,16 +107,22 @@ class Session:
             raise Stalled(remaining) from None
 
     def get_many(
-        self, paths: Iterable[str], deadline: float | None = None
-    ) -> dict[str, tuple[bytes, ZnodeStat] | None]:
+        self, paths: Iterable[str], deadline: float | None = None, refused: bool = False
+    ) -> dict[str, tuple[bytes, ZnodeStat] | Refused | None]:
+        """Each znode's data and stat; None when gone; with ``refused``, a
+        znode this identity may not read is its Refused, not the command's end."""
         pending = {path: self.client.get_async(path) for path in paths}
-        found: dict[str, tuple[bytes, ZnodeStat] | None] = {}
+        found: dict[str, tuple[bytes, ZnodeStat] | Refused | None] = {}
         for path, result in pending.items():
             try:
                 data, stat = self.result(result, deadline)
                 found[path] = (data or b"", stat)
             except NoNodeError:
                 found[path] = None
+            except Refused as exc:
+                if not refused:
+                    raise
+                found[path] = exc
         return found
 
     def stats(
@@ -220,6 +226,7 @@ def connected(
     writes: bool,
     work: Callable[[Session], int],
     target: tuple[str, str] | None = None,
+    load_policy: bool = True,
 ) -> int:
     """Run ``work`` on a ZooKeeper session, the whole of it bounded by ``timeout``;
     ``writes``: whether a cut-short command may have made its change."""
@@ -245,7 +252,8 @@ def connected(
             except KazooTimeoutError:
                 return _unreachable(hosts, timeout, tls)
             reached = True
-            client.retry(client.load_policy)  # as any first read: a stall is the alarm's
+            if load_policy:
+                client.retry(client.load_policy)  # as any first read: a stall is the alarm's
             return work(session)
     except _Deadline:
         timed_out = True

@@ -221,13 +221,14 @@ TABLE: tuple[tuple[str, str, str], ...] = (
     ("global/data", "all=r", "the global layer"),
     ("global/data/{key}", "all=r", ""),
     ("apps", "all=r", ""),
-    ("apps/{app}", "deployers=rc operators=rc agents=r", ""),
+    ("apps/{app}", "deployers=rc operators=r agents=r", "deployers create the release"),
     ("apps/{app}/release", "deployers=rw operators=r agents=r", "the app's release"),
     ("apps/{app}/data", "operators=rwcd deployers=r agents=r", "the app's layer"),
     ("apps/{app}/data/{key}", "operators=rw deployers=r agents=r", ""),
-    ("apps/{app}/nodes", "deployers=rc operators=rc agents=r", ""),
-    ("apps/{app}/nodes/{node}", "deployers=rcd operators=rcd agents=r", ""),
-    ("apps/{app}/nodes/{node}/release", "deployers=rw operators=r agents=r", "a canary"),
+    ("apps/{app}/canaries", "deployers=rcd operators=r agents=r", ""),
+    ("apps/{app}/canaries/{node}", "deployers=rw operators=r agents=r", "a node's release"),
+    ("apps/{app}/nodes", "operators=rc deployers=r agents=r", ""),
+    ("apps/{app}/nodes/{node}", "operators=rcd deployers=r agents=r", ""),
     ("apps/{app}/nodes/{node}/data", "operators=rwcd deployers=r agents=r", "a node's layer"),
     ("apps/{app}/nodes/{node}/data/{key}", "operators=rw deployers=r agents=r", ""),
     ("apps/{app}/secrets", "operators=rcd deployers=r agents=r", "secrets: names only"),
@@ -239,13 +240,17 @@ TABLE: tuple[tuple[str, str, str], ...] = (
         "own=rw agents=r deployers=r operators=r",
         "a host's claim: its session, its results",
     ),
-    ("apps/{app}/hosts/{node}", "agents=rw deployers=r operators=r", "a host's presence"),
+    (
+        "apps/{app}/hosts/{node}",
+        "shared=rw own=rw agents=r deployers=r operators=r",
+        "a host's presence",
+    ),
     ("apps/{app}/orders", "operators=rc agents=rd deployers=r", "agents prune old orders"),
     ("apps/{app}/orders/{order}", "agents=rcd operators=r deployers=r", "an order"),
     ("apps/{app}/orders/{order}/results", "agents=rcd operators=r deployers=r", ""),
     (
         "apps/{app}/orders/{order}/results/{node}",
-        "agents=rw operators=r deployers=r",
+        "shared=rw own=rw agents=r operators=r deployers=r",
         "a host's result",
     ),
     ("audit", "all=r", "the audit trail: only admins delete"),
@@ -272,13 +277,19 @@ def table_text() -> str:
     rows = [("znode under the root", "admin", "deployer", "operator", "agent", "others", "")]
     for pattern, grants, note in TABLE:
         cells = dict.fromkeys(("deployer", "operator", "agent"), "")
-        own = ""
+        own = shared = ""
         for who, perms in grants_of(grants):
-            if who == "own":
-                own = perms_text(perms)
+            if who in ("own", "shared"):
+                own, shared = (
+                    (perms_text(perms), shared) if who == "own" else (own, perms_text(perms))
+                )
                 continue
             for role in ("deployer", "operator", "agent") if who == "all" else (letters[who],):
                 cells[role] = perms_text(perms)
+        if shared:  # with one identity for the app's hosts
+            cells["agent"] = f"{shared} (shared)" + (
+                f", {cells['agent']} per host" if cells["agent"] else ""
+            )
         if own:  # the host the path names, with its own identity
             cells["agent"] += f", own {own}"
         rows.append(
@@ -299,8 +310,8 @@ def table_text() -> str:
 
 # What ``mozagent acl`` creates with each app in the policy, so that nobody's
 # ``c`` on a parent can create them with an ACL of its own choosing.
-APP_SKELETON = ("data", "secrets", "nodes", "hosts", "orders")
-ROOT_SKELETON = ("acl", "global", "global/data", "apps", "audit", "audit/global", "audit/apps")
+APP_SKELETON = ("data", "secrets", "canaries", "nodes", "hosts", "orders")
+ROOT_SKELETON = ("global", "global/data", "apps", "audit", "audit/global", "audit/apps")
 
 
 def _match(pattern: str, parts: list[str]) -> dict[str, str] | None:
@@ -354,6 +365,8 @@ def acl_for(policy: Policy, root: str, path: str) -> dict[str, int]:
         elif who == "own":  # the identity of the {node} in the path, and only it
             own = roles.hosts.get(names.get("node", ""))
             ids = (own,) if own else ()
+        elif who == "shared":  # the app's agents, when they share their identities
+            ids = () if roles.hosts else roles.agents
         else:
             ids = getattr(roles, who)
         for identity in ids:

@@ -32,7 +32,7 @@ MAX_CHANGES = 100  # per entry; an import of more keys says how many were left o
 MAX_REASON = 1024
 SECRET_WORDS = re.compile(r"(password|passwd|secret|token|private_key|api_key|credential)")
 MASK = "(secret: not recorded)"
-ACTIONS = ("deploy", "canary", "order", "data.set", "data.delete", "data.import")
+ACTIONS = ("deploy", "canary", "order", "data.set", "data.delete", "data.import", "acl.apply")
 
 
 def audit_dir(root: str, app: str | None) -> str:
@@ -82,6 +82,9 @@ class AuditEntry:
     changes: tuple[Change, ...] = ()
     left_out: int = 0
     name: str = field(default="", compare=False)  # the znode's, once read
+    # Changed after it was written (its znode's mzxid is not its czxid): its
+    # writer gave itself the right, so the entry is not to be believed.
+    edited: bool = field(default=False, compare=False)
 
     def to_doc(self) -> dict[str, Any]:
         return {
@@ -96,6 +99,7 @@ class AuditEntry:
             "reason": self.reason,
             "changes": [c.to_doc() for c in self.changes[:MAX_CHANGES]],
             "left_out": self.left_out + max(0, len(self.changes) - MAX_CHANGES),
+            **({"edited": True} if self.edited else {}),
         }
 
     @classmethod
@@ -128,6 +132,8 @@ class AuditEntry:
         what = "; ".join(f"{c.what}: {_short(c.before)} -> {_short(c.after)}" for c in self.changes)
         more = f" (+{self.left_out} more)" if self.left_out else ""
         why = f" -- {self.reason}" if self.reason else ""
+        if self.edited:
+            why += " [EDITED after it was written: not to be believed]"
         where = self.app or "global"
         if self.node:
             where += f" node {self.node}"

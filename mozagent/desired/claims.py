@@ -53,7 +53,7 @@ class HostClaim:
             return cls()
         try:
             doc = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             raise InvalidValue(f"{where} is not JSON") from None
         f = Fields(doc, where)
         results = doc.get("results") or {}

@@ -4,7 +4,7 @@ The agents and the operator's CLI meet only here, so the layout is written
 once. Under ``<root>/apps/<app>/``:
 
 ``release``                 the app's desired release (YAML: ref, source, install_script)
-``nodes/<node>/release``    a per-node override (a canary)
+``canaries/<node>``         a per-node override of the release (a canary)
 ``hosts/<node>``            each live agent's presence (ephemeral, JSON)
 ``orders/order-<seq>``      a command pushed to the app's hosts (sequential, JSON)
 ``orders/order-<seq>/results/<node>``  what one host did with it (JSON)
@@ -31,7 +31,10 @@ def release_path(root: str, app: str) -> str:
 
 
 def node_release_path(root: str, app: str, node: str) -> str:
-    return f"{app_base(root, app)}/nodes/{node}/release"
+    """A canary has a parent of its own, apart from ``nodes/<node>`` (the
+    operators' node layers): ZooKeeper's create is the parent's, and whoever
+    creates a znode chooses its content and its ACL."""
+    return f"{app_base(root, app)}/canaries/{node}"
 
 
 def hosts_path(root: str, app: str) -> str:

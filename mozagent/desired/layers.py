@@ -158,6 +158,9 @@ def resolve_layer(
         if error is None:
             values[key] = value
             continue
+        if view.name in SECRET_LAYERS and not entry.error:
+            # A parser's words may quote the text (an alias, a tag): not a secret's.
+            error = "the value is not valid YAML (not shown: it is a secret)"
         if last is not None and key in last.values:
             values[key] = last.values[key]
             error += "; keeping its last good value"

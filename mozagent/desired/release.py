@@ -50,8 +50,8 @@ def split_userinfo(source: str) -> tuple[str, str | None, str | None]:
     """``https://user:token@host/repo`` as (``https://host/repo``, user, token):
     git is given the URL without them, and them by a helper, never on argv."""
     m = _USERINFO.match(source)
-    if m is None:
-        return source, None, None
+    if m is None or m.group("scheme").lower() not in ("http://", "https://"):
+        return source, None, None  # ssh://git@host: a user name, not a credential
     userinfo = m.group(0)[len(m.group("scheme")) : -1]
     user, _, password = userinfo.partition(":")
     return m.group("scheme") + source[m.end() :], unquote(user), unquote(password) or None

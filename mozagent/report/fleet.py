@@ -224,7 +224,7 @@ def holder_text(
         )
     try:
         doc = json.loads(raw or b"")
-    except ValueError:
+    except (ValueError, RecursionError):
         doc = None
     doc = doc if isinstance(doc, dict) else {}
     who = f"pid {clean(doc.get('pid', '?'), 20)} on {clean(doc.get('host', '?'), 80)}, "

@@ -1,7 +1,7 @@
 """The releases source: which release of the app's code this host must run.
 
 The app's ``release`` znode names it for every host; a node's own
-``nodes/<node>/release`` overrides it, so an operator can canary one host.
+``canaries/<node>`` overrides it, so a deployer can canary one host.
 Deleting the override puts the host back on the app's release. The source
 hands the executor a ``DesiredRelease`` each time what it reads changes; the
 executor installs it (after puppet) and reports back.
