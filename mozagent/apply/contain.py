@@ -156,8 +156,19 @@ def kill_orphans(kill: Callable[[int, int], None], seconds: float = 2.0) -> int:
     """
     killed = 0
     deadline = time.monotonic() + seconds
+    stopped: set[int] = set()
     while time.monotonic() < deadline:
         live = [pid for pid in orphans() if _alive(pid)]
+        # Stopped first, as the sweep does: a chain that forks and exits
+        # outruns kills one generation at a time, but a stopped process
+        # forks nothing more; what it forked before shows up here in turn.
+        new = [pid for pid in live if pid not in stopped]
+        for pid in new:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                kill(pid, signal.SIGSTOP)
+            stopped.add(pid)
+        if new:
+            continue
         for pid in live:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 kill(pid, signal.SIGKILL)
@@ -317,13 +328,17 @@ def sweep(
     start = clock()
     deadline, stop_until = start + timeout, start + timeout / 2
     found: list[int] = []
+    killed_orphans = 0
     while True:
-        killed_orphans = kill_orphans(kill)
+        orphans_now = kill_orphans(kill)
+        killed_orphans += orphans_now
         found = find(mark)
-        if not found:
+        if not found and not orphans_now:  # a whole look found nothing alive
             return Cleanup(len(killed) + killed_orphans)
         if clock() > deadline:
             break
+        if not found:
+            continue  # orphans were killed: what they had started is ours now
         new = [pid for pid in found if pid not in stopped]
         for pid in new:
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -336,6 +351,12 @@ def sweep(
                 kill(pid, signal.SIGKILL)
             killed.add(pid)
         time.sleep(0.01)
+    if not found:  # only orphans, and they kept coming
+        return Cleanup(
+            len(killed) + killed_orphans,
+            [],
+            f"processes re-parented to the agent kept appearing for {timeout:g} s",
+        )
     return Cleanup(
         len(killed),
         found,
