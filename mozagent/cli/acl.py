@@ -175,6 +175,7 @@ def apply_policy(session: Session, policy: Policy | None, dry_run: bool, out: Te
         )
         if not dry_run:
             _store(session, policy)
+            session.written = True  # a cut-short apply has changed the tree
     made = 0
     for path in skeleton(policy, root):
         if client.exists(path) is None:

@@ -375,7 +375,8 @@ def acl_for(policy: Policy, root: str, path: str) -> dict[str, int]:
 
 
 def acl_text(grants: dict[str, int]) -> str:
-    return ", ".join(f"{shown(i)}:{perms_text(p)}" for i, p in sorted(grants.items()))
+    # Ids come from ZooKeeper, written by whoever made the znode: cleaned.
+    return ", ".join(f"{clean(shown(i), 120)}:{perms_text(p)}" for i, p in sorted(grants.items()))
 
 
 # --- refusals ------------------------------------------------------------------------------------
