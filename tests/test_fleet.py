@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
 
 from mozagent.desired.fleet import host_path, orders_path, release_path, result_path
 from mozagent_dev.testing import ZooKeeperServer, text_of
@@ -75,10 +76,12 @@ class Fleet:
         return self.zk.exists(path).mzxid
 
     def presence(self, node: str) -> dict[str, Any] | None:
-        stat = self.zk.exists(host_path(self.zk_root, "shop", node))
-        if stat is None:
+        # One read, no exists() first: a presence can go (a session ending)
+        # between two reads, and that is "no presence", not an error.
+        try:
+            data, _ = self.zk.get(host_path(self.zk_root, "shop", node))
+        except NoNodeError:
             return None
-        data, _ = self.zk.get(host_path(self.zk_root, "shop", node))
         return json.loads(data)
 
     def current(self, node: str) -> str | None:
