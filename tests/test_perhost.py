@@ -13,6 +13,7 @@ from kazoo.exceptions import NoAuthError
 
 from mozagent.desired.acl import InvalidPolicy, parse_policy
 from mozagent.desired.claims import HostClaim, presence_untrusted, result_untrusted
+from mozagent.desired.keys import InvalidValue
 from mozagent.desired.orders import OrderResult
 from tests.conftest import Sandbox, wait_for
 from tests.roles import Fleet, ident
@@ -34,6 +35,13 @@ def test_claims_vouch_only_for_their_own_session_and_results() -> None:
     assert "no claim" in (presence_untrusted(None, 1) or "")
     assert HostClaim.parse(claim.encode(), "c") == claim
     assert HostClaim.parse(b"", "c") == HostClaim()  # as `acl apply` makes it
+    for hostile, why in (
+        (b"[" * 10_000, "not JSON"),
+        (b"x" * 20_000, "over"),
+        (b'{"results": [1]}', "not a mapping"),
+    ):
+        with pytest.raises(InvalidValue, match=why):
+            HostClaim.parse(hostile, "c")
     for i in range(100):
         claim = claim.with_result(f"order-{i:010d}", b"x")
     assert len(claim.results) == 64 and "order-0000000099" in claim.results

@@ -29,6 +29,9 @@ from mozagent.desired.schema import SCHEMA_KEY, Fields
 
 CLAIM_SCHEMA = 1
 MAX_CLAIMED_RESULTS = 64  # the newest orders; older results are history by then
+# 64 digests and a session are under 8 KiB: more is not a claim this agent wrote,
+# and every `fleet` reads every claim.
+MAX_CLAIM_BYTES = 16 * 1024
 
 
 def digest_of(raw: bytes) -> str:
@@ -51,6 +54,8 @@ class HostClaim:
         """An empty znode (as ``acl apply`` makes it) claims nothing yet."""
         if not raw:
             return cls()
+        if len(raw) > MAX_CLAIM_BYTES:
+            raise InvalidValue(f"{where} is {len(raw)} bytes, over {MAX_CLAIM_BYTES}")
         try:
             doc = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError):
