@@ -27,6 +27,7 @@ from mozagent.cli.session import (
     EXIT_OK,
     CommandError,
     Session,
+    commit_change,
     connected,
     identity_of,
     timeout_of,
@@ -46,7 +47,7 @@ from mozagent.desired.acl import (
 from mozagent.desired.audit import Change
 from mozagent.desired.keys import InvalidValue, parse_yaml_text
 from mozagent.desired.schema import clean
-from mozagent.zkacl import Refused, first_refusal, from_kazoo, policy_path, to_kazoo
+from mozagent.zkacl import Refused, from_kazoo, policy_path, to_kazoo
 from mozagent.zkauth import read_credentials
 
 MAX_POLICY_FILE = 1024 * 1024
@@ -247,10 +248,7 @@ def _store(session: Session, policy: Policy) -> None:
         where,
         [Change("policy", None, f"{len(policy.admins)} admins; apps {apps}")],
     )
-    results = txn.commit()
-    if (refused := first_refusal(results)) is not None:
-        raise CommandError(f"{refused}; nothing written")
-    if any(isinstance(r, Exception) for r in results):
+    if commit_change(txn, "storing the policy") is None:
         raise CommandError(f"someone changed {where} meanwhile; nothing written, run it again")
 
 

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 import yaml
-from kazoo.client import TransactionRequest
-from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, RolledBackError
+from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import ZnodeStat
 
 from mozagent.cli.audit import Note
@@ -34,6 +33,7 @@ from mozagent.cli.session import (
     EXIT_OK,
     CommandError,
     Session,
+    commit_change,
     connected,
     target_of,
     timeout_of,
@@ -178,21 +178,6 @@ def _current(
         return client.retry(client.get, path)
     except NoNodeError:
         return None, None
-
-
-def _committed(txn: TransactionRequest, doing: str) -> bool:
-    """Whether the change and its audit entry went in together; False when the
-    znode changed meanwhile (a retry may do); any other failure is said."""
-    results = txn.commit()
-    failures = [r for r in results if isinstance(r, Exception)]
-    if not failures:
-        return True
-    if (refused := first_refusal(failures)) is not None:
-        raise CommandError(f"{refused}; nothing written")
-    if any(isinstance(r, BadVersionError | NodeExistsError | NoNodeError) for r in failures):
-        return False
-    first = next((r for r in failures if not isinstance(r, RolledBackError)), failures[0])
-    raise CommandError(f"{doing} failed: {type(first).__name__}; nothing written")
 
 
 def layer_ref(
@@ -363,7 +348,7 @@ def set_key(
         else:
             txn.set_data(path, data, version=stat.version)
         note.add(txn, "data.set", path, [key_change(key, before, data, ref.secret)])
-        if _committed(txn, f"setting {key} in the {ref.label}"):
+        if commit_change(txn, f"setting {key} in the {ref.label}") is not None:
             break
     else:
         raise CommandError(f"{path} kept changing while it was set; nothing written, run again")
@@ -408,7 +393,7 @@ def delete_key(
     txn = client.transaction()
     txn.delete(path, version=stat.version)
     note.add(txn, "data.delete", path, [key_change(key, before, None, ref.secret)])
-    if not _committed(txn, f"deleting {key} from the {ref.label}"):
+    if commit_change(txn, f"deleting {key} from the {ref.label}") is None:
         raise CommandError(f"{path} changed while it was deleted; nothing deleted, run again")
     out.write(f"deleted {key} from the {ref.label}\n")
     return EXIT_OK
@@ -569,18 +554,11 @@ def import_layer(
         if name not in current.raw or name not in encoded or current.raw[name][0] != encoded[name]
     ]
     note.add(txn, "data.import", ref.path, changes)
-    results = txn.commit()
-    failures = [r for r in results if isinstance(r, Exception)]
-    if (refused := first_refusal(failures)) is not None:
-        raise CommandError(f"{refused}; nothing written")
-    if failures:
-        first = next((r for r in failures if type(r).__name__ != "RolledBackError"), failures[0])
-        why = (
-            "the layer changed while importing; nothing was written, run it again"
-            if isinstance(first, (BadVersionError, NodeExistsError, NoNodeError))
-            else f"ZooKeeper refused the transaction ({type(first).__name__}); nothing written"
+    if commit_change(txn, f"import into the {ref.label}") is None:
+        raise CommandError(
+            f"import into the {ref.label} failed: the layer changed while importing; "
+            "nothing was written, run it again"
         )
-        raise CommandError(f"import into the {ref.label} failed: {why}")
     out.write(text or f"no change: the {ref.label} already matches {path}\n")
     extra = sorted(set(client.retry(client.get_children, ref.path)) - set(encoded))
     if extra:

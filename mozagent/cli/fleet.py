@@ -32,10 +32,7 @@ from typing import Any, TextIO
 
 from kazoo.client import TransactionRequest
 from kazoo.exceptions import (
-    BadVersionError,
     ConnectionLoss,
-    NodeExistsError,
-    NoNodeError,
     SessionExpiredError,
 )
 from kazoo.protocol.states import ZnodeStat
@@ -51,6 +48,7 @@ from mozagent.cli.session import (
     OutOfTime,
     Session,
     Stalled,
+    commit_change,
     connected,
     os_user,
     timeout_of,
@@ -79,7 +77,6 @@ from mozagent.desired.release import (
     display_source,
     parse_release,
 )
-from mozagent.zkacl import first_refusal
 
 EXIT_NOTHING = 3  # no live host to show or to wait for; no such order
 EXIT_IN_PROGRESS = 4  # order status without --wait: some hosts have not finished
@@ -463,19 +460,12 @@ def write_release(
     else:
         txn.set_data(path, data, version=stat.version)
     note_it(txn)
-    results = txn.commit()
-    if (refused := first_refusal(results)) is not None:
-        raise CommandError(f"{refused}; nothing written", EXIT_FAILED)
-    if any(isinstance(r, BadVersionError | NodeExistsError | NoNodeError) for r in results):
+    results = commit_change(txn, "writing the release")
+    if results is None:
         raise CommandError(
             f"someone else changed the release meanwhile ({path}); nothing written: "
             "look at it (`mozagent fleet`) and deploy again",
             EXIT_FAILED,
-        )
-    failed = [r for r in results if isinstance(r, Exception)]
-    if failed:
-        raise CommandError(
-            f"writing the release failed ({type(failed[0]).__name__}); nothing written"
         )
     written = results[0] if isinstance(results[0], ZnodeStat) else client.exists(path)
     assert written is not None
@@ -581,13 +571,9 @@ def push_order(
     txn.create(f"{base}/{fleet.ORDER_PREFIX}", json.dumps(doc).encode(), sequence=True)
     on = ", ".join(nodes) if nodes else "every host"
     note.add(txn, "order", base, [Change("order", None, f"{command} on {on}")])
-    results = txn.commit()
-    if (refused := first_refusal(results)) is not None:
-        raise CommandError(f"{refused}; nothing written", EXIT_FAILED)
-    if isinstance(results[0], Exception):
-        raise CommandError(
-            f"creating the order failed ({type(results[0]).__name__}); nothing written"
-        )
+    results = commit_change(txn, "creating the order")
+    if results is None:
+        raise CommandError(f"{base} changed while the order was created; nothing written")
     path = results[0]
     session.written = True
     name = path.rsplit("/", 1)[1]

@@ -21,7 +21,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from kazoo.exceptions import KazooException, NoAuthError, NoNodeError
+from kazoo.client import TransactionRequest
+from kazoo.exceptions import (
+    BadVersionError,
+    KazooException,
+    NoAuthError,
+    NodeExistsError,
+    NoNodeError,
+    RolledBackError,
+)
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import ZnodeStat
 
@@ -37,7 +45,7 @@ from mozagent.cli.parser import (
 from mozagent.config import DEFAULT_ROOT, ConfigError, config_path, parse_zk_hosts, parse_zk_root
 from mozagent.desired.acl import InvalidPolicy
 from mozagent.logs import route_client_logs
-from mozagent.zkacl import PolicyClient, Refused
+from mozagent.zkacl import PolicyClient, Refused, first_refusal
 from mozagent.zkauth import (
     CREDENTIALS_ENV,
     TLS_ENV,
@@ -153,6 +161,22 @@ def os_user() -> str:
     except (KeyError, OSError):
         user = "unknown"
     return f"{user}@{socket.gethostname()}"
+
+
+def commit_change(txn: TransactionRequest, doing: str) -> list[Any] | None:
+    """Commit a change with its audit entry: the results when both went in,
+    None when a znode changed meanwhile (the caller says what that means, or
+    tries again); a refusal or any other failure is the command's error."""
+    results = txn.commit()
+    failures = [r for r in results if isinstance(r, Exception)]
+    if not failures:
+        return results
+    if (refused := first_refusal(failures)) is not None:
+        raise CommandError(f"{refused}; nothing written")
+    if any(isinstance(r, BadVersionError | NodeExistsError | NoNodeError) for r in failures):
+        return None
+    first = next((r for r in failures if not isinstance(r, RolledBackError)), failures[0])
+    raise CommandError(f"{doing} failed: {type(first).__name__}; nothing written")
 
 
 def target_of(args: argparse.Namespace) -> tuple[str, str]:
