@@ -200,3 +200,53 @@ def test_an_entry_changed_after_it_was_written_is_flagged(fleet: Fleet) -> None:
     assert code == 0 and "EDITED after it was written" in out, out + err
     code, out, err = fleet.cli("deployer", "audit", "shop")  # left out by that ACL
     assert code == 0 and "UNREADABLE" in out and "lacks the read (r)" in out, out + err
+
+
+def test_admins_prune_old_entries_and_the_prune_is_on_the_record(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention: entries made before a time (the server's clock) go, in
+    batches (two here, forced small), with one entry saying who pruned."""
+    fleet.apply()
+    for value in ("a", "b", "c"):
+        assert fleet.cli("operator", "data", "set", "shop", "k", value)[0] == 0
+    assert fleet.cli("admin", "data", "set", "k", "g", "--global")[0] == 0
+    boundary = int(time.time()) + 1
+    time.sleep(boundary - time.time() + 0.05)  # the next entries' ctime is after it
+    cutoff = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(boundary))
+    for value in ("d", "e"):
+        assert fleet.cli("operator", "data", "set", "shop", "k", value)[0] == 0
+    trail = f"{fleet.root}/audit/apps/shop"
+    admin = fleet.client("admin")
+
+    code, out, err = fleet.cli("admin", "audit", "shop", "--prune", cutoff, "--dry-run")
+    assert code == 0 and "would remove 3 entries" in out and "(2 kept)" in out, out + err
+    assert len(admin.get_children(trail)) == 5
+    for role in ("operator", "deployer"):
+        code, _, err = fleet.cli(role, "audit", "shop", "--prune", cutoff)
+        assert code == 1 and "lacks the delete (d) permission" in err, err
+        assert "nothing written" in err and len(admin.get_children(trail)) == 5
+
+    monkeypatch.setattr("mozagent.cli.audit.PRUNE_BATCH", 2)
+    code, out, err = fleet.cli("admin", "audit", "--all", "--prune", cutoff, "--reason", "90 days")
+    assert code == 0, out + err
+    assert "audit shop: removed 3 entries" in out
+    assert "audit global: removed 2 entries" in out  # the global layer's and acl apply's
+    assert "audit blog: no entries before" in out
+    left = entries(fleet)
+    assert [e["action"] for e in left] == ["data.set", "data.set", "audit.prune"]
+    assert [e["changes"][0]["after"] for e in left[:2]] == ["d", "e"]
+    assert left[2]["who"] == "digest:admin" and left[2]["reason"] == "90 days"
+    code, out, _ = fleet.cli("admin", "audit", "shop", "--prune", cutoff)
+    assert code == 0 and "no entries before" in out
+
+
+def test_prune_words_are_checked_before_connecting(fleet: Fleet) -> None:
+    for argv, words in (
+        (("shop", "--all", "--prune", "7d"), "--all goes with --prune and without an APP"),
+        (("--dry-run",), "--dry-run goes with --prune"),
+        (("--prune", "soon"), "--prune 'soon': give 30m"),
+        (("shop", "--prune", "7d", "--json"), "--prune takes neither"),
+    ):
+        code, _, err = fleet.cli("admin", "audit", *argv)
+        assert code == 2 and words in err, err

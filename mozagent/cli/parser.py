@@ -315,6 +315,15 @@ def _security_parsers(sub: Any) -> None:
     p.add_argument("words", nargs="*", metavar="APP")
     p.add_argument("--since", help="only entries since: 30m, 12h, 7d, or a date (UTC)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--prune",
+        metavar="AGE",
+        help="remove the entries older than AGE (90d, or a date), admins only; "
+        "the prune is itself an entry",
+    )
+    p.add_argument("--all", action="store_true", help="with --prune: every app's and the global")
+    p.add_argument("--dry-run", action="store_true", help="with --prune: say what would go")
+    p.add_argument("--reason", help="why, for the audit trail; the policy can require it")
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:

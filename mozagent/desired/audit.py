@@ -32,12 +32,24 @@ MAX_CHANGES = 100  # per entry; an import of more keys says how many were left o
 MAX_REASON = 1024
 SECRET_WORDS = re.compile(r"(password|passwd|secret|token|private_key|api_key|credential)")
 MASK = "(secret: not recorded)"
-ACTIONS = ("deploy", "canary", "order", "data.set", "data.delete", "data.import", "acl.apply")
+ACTIONS = (
+    "deploy",
+    "canary",
+    "order",
+    "data.set",
+    "data.delete",
+    "data.import",
+    "acl.apply",
+    "audit.prune",
+)
+
+
+def apps_audit_dir(root: str) -> str:
+    return f"{root.rstrip('/')}/audit/apps"
 
 
 def audit_dir(root: str, app: str | None) -> str:
-    base = f"{root.rstrip('/')}/audit"
-    return f"{base}/apps/{app}" if app else f"{base}/global"
+    return f"{apps_audit_dir(root)}/{app}" if app else f"{root.rstrip('/')}/audit/global"
 
 
 def looks_secret(key: str) -> bool:
