@@ -319,7 +319,14 @@ class Agent(LoggedProcess):
     """One ``mozagent daemon`` with its own node name, config, state and apps dir."""
 
     def __init__(
-        self, home: Path, node: str, hosts: str, zk_root: str, puppet: bool, env: dict[str, str]
+        self,
+        home: Path,
+        node: str,
+        hosts: str,
+        zk_root: str,
+        puppet: bool,
+        env: dict[str, str],
+        zk_extra: Doc | None = None,
     ) -> None:
         self.home = home
         self.env = env
@@ -333,7 +340,7 @@ class Agent(LoggedProcess):
             "node": node,
             "state_dir": str(home / "state"),
             # The ZooKeeper defaults (session_timeout 10 s, …): idle traffic as deployed.
-            "zookeeper": {"hosts": hosts, "root": zk_root},
+            "zookeeper": {"hosts": hosts, "root": zk_root, **(zk_extra or {})},
             "releases": {"apps_dir": str(home / "apps"), "keep": 2, "timeout": 60},
             "log": {"level": "info", "format": "json"},
         }
@@ -463,9 +470,13 @@ class Fleet:
         commits: dict[str, str],
         puppet: bool,
         env: dict[str, str],
+        agent_zk: Callable[[str], Doc] | None = None,
     ) -> None:
+        """``agent_zk``: more ``zookeeper:`` settings for a node's agent (its TLS
+        files, say); ``env`` is also the operator's commands' (their identity)."""
         self.workdir = workdir
         self.env = env
+        self.agent_zk = agent_zk or (lambda node: {})
         self.server_port = server_port
         self.hosts = hosts
         self.zk = zk
@@ -527,7 +538,9 @@ class Fleet:
             for _ in range(min(batch, size - len(self.agents))):
                 node = f"web{len(self.agents) + 1:03d}"
                 home = self.workdir / node
-                agent = Agent(home, node, self.hosts, self.root, self.puppet, self.env)
+                agent = Agent(
+                    home, node, self.hosts, self.root, self.puppet, self.env, self.agent_zk(node)
+                )
                 self.watch.watch(node)
                 agent.start()
                 self.agents.append(agent)
@@ -571,11 +584,14 @@ class Fleet:
             all_s=round(max(done.values()) - t0, 4),
         )
 
-    def deploy_round(self, timeout: float) -> Round:
+    def deploy_round(self, timeout: float, wait: bool = False) -> Round:
+        """``wait``: the deploy is ``--wait``, so ``cli_s`` is what the operator
+        waits for the command to say every host has it."""
         tag = TAGS[1] if self.tag == TAGS[0] else TAGS[0]
 
         def act() -> tuple[float, float]:
-            t0, took = self.cli("deploy", APP, tag, "--source", self.repo.url)
+            more = ("--wait",) if wait else ()
+            t0, took = self.cli("deploy", APP, tag, "--source", self.repo.url, *more)
             self.tag = tag
             self.release_version = self.zk.exists(release_path(self.root, APP)).mzxid
             return t0, took
