@@ -23,6 +23,8 @@ setup(
     # checkout, so an image carries no ZooKeeper or Heat stand-in
     # (tests/test_packaging.py checks the wheel's file list).
     packages=find_packages(include=["mozagent", "mozagent.*"]),
+    # The warm puppet runner is Ruby, because puppet is (mozagent/apply/warm.py).
+    package_data={"mozagent.apply": ["warm_runner.rb"]},
     install_requires=[
         "kazoo>=2.9",
         "PyYAML>=6.0",

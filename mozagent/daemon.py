@@ -442,6 +442,8 @@ class Daemon:
         if not self._choose_containment():
             return 2
         self._recover_previous_run()
+        # One cycle: a warm parent's warm-up would cost what it saves.
+        self.executor.warm = None
         self._announce()
         ok = False
         try:

@@ -55,6 +55,7 @@ def test_wheel_carries_the_agent_and_no_test_servers(tmp_path: Path) -> None:
     shipped = {path.relative_to(src).as_posix() for path in (src / "mozagent").rglob("*.py")}
     assert modules == shipped
     assert {"mozagent/__main__.py", "mozagent/daemon.py", "mozagent/cli/__init__.py"} <= modules
+    assert "mozagent/apply/warm_runner.rb" in names  # the warm puppet runner
     assert not [n for n in names if "testing" in n or "heatstub" in n or "conftest" in n]
     assert "mozagent = mozagent.cli:main" in console
 

@@ -251,6 +251,11 @@ class RunGroup(ABC):
         """What the child runs between fork and exec to join the group, if anything."""
         return None
 
+    def join_fd(self) -> int | None:
+        """A file whose write of ``0`` puts the writer in the group, for a child
+        forked by another process (the warm puppet runner), if the group has one."""
+        return None
+
     def record(self) -> dict[str, Any]:
         """What the ledger keeps, for a restarted agent to find the group."""
         return {"mark": self.mark}
@@ -513,6 +518,9 @@ class _CgroupRun(RunGroup):
             os.write(fd, b"0")
 
         return join
+
+    def join_fd(self) -> int | None:
+        return self._procs_fd
 
     def record(self) -> dict[str, Any]:
         return {"mark": self.mark, "cgroup": self.directory}

@@ -23,6 +23,7 @@ from mozagent.apply.lanes import Gate, Job, Lane, Phase, pick, waiting
 from mozagent.apply.process import ChildRunner, Ledger
 from mozagent.apply.puppet import ApplyItem, ApplyResult, PuppetPaths, run_puppet
 from mozagent.apply.scheduler import ApplyScheduler
+from mozagent.apply.warm import WarmPuppet
 from mozagent.config import Config
 from mozagent.desired.presence import HostFacts, LastApply, ReleaseStanding, last_apply_of
 from mozagent.fileio import write_if_changed
@@ -58,6 +59,10 @@ class Executor:
         # Every child the agent runs, puppet's and every applier's, runs
         # through this: stopped when the agent stops, recorded in the ledger.
         self.runner = ChildRunner(stopping, ledger, health.beat)
+        # Puppet runs forked from a warm parent (puppet.runner: warm), else exec'd.
+        self.warm: WarmPuppet | None = None
+        if cfg.puppet.runner == "warm":
+            self.warm = WarmPuppet(cfg.puppet, cfg.state_dir, self._warm_changed)
         self.puppet_ref = puppet_ref
         a = cfg.apply
         self.scheduler = ApplyScheduler(
@@ -200,9 +205,25 @@ class Executor:
 
     # --- the worker --------------------------------------------------------------
 
+    def _warm_changed(self) -> None:
+        if self.warm is not None:
+            self.status.update(puppet_runner=self.warm.info())
+
     def run(self) -> None:
         """The scheduler runs on the monotonic clock: a clock step at boot must not
         delay runs or cut one short."""
+        if self.warm is not None and self.providers_have_work():
+            self.warm.prestart()  # its warm-up overlaps the first read of the sources
+        try:
+            self._loop()
+        finally:
+            if self.warm is not None:
+                self.warm.stop()
+
+    def providers_have_work(self) -> bool:
+        return any(provider() for provider in self.providers)
+
+    def _loop(self) -> None:
         while not self.stopping.is_set():
             self.health.beat()
             try:
@@ -283,6 +304,7 @@ class Executor:
             paths,
             self.runner,
             on_line=lambda line: log.debug("puppet", line=line),
+            warm=self.warm,
         )
 
     def apply(self) -> bool:

@@ -33,10 +33,11 @@ import threading
 import time
 import uuid
 import weakref
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 import structlog
 
@@ -45,7 +46,18 @@ from mozagent.apply.contain import MARK_ENV, Containment, RunGroup
 from mozagent.apply.runas import RunAs
 from mozagent.fileio import read_json, write_json
 
-__all__ = ["MARK_ENV", "ChildApplier", "ChildExit", "ChildRunner", "Ledger", "signal_name"]
+__all__ = [
+    "MARK_ENV",
+    "ChildApplier",
+    "ChildExit",
+    "ChildRunner",
+    "ChildSpec",
+    "LaunchFailed",
+    "Launched",
+    "Launcher",
+    "Ledger",
+    "signal_name",
+]
 
 ABORT_GRACE_SECONDS = 10.0
 
@@ -64,10 +76,13 @@ class Ledger:
     def containment(self) -> Containment:
         return self._containment or contain.default()
 
-    def begin(self, group: RunGroup, what: str) -> None:
-        write_json(
-            self.path, {**group.record(), "what": what, "started": time.time()}, 0o600, False
-        )
+    def begin(self, group: RunGroup, what: str, also: str | None = None) -> None:
+        """``also``: a second mark the run's processes may carry (the warm
+        runner's, which a child it forks shows in /proc instead of the run's)."""
+        record = {**group.record(), "what": what, "started": time.time()}
+        if also:
+            record["also"] = also
+        write_json(self.path, record, 0o600, False)
 
     def end(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -83,6 +98,8 @@ class Ledger:
             self.end()
             return None, 0
         killed = self.containment.recover(doc)
+        if isinstance(doc.get("also"), str) and doc["also"]:
+            killed += contain.sweep(doc["also"]).killed
         self.end()
         return str(doc.get("what") or "?"), killed
 
@@ -103,6 +120,9 @@ class ChildExit:
     stdout: str = ""
     stderr: str = ""
     trimmed: bool = False
+    # Set when a launcher other than exec (the warm puppet runner) failed the
+    # run before or while it ran: the caller may run it again the plain way.
+    runner_failed: str | None = None
 
     @property
     def code(self) -> int | None:
@@ -153,6 +173,58 @@ def signal_name(number: int) -> str:
         return f"signal {number}"
 
 
+@dataclass(frozen=True)
+class ChildSpec:
+    """What to start: the program, its environment, where, as whom."""
+
+    cmd: Sequence[str]
+    env: Mapping[str, str]
+    cwd: str | None = None
+    stdin_data: str | None = None
+    split_stderr: bool = False
+    run_as: RunAs | None = None
+
+
+class LaunchFailed(Exception):
+    """A launcher could not start the run; nothing of it is running."""
+
+
+class Launched(ABC):
+    """A run started by another process on the agent's behalf (a warm runner's
+    fork): what the supervision loop needs of a child it did not fork itself,
+    shaped like ``subprocess.Popen``."""
+
+    pid: int
+    stdout: IO[str]
+    stderr: IO[str] | None
+    stdin: None = None
+    returncode: int | None = None
+    # Why the run's end cannot be known (the launcher died during it).
+    lost: str | None = None
+
+    @abstractmethod
+    def poll(self) -> int | None: ...
+
+    @abstractmethod
+    def wait(self, timeout: float | None = None) -> int:
+        """The exit status; ``subprocess.TimeoutExpired`` after ``timeout``."""
+
+    @abstractmethod
+    def exit_fd(self) -> int:
+        """A file descriptor that becomes readable when the run's end is known."""
+
+
+class Launcher(ABC):
+    """Another way to start a run than fork and exec: ``launch`` starts the
+    spec in ``group`` (its join fd, its mark in the environment) or raises
+    LaunchFailed."""
+
+    mark: str | None = None  # what its own processes carry (for the ledger)
+
+    @abstractmethod
+    def launch(self, spec: ChildSpec, group: RunGroup) -> Launched: ...
+
+
 class ChildRunner:
     """How the agent runs any child: stopped by ``cancel`` (the agent is
     stopping), recorded in ``ledger`` (a restarted agent cleans up after it),
@@ -182,6 +254,7 @@ class ChildRunner:
         split_stderr: bool = False,
         keep_bytes: int = 400 * 1024,
         run_as: RunAs | None = None,
+        launcher: Launcher | None = None,
     ) -> ChildExit:
         """Run ``cmd`` to its end, ``timeout`` or the cancel; then clean up after it.
 
@@ -189,7 +262,8 @@ class ChildRunner:
         lines; with ``split_stderr`` each stream is also kept apart, its last
         ``keep_bytes`` characters (a Heat signal carries both, and errors are
         at the end). ``run_as`` drops to an unprivileged user (an app's
-        install script and orders never run as root).
+        install script and orders never run as root). ``launcher``: started
+        by it instead of exec'd here (everything else holds the same).
         """
         ledger = self.ledger
         mark = uuid.uuid4().hex
@@ -198,14 +272,22 @@ class ChildRunner:
         group = _open_group(ledger, mark)
         try:
             if ledger is not None:
-                ledger.begin(group, " ".join(cmd[:2]))
+                ledger.begin(group, " ".join(cmd[:2]), launcher.mark if launcher else None)
         except OSError as exc:  # a full disk: nothing may start that cannot be found again
             group.clean()
             return ChildExit(None, start_error=f"cannot record the run in {ledger.path}: {exc}")
-        spec = _Spec(cmd, full_env, cwd, stdin_data, split_stderr, run_as)
+        spec = ChildSpec(cmd, full_env, cwd, stdin_data, split_stderr, run_as)
         try:
             return _supervise(
-                spec, timeout, self.cancel, group, on_line, self.progress, tail_lines, keep_bytes
+                spec,
+                launcher,
+                timeout,
+                self.cancel,
+                group,
+                on_line,
+                self.progress,
+                tail_lines,
+                keep_bytes,
             )
         finally:
             if ledger is not None:
@@ -273,20 +355,9 @@ def _open_group(ledger: Ledger | None, mark: str) -> RunGroup:
         return contain.SweepContainment().open(mark)
 
 
-@dataclass(frozen=True)
-class _Spec:
-    """What to start: the program, its environment, where, as whom."""
-
-    cmd: Sequence[str]
-    env: Mapping[str, str]
-    cwd: str | None
-    stdin_data: str | None
-    split_stderr: bool
-    run_as: RunAs | None
-
-
 def _supervise(
-    spec: _Spec,
+    spec: ChildSpec,
+    launcher: Launcher | None,
     timeout: float,
     cancel: threading.Event,
     group: RunGroup,
@@ -312,29 +383,62 @@ def _supervise(
             **(spec.run_as.popen_args() if spec.run_as is not None else {}),
         )
 
-    try:
-        join = group.preexec()
+    proc: subprocess.Popen[str] | Launched
+    if launcher is not None:
         try:
-            proc = start(join)
-        except subprocess.SubprocessError as exc:
-            if join is None:
-                raise
-            # The child could not join the run's cgroup (the probe at start
-            # passed, so the cgroup tree changed since): hold this run with
-            # sweeps rather than not run it.
-            log.warning("run_cgroup_join_failed", error=str(exc), fallback="process sweeps")
+            proc = launcher.launch(spec, group)
+        except LaunchFailed as exc:
             group.clean()
-            group = contain.SweepContainment().open(group.mark)
-            proc = start(None)
-    except FileNotFoundError:
+            return ChildExit(None, start_error=str(exc), runner_failed=str(exc))
+    else:
+        try:
+            proc, group = _exec(spec, group, start)
+        except FileNotFoundError:
+            group.clean()
+            return ChildExit(None, start_error="not found")
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            # not executable, not a program, out of memory, a NUL byte in an
+            # argument or the environment, the cgroup refused the child...
+            group.clean()
+            return ChildExit(None, start_error=str(exc) or type(exc).__name__)
+        contain.own_child(proc.pid)
+    return _follow(proc, spec, timeout, cancel, group, on_line, progress, tail_lines, keep_bytes)
+
+
+def _exec(
+    spec: ChildSpec,
+    group: RunGroup,
+    start: Callable[[Callable[[], None] | None], subprocess.Popen[str]],
+) -> tuple[subprocess.Popen[str], RunGroup]:
+    """Fork and exec the child into the run's group; the group that holds it."""
+    join = group.preexec()
+    try:
+        return start(join), group
+    except subprocess.SubprocessError as exc:
+        if join is None:
+            raise
+        # The child could not join the run's cgroup (the probe at start
+        # passed, so the cgroup tree changed since): hold this run with
+        # sweeps rather than not run it.
+        log.warning("run_cgroup_join_failed", error=str(exc), fallback="process sweeps")
         group.clean()
-        return ChildExit(None, start_error="not found")
-    except (OSError, ValueError, subprocess.SubprocessError) as exc:
-        # not executable, not a program, out of memory, a NUL byte in an
-        # argument or the environment, the cgroup refused the child...
-        group.clean()
-        return ChildExit(None, start_error=str(exc) or type(exc).__name__)
-    contain.own_child(proc.pid)
+        group = contain.SweepContainment().open(group.mark)
+        return start(None), group
+
+
+def _follow(
+    proc: subprocess.Popen[str] | Launched,
+    spec: ChildSpec,
+    timeout: float,
+    cancel: threading.Event,
+    group: RunGroup,
+    on_line: Callable[[str], None] | None,
+    progress: Callable[[], None] | None,
+    tail_lines: int,
+    keep_bytes: int,
+) -> ChildExit:
+    """Wait for a started child: its output, its deadline, the cancel; then clean up."""
+    cmd, split_stderr, stdin_data = spec.cmd, spec.split_stderr, spec.stdin_data
     tail: deque[str] = deque(maxlen=tail_lines)
     streams = {"stdout": _Tail(keep_bytes), "stderr": _Tail(keep_bytes)}
 
@@ -359,7 +463,7 @@ def _supervise(
         threading.Thread(target=_feed, args=(proc, stdin_data), daemon=True).start()
     deadline = time.monotonic() + timeout  # a clock step must not cut a run short
     stopped = None
-    exited = _exit_waiter(proc.pid)
+    exited = _exit_waiter(proc)
     try:
         while proc.poll() is None:
             if progress is not None:
@@ -380,7 +484,8 @@ def _supervise(
     finally:
         if proc.poll() is None:
             _terminate(proc)
-        contain.disown_child(proc.pid)
+        if not isinstance(proc, Launched):
+            contain.disown_child(proc.pid)
         # Its children may hold the output pipe open: kill them before
         # waiting for the reader to see the end of it.
         cleanup = group.clean()
@@ -398,26 +503,32 @@ def _supervise(
         streams["stdout"].text(),
         streams["stderr"].text(),
         streams["stdout"].trimmed or streams["stderr"].trimmed,
+        runner_failed=proc.lost if isinstance(proc, Launched) else None,
     )
 
 
-def _exit_waiter(pid: int) -> Callable[[float], None]:
-    """A wait of at most ``seconds`` that returns as soon as ``pid`` exits."""
-    try:
-        fd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        return time.sleep
+def _exit_waiter(proc: subprocess.Popen[str] | Launched) -> Callable[[float], None]:
+    """A wait of at most ``seconds`` that returns as soon as the child exits
+    (its pidfd; a launched run's own descriptor)."""
+    if isinstance(proc, Launched):
+        fd, owned = proc.exit_fd(), False
+    else:
+        try:
+            fd, owned = os.pidfd_open(proc.pid), True
+        except (AttributeError, OSError):
+            return time.sleep
     poller = select.poll()
     poller.register(fd, select.POLLIN)
 
     def wait(seconds: float) -> None:
         poller.poll(seconds * 1000)
 
-    weakref.finalize(wait, os.close, fd)
+    if owned:
+        weakref.finalize(wait, os.close, fd)
     return wait
 
 
-def _feed(proc: subprocess.Popen[str], data: str) -> None:
+def _feed(proc: subprocess.Popen[str] | Launched, data: str) -> None:
     """Write stdin from a thread: a child that does not read it must not block us."""
     assert proc.stdin is not None
     try:
@@ -427,7 +538,7 @@ def _feed(proc: subprocess.Popen[str], data: str) -> None:
         pass
 
 
-def _terminate(proc: subprocess.Popen[str]) -> None:
+def _terminate(proc: subprocess.Popen[str] | Launched) -> None:
     """SIGTERM the program's process group, then SIGKILL after a grace period."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -18,7 +18,8 @@ from typing import Any
 import yaml
 
 from mozagent.apply.deployments import DeploymentQueue, DeploymentResult, read_outputs
-from mozagent.apply.process import ChildExit, ChildRunner, signal_name
+from mozagent.apply.process import ChildExit, ChildRunner, LaunchFailed, signal_name
+from mozagent.apply.warm import WarmPuppet
 from mozagent.config import PuppetConfig
 from mozagent.desired.deployments import Deployment, safe_id
 
@@ -188,9 +189,11 @@ def run_puppet(
     paths: PuppetPaths,
     runner: ChildRunner,
     on_line: Callable[[str], None] | None = None,
+    warm: WarmPuppet | None = None,
 ) -> ApplyResult:
     """Run one ``puppet apply``; the runner's cancel aborts it (SIGTERM, then
-    SIGKILL). Whatever the run started is gone when this returns."""
+    SIGKILL). Whatever the run started is gone when this returns. ``warm``:
+    forked from the warm parent, else (or when it fails) exec'd."""
     started = time.time()
     if not os.path.isfile(item.manifest):
         return _result(item, started, False, f"failed: manifest {item.manifest} does not exist")
@@ -204,14 +207,7 @@ def run_puppet(
             os.unlink(summary)
     except OSError as exc:
         return _result(item, started, False, f"failed: cannot prepare {paths.work_dir}: {exc}")
-    out = runner.run(
-        cmd,
-        env,
-        cfg.timeout,
-        on_line=on_line,
-        tail_lines=OUTPUT_TAIL_LINES,
-        split_stderr=item.source == "heat",
-    )
+    out = _run(cfg, cmd, env, runner, warm, on_line=on_line, split_stderr=item.source == "heat")
     tail = out.tail
     if out.leftovers_killed:
         tail = [*tail, f"mozagent: {out.leftovers()}"]
@@ -225,6 +221,40 @@ def run_puppet(
     result = _result(item, started, ok, message, out.returncode, tail, counts)
     result.stdout, result.stderr = out.stdout, out.stderr
     return result
+
+
+def _run(
+    cfg: PuppetConfig,
+    cmd: list[str],
+    env: dict[str, str],
+    runner: ChildRunner,
+    warm: WarmPuppet | None,
+    **options: Any,
+) -> ChildExit:
+    """The run, warm when it can be; a warm runner that fails the run before
+    or while it runs hands it to a plain ``puppet apply`` (in what is left of
+    the run's time), and the run's output says so."""
+    started = time.monotonic()
+    why = None
+    if warm is not None:
+        try:
+            warm.prepare(cmd)
+        except LaunchFailed as exc:
+            why = str(exc)
+            warm.after_run(why)
+        else:
+            out = runner.run(
+                cmd, env, cfg.timeout, tail_lines=OUTPUT_TAIL_LINES, launcher=warm, **options
+            )
+            warm.after_run(out.runner_failed)
+            if out.runner_failed is None or runner.cancel.is_set():
+                return out
+            why = out.runner_failed
+    timeout = max(cfg.timeout - (time.monotonic() - started), 1.0)
+    out = runner.run(cmd, env, timeout, tail_lines=OUTPUT_TAIL_LINES, **options)
+    if why is not None:
+        out.tail = [*out.tail, f"mozagent: run with puppet apply: {why}"]
+    return out
 
 
 def _not_finished(cfg: PuppetConfig, out: ChildExit) -> str | None:

@@ -29,6 +29,7 @@ SECTIONS: dict[str, type | tuple[type, ...]] = {
     "heat": dict,
     "release": dict,
     "orders": list,
+    "puppet_runner": dict,
     "applied_data_version": int,
     "app": str,
     "node": str,

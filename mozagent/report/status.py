@@ -245,6 +245,30 @@ def format_last_apply(last: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def format_runner(runner: dict[str, Any] | None, alive: bool) -> list[str]:
+    """The warm puppet parent (``apply/warm.py``): up or not, its size, its
+    runs, and the last time a run went to a plain ``puppet apply`` instead."""
+    if not runner:
+        return []
+    state = runner.get("state") if alive else "not running (the agent is not)"
+    line = f"  puppet runner: warm, {state}"
+    if alive and state == "warm":
+        line += (
+            f" (pid {runner.get('pid')}, {runner.get('rss_mib', '?')} MiB, "
+            f"{runner.get('runs', 0)} runs since {when(runner.get('since'))})"
+        )
+    lines = [line + f"; {runner.get('runs_served', 0)} warm runs in all"]
+    if runner.get("last_end"):
+        lines.append(f"    last parent ended {runner['last_end']}")
+    fallback = runner.get("last_fallback")
+    if isinstance(fallback, dict):
+        lines.append(
+            f"    last run with puppet apply instead: {when(fallback.get('at'))}: "
+            f"{fallback.get('reason')}"
+        )
+    return lines
+
+
 def format_heat(doc: dict[str, Any]) -> list[str]:
     """The metadata source and the deployments, newest last."""
     heat = doc.get("heat")
@@ -377,6 +401,7 @@ def format_status(doc: dict[str, Any]) -> str:
                     f"{layer.get('keys', 0)} keys  {layer.get('path', '')}{extra}"
                 )
     lines.extend(format_last_apply(doc.get("last_apply")))
+    lines.extend(format_runner(doc.get("puppet_runner"), alive))
     lines.extend(format_release(doc))
     lines.extend(format_heat(doc))
     applying = doc.get("applying")
