@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from mozagent.apply.process import ChildRunner
+from mozagent.apply.process import ChildRunner, LaunchFailed
 from mozagent.apply.puppet import ApplyItem, ApplyResult, PuppetPaths, run_puppet
 from mozagent.apply.warm import WarmPuppet
 from mozagent.config import PuppetConfig
@@ -404,3 +404,101 @@ def test_an_agent_killed_mid_run_leaves_no_puppet_and_the_next_runs(sandbox: San
     assert not [p for p in sleeping + forked if _cmdline(p)], "the old run is still alive"
     assert "previous_run_interrupted" in sandbox.daemon_log()
     assert (sandbox.root / "f").read_text() == "after\n"
+
+
+# --- the parent's lifetime -------------------------------------------------------------
+
+
+def _one_run(case: Case, runner: WarmPuppet, text: str) -> ApplyResult:
+    manifest = case.root / "site.pp"
+    manifest.write_text((FILE % text).replace("OUT", str(case.out)))
+    case.out.mkdir(exist_ok=True)
+    return run_puppet(
+        case.cfg(),
+        ApplyItem("site.pp", str(manifest)),
+        case.paths,
+        ChildRunner(threading.Event()),
+        warm=runner,
+    )
+
+
+def test_a_parent_is_retired_after_its_runs_and_its_successor_started_at_once(
+    case: Case, tmp_path: Path
+) -> None:
+    runner = WarmPuppet(PuppetConfig(warm_max_runs=1), str(tmp_path / "state"))
+    try:
+        assert _one_run(case, runner, "one").ok
+        info = runner.info()
+        assert "served 1 runs (puppet.warm_max_runs)" in info["last_end"], info
+        assert info["state"] in ("warming", "warm") and runner.parents == 2
+        assert _one_run(case, runner, "two").ok and runner.served == 2
+    finally:
+        runner.stop()
+
+
+def test_an_idle_parent_exits_by_itself_and_the_next_run_starts_one(
+    case: Case, tmp_path: Path
+) -> None:
+    runner = WarmPuppet(PuppetConfig(warm_idle_exit=1), str(tmp_path / "state"))
+    try:
+        assert _one_run(case, runner, "one").ok
+        pid = runner.info()["pid"]
+        wait_for(lambda: not _cmdline(pid), timeout=30, what="the idle parent to exit")
+        wait_for(lambda: runner.info()["state"] == "not running", timeout=10, what="the reaper")
+        assert "idle for 1 s" in runner.info()["last_end"]
+        res = _one_run(case, runner, "two")
+        assert res.ok and runner.served == 2 and runner.info()["pid"] != pid
+    finally:
+        runner.stop()
+
+
+def test_a_changed_runner_file_restarts_the_parent(
+    case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mozagent.apply import warm as warm_module
+
+    copy = tmp_path / "warm_runner.rb"
+    shutil.copy(warm_module.RUNNER, copy)
+    monkeypatch.setattr(warm_module, "RUNNER", copy)
+    runner = WarmPuppet(PuppetConfig(), str(tmp_path / "state"))
+    try:
+        assert _one_run(case, runner, "one").ok
+        first = runner.info()["pid"]
+        copy.write_text(copy.read_text() + "\n# a new version\n")
+        assert _one_run(case, runner, "two").ok
+        assert runner.info()["pid"] != first
+        assert "warm_runner.rb changed" in runner.info()["last_end"]
+    finally:
+        runner.stop()
+
+
+def test_a_warm_up_that_hangs_or_a_wrapper_binary_goes_the_plain_way(
+    case: Case, tmp_path: Path, puppet_bin: str
+) -> None:
+    """A parent that never says ready is given ``warm_start_timeout``; a
+    binary that is not puppet's own Ruby launcher is never tried warm."""
+    hang = tmp_path / "ruby-hang"
+    hang.write_text("#!/bin/sh\nexec sleep 600\n")
+    hang.chmod(0o755)
+    fake = tmp_path / "puppet"
+    fake.write_text(f"#!{hang}\nrequire 'puppet/util/command_line'\n")
+    fake.chmod(0o755)
+    runner = WarmPuppet(PuppetConfig(binary=str(fake), warm_start_timeout=1), str(tmp_path / "s"))
+    with pytest.raises(LaunchFailed, match="took over 1 s to warm up"):
+        runner.prepare([str(fake), "apply", "x.pp"])
+    assert not [p for p in _pids() if _cmdline(p) == b"sleep\x00600\x00"]
+    wrapper = tmp_path / "wrapper"
+    wrapper.write_text(f'#!/bin/sh\nexec {puppet_bin} "$@"\n')
+    wrapper.chmod(0o755)
+    plain = WarmPuppet(PuppetConfig(binary=str(wrapper)), str(tmp_path / "w"))
+    (case.root / "m.pp").write_text((FILE % "plain").replace("OUT", str(case.out)))
+    case.out.mkdir()
+    res = run_puppet(
+        case.cfg(binary=str(wrapper)),
+        ApplyItem("m.pp", str(case.root / "m.pp")),
+        case.paths,
+        ChildRunner(threading.Event()),
+        warm=plain,
+    )
+    assert "is not a Ruby program" in plain.info()["last_fallback"]["reason"]
+    assert plain.parents == 0 and res.ok and case.files() == {"f": "plain\n"}

@@ -51,7 +51,7 @@ RUNNER = Path(__file__).with_name("warm_runner.rb")
 MAX_MESSAGE = 256 * 1024  # the runner's receive size: a request over it goes the plain way
 READY_MAX = 4 * 1024 * 1024  # the ready message lists the parent's loaded files
 STARTED_TIMEOUT = 10.0  # from a request to the runner's "started"
-STOP_GRACE = 5.0
+STOP_GRACE = 2.0  # a parent reads the end of its socket at once, unless it hangs
 
 Fingerprint = tuple[tuple[str, int, int, int], ...]
 
@@ -475,7 +475,7 @@ class WarmPuppet(Launcher):
         try:
             doc = parent.channel.receive(timeout, size)
         except TimeoutError:
-            self._end(parent, f"it took over {timeout:g} s {doing}")
+            self._end(parent, f"it took over {timeout:g} s {doing}", hung=True)
             raise LaunchFailed(f"the warm runner took over {timeout:g} s {doing}") from None
         if doc is None:
             code = parent.proc.poll()
@@ -497,8 +497,9 @@ class WarmPuppet(Launcher):
         useful = [ln for ln in lines if ln.strip() and "/proc/1/environ" not in ln]
         return " | ".join(useful[-3:])[:500]
 
-    def _end(self, parent: _Parent, why: str) -> None:
-        """Close its socket (it exits at once: it reads the end of it) and see it gone."""
+    def _end(self, parent: _Parent, why: str, hung: bool = False) -> None:
+        """Close its socket (it exits at once: it reads the end of it) and see
+        it gone; one that ``hung`` is killed without waiting."""
         if parent.retiring is None:
             parent.retiring = why
         if self._parent is parent:
@@ -506,7 +507,7 @@ class WarmPuppet(Launcher):
         with contextlib.suppress(OSError):
             parent.channel.sock.close()
         try:
-            parent.proc.wait(timeout=STOP_GRACE)
+            parent.proc.wait(timeout=0 if hung else STOP_GRACE)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(parent.proc.pid, signal.SIGKILL)
