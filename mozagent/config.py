@@ -252,6 +252,10 @@ class ApplyConfig:
     interval: float = _setting(_number, 0.0)
     retry_initial: float = _setting(_positive, 30.0)
     retry_max: float = _setting(_positive, 600.0)
+    # The run budget (apply/scheduler.py): at most one run per N seconds, and
+    # at most N CPU seconds of runs in any minute; 0: no bound.
+    min_interval: float = _setting(_number, 0.0)
+    cpu_per_minute: float = _setting(_number, 0.0)
     # How a run's processes are held: a cgroup per run where one can be made
     # ("auto", or "cgroup" to refuse to start without), else /proc sweeps.
     containment: str = _setting(_choice(CONTAINMENTS), "auto")

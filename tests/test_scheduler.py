@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from mozagent.apply.scheduler import ApplyScheduler
 
 
@@ -110,3 +112,54 @@ def test_periodic_interval() -> None:
     s.started(0.5)
     s.finished(2.0, ok=True)
     assert s.due(3.0) == 1802.0
+
+
+def stream(s: ApplyScheduler, seconds: float, run_s: float, cpu: float) -> list[float]:
+    """One change a second for ``seconds``, running whenever due; the run starts."""
+    starts: list[float] = []
+    now, end_of_run = 0.0, None
+    while now < seconds:
+        s.changed(now)
+        for _ in range(10):  # every 0.1 s of that second
+            if end_of_run is not None and now >= end_of_run:
+                s.finished(end_of_run, True, cpu)
+                end_of_run = None
+            due = s.due(now)
+            if end_of_run is None and due is not None and due <= now:
+                s.started(now)
+                starts.append(now)
+                end_of_run = now + run_s
+            now = round(now + 0.1, 1)
+    return starts
+
+
+def test_at_most_one_run_per_min_interval_under_a_stream_and_the_last_change_runs() -> None:
+    unbudgeted = stream(sched(), 120, 1.0, 0.8)
+    budgeted = stream(sched(min_interval=10.0), 120, 1.0, 0.8)
+    assert len(unbudgeted) > 50
+    assert all(b - a >= 10.0 for a, b in itertools.pairwise(budgeted))
+    assert len(budgeted) in (12, 13)
+    s = sched(min_interval=10.0)
+    s.changed(0.0)
+    s.started(0.5)
+    s.finished(1.5, True)
+    s.changed(2.0)  # the final change of a stream
+    assert s.due(2.0) == 10.5 and s.pending
+    assert s.budget(2.0) == "at most one run per 10 s (apply.min_interval)"
+    assert s.budget(10.5) is None  # due now: no longer waiting
+
+
+def test_a_cpu_cap_spreads_runs_until_the_minute_has_room() -> None:
+    s = sched(cpu_per_minute=2.0)
+    for start in (0.0, 1.0):  # 1 CPU second each: the minute is full
+        s.changed(start - 0.5)
+        s.started(start)
+        s.finished(start + 0.9, True, 1.0)
+    s.changed(2.0)
+    assert s.due(2.0) == 60.9  # when the first run's second leaves the window
+    assert s.budget(2.0) == (
+        "puppet used 2.0 CPU seconds in the last minute (apply.cpu_per_minute: 2)"
+    )
+    budgeted = stream(sched(cpu_per_minute=6.0), 120, 1.0, 0.8)
+    assert len(budgeted) <= 2 * 8 + 1  # 6 s a minute at 0.8 s a run: 8 runs a minute
+    assert sched(cpu_per_minute=6.0).budget(0.0) is None

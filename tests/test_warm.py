@@ -20,12 +20,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kazoo.client import KazooClient
 
 from mozagent.apply.process import ChildRunner, LaunchFailed
 from mozagent.apply.puppet import ApplyItem, ApplyResult, PuppetPaths, run_puppet
 from mozagent.apply.warm import WarmPuppet
 from mozagent.config import PuppetConfig
 from tests.conftest import Sandbox, wait_for
+from tests.test_agent import app_path, put
 
 
 @pytest.fixture(scope="module")
@@ -383,7 +385,7 @@ def test_the_agent_runs_warm_and_says_so(sandbox: Sandbox) -> None:
     res = sandbox.cli("status")
     assert "puppet runner: warm, warm (pid" in res.stdout, res.stdout
     sandbox.stop_daemons()
-    assert _with_title(b"warm_runner.rb") == []
+    assert not _cmdline(runner["pid"]), "the warm parent outlived its agent"
 
 
 def test_an_agent_killed_mid_run_leaves_no_puppet_and_the_next_runs(sandbox: Sandbox) -> None:
@@ -502,3 +504,25 @@ def test_a_warm_up_that_hangs_or_a_wrapper_binary_goes_the_plain_way(
     )
     assert "is not a Ruby program" in plain.info()["last_fallback"]["reason"]
     assert plain.parents == 0 and res.ok and case.files() == {"f": "plain\n"}
+
+
+def test_a_run_held_by_the_budget_is_said_and_the_files_still_follow(
+    sandbox: Sandbox, zk: KazooClient
+) -> None:
+    sandbox.write_config(apply={"min_wait": 0.1, "max_wait": 1, "min_interval": 60})
+    sandbox.start_daemon()
+    wait_for(lambda: (sandbox.status_doc() or {}).get("last_apply"), timeout=90, what="a run")
+    put(zk, app_path(sandbox, "greeting"), b"held")
+    wait_for(
+        lambda: (sandbox.layer_file("app") or {}).get("greeting") == "held",
+        timeout=10,
+        what="the rendered file",
+    )
+    doc = wait_for(
+        lambda: (d := sandbox.status_doc() or {}).get("apply_budget") and d,
+        timeout=10,
+        what="the budget in status",
+    )
+    assert doc["apply_budget"] == "at most one run per 60 s (apply.min_interval)"
+    assert doc["next_apply"] > time.time() + 30
+    assert "held by the run budget" in sandbox.cli("status").stdout

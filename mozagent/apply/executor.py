@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import resource
 import threading
 import time
 from collections.abc import Callable
@@ -66,7 +67,13 @@ class Executor:
         self.puppet_ref = puppet_ref
         a = cfg.apply
         self.scheduler = ApplyScheduler(
-            a.min_wait, a.max_wait, a.interval, a.retry_initial, a.retry_max
+            a.min_wait,
+            a.max_wait,
+            a.interval,
+            a.retry_initial,
+            a.retry_max,
+            a.min_interval,
+            a.cpu_per_minute,
         )
         self._cond = threading.Condition()
         self._snapshot = initial
@@ -247,12 +254,13 @@ class Executor:
             if due != self._next_apply:
                 self._next_apply = due
                 wall = None if due is None else time.time() + max(due - now, 0.0)
-                self.status.update(next_apply=wall)
+                self.status.update(next_apply=wall, apply_budget=self.scheduler.budget(now))
             if due is None or due > now:
                 self._cond.wait(timeout=1.0 if due is None else min(due - now, 1.0))
                 return False
             self.scheduler.started(now)
         ok = False
+        cpu = self._runs_cpu()
         try:
             ok = self.apply()
         except Exception as exc:
@@ -260,11 +268,19 @@ class Executor:
             self._record(time.time(), self.data_version, [], 0, f"crashed: {exc!r}")
             raise
         finally:
+            cpu = self._runs_cpu() - cpu
             with self._cond:
-                self.scheduler.finished(time.monotonic(), ok)
+                self.scheduler.finished(time.monotonic(), ok, cpu)
                 self._app_turn = waiting(self.lanes, Phase.AFTER_PUPPET)
             self._notify()
         return True
+
+    def _runs_cpu(self) -> float:
+        """CPU seconds of the children this agent waited for (exec'd runs), and
+        of the warm parent's forked runs: what the run budget counts."""
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        warm = self.warm.cpu_used() if self.warm is not None else 0.0
+        return usage.ru_utime + usage.ru_stime + warm
 
     def _prepare_run(
         self, snapshot: Snapshot, item: ApplyItem

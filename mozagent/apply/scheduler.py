@@ -6,11 +6,21 @@ change has come for ``min_wait`` seconds, but never later than ``max_wait``
 after the first change it will include. At most one run is in flight; changes
 during a run make exactly one more run after it. Time is passed in, never read,
 so the rules are tested without sleeping.
+
+A run budget bounds what puppet may take of the host under a stream of
+changes: at most one run per ``min_interval`` seconds (start to start), and
+at most ``cpu_per_minute`` CPU seconds of runs in any 60 s. A run the budget
+holds back is only later, never dropped: the changes stay pending, the files
+keep following the data (rendering is not the scheduler's), and the run that
+comes applies all of them.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
+
+CPU_WINDOW = 60.0
 
 
 @dataclass
@@ -20,8 +30,12 @@ class ApplyScheduler:
     interval: float = 0.0
     retry_initial: float = 30.0
     retry_max: float = 600.0
+    min_interval: float = 0.0
+    cpu_per_minute: float = 0.0  # 0: no cap
 
     def __post_init__(self) -> None:
+        self._last_start: float | None = None
+        self._cpu: deque[tuple[float, float]] = deque()  # (run ended, CPU seconds)
         self._first_change: float | None = None
         self._last_change: float | None = None
         self._in_flight = False
@@ -63,6 +77,11 @@ class ApplyScheduler:
 
     def due(self, now: float) -> float | None:
         """When the next run should start, or None when nothing is to run."""
+        wanted = self._wanted()
+        return None if wanted is None else self._budget_at(wanted)
+
+    def _wanted(self) -> float | None:
+        """When the next run would start without the budget."""
         if self._in_flight:
             return None
         candidates: list[float] = []
@@ -81,16 +100,53 @@ class ApplyScheduler:
             at = max(at, self._hold_until)
         return at
 
+    def budget(self, now: float) -> str | None:
+        """Why the next run waits past when it would otherwise start, if the budget is why."""
+        wanted = self._wanted()
+        if wanted is None:
+            return None
+        due = self._budget_at(wanted)
+        if due <= max(wanted, now):
+            return None
+        if self._last_start is not None and due == self._last_start + self.min_interval:
+            return f"at most one run per {self.min_interval:g} s (apply.min_interval)"
+        used = sum(cpu for ended, cpu in self._cpu if ended > now - CPU_WINDOW)
+        return (
+            f"puppet used {used:.1f} CPU seconds in the last minute "
+            f"(apply.cpu_per_minute: {self.cpu_per_minute:g})"
+        )
+
+    def _budget_at(self, at: float) -> float:
+        """The earliest moment from ``at`` the budget lets a run start."""
+        earliest = at
+        if self.min_interval > 0 and self._last_start is not None:
+            earliest = max(earliest, self._last_start + self.min_interval)
+        if self.cpu_per_minute > 0:
+            window = [(e, c) for e, c in self._cpu if e > earliest - CPU_WINDOW]
+            used = sum(c for _, c in window)
+            for ended, cpu in window:  # oldest first: each leaves the window in turn
+                if used < self.cpu_per_minute:
+                    break
+                used -= cpu
+                earliest = max(earliest, ended + CPU_WINDOW)
+        return earliest
+
     def started(self, now: float) -> None:
         """A run starts now and includes every change seen so far."""
         self._in_flight = True
+        self._last_start = now
         self._first_change = None
         self._last_change = None
         self._not_before = None
         self._periodic_at = None
 
-    def finished(self, now: float, ok: bool) -> None:
+    def finished(self, now: float, ok: bool, cpu: float = 0.0) -> None:
+        """``cpu``: the CPU seconds the run took (the budget counts them)."""
         self._in_flight = False
+        if cpu > 0:
+            self._cpu.append((now, cpu))
+        while self._cpu and self._cpu[0][0] <= now - CPU_WINDOW:
+            self._cpu.popleft()
         if ok:
             self._failures = 0
             if self.interval > 0:

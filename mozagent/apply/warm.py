@@ -123,6 +123,19 @@ def interpreter_of(binary: str) -> tuple[str, str]:
     return words[0], path
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu(pid: int) -> float | None:
+    """CPU seconds of a process's waited-for children (a parent's forked runs)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        return (int(fields[13]) + int(fields[14])) / TICK
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def rss_mib(pid: int) -> float | None:
     try:
         with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
@@ -192,8 +205,11 @@ class RemoteRun(Launched):
             self.returncode = -doc["signal"]
         else:
             # The parent died (or spoke nonsense) mid-run: the run's end is unknown.
-            self.lost = "the warm runner ended during the run" + (f" ({doc})" if doc else "")
+            self.lost = "the warm runner ended during the run" + (
+                f" ({str(doc)[:200]})" if doc else ""
+            )
             self.returncode = -signal.SIGKILL
+            self.on_lost()
         return self.returncode
 
     def poll(self) -> int | None:
@@ -227,6 +243,7 @@ class _Parent:
     modulepaths: dict[str, Fingerprint] = field(default_factory=dict)
     runs: int = 0
     retiring: str | None = None  # why we are ending it
+    cpu: float = 0.0  # its runs' CPU seconds, as last read
 
 
 class WarmPuppet(Launcher):
@@ -249,6 +266,7 @@ class WarmPuppet(Launcher):
         self.parents = 0
         self.last_fallback: dict[str, Any] | None = None
         self.last_end: str | None = None
+        self._cpu_ended = 0.0  # runs' CPU seconds of the parents that ended
 
     # --- the Launcher --------------------------------------------------------------
 
@@ -346,6 +364,13 @@ class WarmPuppet(Launcher):
         if self._parent is not None:
             self._end(self._parent, "the agent is stopping")
 
+    def cpu_used(self) -> float:
+        """CPU seconds of every warm run so far (the run budget counts them)."""
+        parent = self._parent
+        if parent is not None and (now := children_cpu(parent.proc.pid)) is not None:
+            parent.cpu = now
+        return self._cpu_ended + (parent.cpu if parent is not None else 0.0)
+
     def info(self) -> dict[str, Any]:
         parent = self._parent
         doc: dict[str, Any] = {"runner": "warm", "runs_served": self.served}
@@ -372,8 +397,9 @@ class WarmPuppet(Launcher):
 
     def _ready_parent(self, argv: list[str]) -> _Parent:
         parent = self._parent
-        if parent is not None and parent.proc.poll() is not None:
-            parent = None  # ended by itself (idle) or died: the waiter said which
+        if parent is not None and (code := parent.proc.poll()) is not None:
+            self._ended(parent, self._why_it_exited(code))  # idle, or died
+            parent = None
         if parent is not None and parent.ready and (why := self._stale(parent, argv)):
             self._end(parent, why)
             parent = None
@@ -497,13 +523,25 @@ class WarmPuppet(Launcher):
         useful = [ln for ln in lines if ln.strip() and "/proc/1/environ" not in ln]
         return " | ".join(useful[-3:])[:500]
 
+    def _ended(self, parent: _Parent, why: str) -> bool:
+        """Record a parent's end once, whichever thread sees it first."""
+        with self._lock:
+            if parent.retiring is not None:
+                return False
+            parent.retiring = why
+            if (now := children_cpu(parent.proc.pid)) is not None:
+                parent.cpu = now
+            self._cpu_ended += parent.cpu
+            if self._parent is parent:
+                self._parent = None
+            self.last_end = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: {why}"
+        log.info("puppet_warm_runner_ended", pid=parent.proc.pid, why=why)
+        return True
+
     def _end(self, parent: _Parent, why: str, hung: bool = False) -> None:
         """Close its socket (it exits at once: it reads the end of it) and see
         it gone; one that ``hung`` is killed without waiting."""
-        if parent.retiring is None:
-            parent.retiring = why
-        if self._parent is parent:
-            self._parent = None
+        self._ended(parent, why)
         with contextlib.suppress(OSError):
             parent.channel.sock.close()
         try:
@@ -515,21 +553,15 @@ class WarmPuppet(Launcher):
                 parent.proc.wait(timeout=STOP_GRACE)
         # What it forked, if it was killed in the middle of one.
         contain.sweep(parent.mark, timeout=2.0)
-        with self._lock:
-            self.last_end = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: {why}"
-        log.info("puppet_warm_runner_ended", pid=parent.proc.pid, why=why)
 
     def _reap(self, parent: _Parent) -> None:
         """Collect the parent as soon as it exits (no zombie between runs)."""
         code = parent.proc.wait()
         contain.disown_child(parent.proc.pid)
-        if parent.retiring is None:  # it ended by itself
-            why = (
-                f"idle for {self.cfg.warm_idle_exit:g} s (puppet.warm_idle_exit)"
-                if code == 0
-                else f"it exited {code}"
-            )
-            parent.retiring = why
-            with self._lock:
-                self.last_end = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: {why}"
+        if self._ended(parent, self._why_it_exited(code)):
             self.on_change()
+
+    def _why_it_exited(self, code: int) -> str:
+        if code == 0:
+            return f"idle for {self.cfg.warm_idle_exit:g} s (puppet.warm_idle_exit)"
+        return f"it exited {code}" if code > 0 else f"it was killed by signal {-code}"

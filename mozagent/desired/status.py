@@ -37,6 +37,7 @@ SECTIONS: dict[str, type | tuple[type, ...]] = {
     "config_file": str,
     "data_version": int,
     "next_apply": (int, float),
+    "apply_budget": str,
     "updated": (int, float),
     SCHEMA_KEY: int,
 }

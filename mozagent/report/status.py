@@ -411,7 +411,9 @@ def format_status(doc: dict[str, Any]) -> str:
             f"(since {when(applying.get('started'))})"
         )
     if doc.get("next_apply"):
-        lines.append(f"  next apply: {when(doc['next_apply'])}")
+        held = doc.get("apply_budget")
+        budget = f" (held by the run budget: {held})" if held else ""
+        lines.append(f"  next apply: {when(doc['next_apply'])}{budget}")
     errors = all_errors(doc)
     if errors:
         lines.append(f"  errors ({len(errors)}):")
