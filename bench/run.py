@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 from benchlib import (
+    REPO,
     BenchError,
     bench_parser,
     code_version,
@@ -234,9 +235,12 @@ def count_renames(directory: str, seconds: float) -> dict[str, int]:
 class AgentUnderTest:
     """One daemon in a temp sandbox: config, manifest, state, puppet vardir, log."""
 
-    def __init__(self, root: Path, zk_hosts: str, zk_root: str) -> None:
+    def __init__(
+        self, root: Path, zk_hosts: str, zk_root: str, env: dict[str, str] | None = None
+    ) -> None:
         self.root = root
         self.zk_root = zk_root
+        self.env = env  # another commit's code on PYTHONPATH (--ab), or this tree
         self.state = root / "state"
         self.out = root / "out.txt"
         self.runs = root / "runs.log"
@@ -281,6 +285,7 @@ class AgentUnderTest:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=self.root,
+                env=self.env,
             )
 
         def ready() -> bool:
@@ -558,6 +563,7 @@ def run_burst(
 
 @dataclass
 class Options:
+    ab: str | None
     quick: bool
     json_path: str | None
     keep: bool
@@ -572,8 +578,15 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser = bench_parser(
         __doc__, "fewer samples, no 60 s idle", "keep the sandboxes (daemon logs)"
     )
+    parser.add_argument(
+        "--ab",
+        metavar="REV",
+        help="instead: write->file latency (10 and 1,000 keys) of this tree against the "
+        "agent of commit REV, alternating, in one run",
+    )
     args = parser.parse_args(argv)
     return Options(
+        ab=args.ab,
         quick=args.quick,
         json_path=args.json_path,
         keep=args.keep,
@@ -610,12 +623,17 @@ def zk_client(hosts: str) -> Iterator[KazooClient]:
 
 @contextmanager
 def running_agent(
-    workdir: Path, name: str, hosts: str, zk: KazooClient, keys: int
+    workdir: Path,
+    name: str,
+    hosts: str,
+    zk: KazooClient,
+    keys: int,
+    env: dict[str, str] | None = None,
 ) -> Iterator[AgentUnderTest]:
     """A fresh ZooKeeper root and sandbox per agent, so scenarios never see each other."""
     root = workdir / name
     root.mkdir()
-    agent = AgentUnderTest(root, hosts, f"/bench-{uuid.uuid4().hex[:10]}")
+    agent = AgentUnderTest(root, hosts, f"/bench-{uuid.uuid4().hex[:10]}", env)
     create_layer(zk, agent.layer_path(), keys)
     try:
         agent.start(expected_keys=keys)
@@ -840,10 +858,79 @@ def run_all(opts: Options) -> dict[str, Any]:
     }
 
 
+# --- A/B against another commit -------------------------------------------------
+
+AB_REPEATS = 2
+
+
+def code_of(rev: str, into: Path) -> dict[str, str]:
+    """Commit ``rev``'s ``mozagent/`` under ``into``, and the environment that runs it."""
+    into.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", rev, "mozagent"],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True, timeout=60)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOZAGENT_")}
+    env["PYTHONPATH"] = str(into)
+    return env
+
+
+def run_ab(opts: Options) -> dict[str, Any]:
+    """The same latency runs for this tree and for ``opts.ab``, alternating,
+    ``AB_REPEATS`` times, on one ZooKeeper; samples pooled per side."""
+    rng = random.Random(20240601)
+    workdir = Path(tempfile.mkdtemp(prefix="mozagent-bench-ab-"))
+    assert opts.ab is not None
+    sides: dict[str, dict[str, str] | None] = {
+        "this tree": None,
+        opts.ab: code_of(opts.ab, workdir / "ab-code"),
+    }
+    samples: dict[tuple[str, int], list[float]] = {}
+    try:
+        with zookeeper() as server, zk_client(server.hosts) as zk:
+            for repeat in range(AB_REPEATS):
+                for keys in (10, 1000):
+                    for label, env in sides.items():
+                        name = f"{label.replace(' ', '-')}-{keys}-{repeat}"
+                        with running_agent(workdir, name, server.hosts, zk, keys, env) as agent:
+                            time.sleep(1.0)
+                            lat = measure_latency(agent, zk, "ab", keys, opts.latency_writes, rng)
+                        samples.setdefault((label, keys), []).extend(lat.samples_ms)
+                        say(f"  {label}, {keys} keys: p50 {lat.p50_ms:.2f} p99 {lat.p99_ms:.2f} ms")
+    finally:
+        if not opts.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    rows = {}
+    for (label, keys), values in samples.items():
+        ordered = sorted(values)
+        rows[f"{label}, {keys} keys"] = {
+            "p50_ms": round(percentile(ordered, 50), 2),
+            "p99_ms": round(percentile(ordered, 99), 2),
+            "writes": len(ordered),
+        }
+    return {"commit": code_version(), "against": opts.ab, "rows": rows}
+
+
+def format_ab(result: dict[str, Any]) -> str:
+    lines = [f"write -> file, this tree ({result['commit']}) against {result['against']}:"]
+    for name, row in result["rows"].items():
+        lines.append(
+            f"  {name:<40} p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:6.2f} ms"
+            f"  ({row['writes']} writes)"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     # kazoo logs reconnects through logging; name the source instead of bare messages.
     logging.basicConfig(level=logging.WARNING, format="  [%(name)s] %(message)s")
+    if opts.ab:
+        result = run_ab(opts)
+        return write_report(format_ab(result), result, opts.json_path)
     try:
         result = run_all(opts)
     except (BenchError, TimeoutError) as exc:

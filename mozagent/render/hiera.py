@@ -55,7 +55,8 @@ class LayerRenderer:
     """
 
     def __init__(self) -> None:
-        self._fragments: dict[tuple[str, str], tuple[str, str]] = {}
+        # (layer, key) -> (the value object, its JSON identity, its YAML text)
+        self._fragments: dict[tuple[str, str], tuple[Any, str, str]] = {}
 
     def render(self, layer: str, values: dict[str, Any]) -> bytes:
         parts = [HEADER.format(what=f"Hiera data, {layer} layer")]
@@ -68,13 +69,18 @@ class LayerRenderer:
         return "".join(parts).encode("utf-8")
 
     def _fragment(self, layer: str, key: str, value: Any) -> str:
+        cached = self._fragments.get((layer, key))
+        # The same object: the reader parses each (key, mzxid) once, so an
+        # unchanged key of a 1,000-key layer costs one comparison, not a dump.
+        if cached is not None and cached[0] is value:
+            return cached[2]
         # The JSON form is a cheap, exact identity for YAML-loaded values.
         ident = json.dumps(value, sort_keys=True, default=repr)
-        cached = self._fragments.get((layer, key))
-        if cached is not None and cached[0] == ident:
-            return cached[1]
+        if cached is not None and cached[1] == ident:
+            self._fragments[(layer, key)] = (value, ident, cached[2])
+            return cached[2]
         text = _dump({key: literal(value)})
-        self._fragments[(layer, key)] = (ident, text)
+        self._fragments[(layer, key)] = (value, ident, text)
         return text
 
 

@@ -43,6 +43,9 @@ class HieraData:
         self._values = ValueCache()
         self.lastgood = self._load_lastgood()
         self._written: dict[str, bytes] = {}
+        self._hiera_config = render_hiera_config(
+            os.path.abspath(cfg.hieradata_dir), cfg.app, cfg.node
+        )
 
     # --- last good data --------------------------------------------------------
 
@@ -68,7 +71,7 @@ class HieraData:
             k: {"path": v.path, "version": v.version, "values": v.values}
             for k, v in self.lastgood.items()
         }
-        write_json(self.cfg.lastgood_file, doc, 0o600, durable=True)
+        write_json(self.cfg.lastgood_file, doc, 0o600, durable=True, compact=True)
 
     def _update_lastgood(self, resolved: list[ResolvedLayer]) -> None:
         changed = False
@@ -113,21 +116,22 @@ class HieraData:
         # Monotonic: a deleted layer has no version of its own to report.
         version = max([previous_version, *(r.version for r in resolved)])
         snapshot = make_snapshot(version, rendered, {r.name: r.values for r in resolved})
-        self._update_lastgood(resolved)
+        # Published first, saved second: the files are what a change waits
+        # for, and lastgood.json (durable) is what a restart renders them from.
         self.publish(snapshot)
+        self._update_lastgood(resolved)
         return snapshot, resolved
 
     def publish(self, snapshot: Snapshot) -> None:
         """The published copy: what people and other puppet runs read. Each file
-        is written only when its bytes change."""
+        is written only when its bytes change, without an fsync: at every start
+        they are rendered again from the durable ``lastgood.json`` (or from
+        ZooKeeper), so a power loss cannot leave a stale one behind."""
         facts = FactsInput(self.cfg.app, self.cfg.node, snapshot.version, self.puppet_ref)
-        hiera_config = render_hiera_config(
-            os.path.abspath(self.cfg.hieradata_dir), self.cfg.app, self.cfg.node
-        )
         files: list[tuple[str, bytes, int, bool]] = [
-            (self._layer_file(name), content, 0o600, True) for name, content in snapshot.layers
+            (self._layer_file(name), content, 0o600, False) for name, content in snapshot.layers
         ]
-        files.append((self.cfg.hiera_config, hiera_config, 0o644, True))
+        files.append((self.cfg.hiera_config, self._hiera_config, 0o644, True))
         # Facts are re-rendered at every start: no fsync needed.
         files.append((self.cfg.facts_file, render_facts(facts), 0o644, False))
         for path, content, mode, durable in files:
