@@ -18,13 +18,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kazoo.client import KazooClient
 
 from mozagent.apply.process import ChildRunner, LaunchFailed
-from mozagent.apply.puppet import ApplyItem, ApplyResult, PuppetPaths, run_puppet
-from mozagent.apply.warm import WarmPuppet
+from mozagent.apply.puppet import ApplyItem, ApplyResult, PuppetPaths, build_command, run_puppet
+from mozagent.apply.warm import Warming, WarmPuppet
 from mozagent.config import PuppetConfig
 from tests.conftest import Sandbox, wait_for
 from tests.test_agent import app_path, put
@@ -38,6 +39,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def warm(home: Path, puppet_bin: str) -> Iterator[WarmPuppet]:
     runner = WarmPuppet(PuppetConfig(), str(home / "state"))
+    runner.wait_ready()
     yield runner
     runner.stop()
 
@@ -89,10 +91,14 @@ class Case:
     ) -> ApplyResult:
         manifest = self.root / "site.pp"
         manifest.write_text(body.replace("OUT", str(self.out)))
+        cfg = cfg or self.cfg()
+        apply_item = ApplyItem("site.pp", str(manifest), env=dict(self.env), **item)  # type: ignore[arg-type]
+        if warm:
+            warmed_for(self.warm, cfg, apply_item, self.paths)
         served = self.warm.served
         res = run_puppet(
-            cfg or self.cfg(),
-            ApplyItem("site.pp", str(manifest), env=dict(self.env), **item),  # type: ignore[arg-type]
+            cfg,
+            apply_item,
             self.paths,
             ChildRunner(threading.Event()),
             warm=self.warm if warm else None,
@@ -128,6 +134,17 @@ class Case:
         assert hot_files == plain_files
         assert messages(hot) == messages(plain)
         return hot, hot_files
+
+
+def warmed_for(warm: WarmPuppet, cfg: PuppetConfig, item: ApplyItem, paths: PuppetPaths) -> None:
+    """A parent warm and fresh for this run (a run finding one still warming
+    is exec'd: that is the next test's)."""
+    cmd = build_command(cfg, item, paths, "unused")
+    try:
+        warm.prepare(cmd)
+    except Warming:
+        warm.wait_ready()
+        warm.prepare(cmd)
 
 
 def judged(res: ApplyResult) -> tuple[object, ...]:
@@ -326,7 +343,7 @@ def test_a_parent_that_dies_mid_run_hands_the_run_to_puppet_apply(
                 return
             time.sleep(0.05)
 
-    warm.prestart()
+    warm.wait_ready()
     served = warm.served
     threading.Thread(target=kill_parent, daemon=True).start()
     manifest = case.root / "site.pp"
@@ -374,9 +391,23 @@ def _with_title(text: bytes) -> list[int]:
     return [p for p in _pids() if text in _cmdline(p)]
 
 
-def test_the_agent_runs_warm_and_says_so(sandbox: Sandbox) -> None:
-    sandbox.start_daemon()
+def warm_agent(sandbox: Sandbox) -> Any:
+    """A daemon whose warm parent is ready (its first run, at start, may be
+    exec'd while the parent warms up)."""
+    daemon = sandbox.start_daemon()
+    wait_for(
+        lambda: ((sandbox.status_doc() or {}).get("puppet_runner") or {}).get("state") == "warm",
+        timeout=90,
+        what="the warm parent",
+    )
     wait_for(lambda: (sandbox.status_doc() or {}).get("last_apply"), timeout=90, what="a run")
+    return daemon
+
+
+def test_the_agent_runs_warm_and_says_so(sandbox: Sandbox) -> None:
+    warm_agent(sandbox)
+    res = sandbox.cli("apply")  # asks the daemon for a run and waits for it
+    assert res.returncode == 0, res.stdout + res.stderr
     doc = sandbox.status_doc() or {}
     assert doc["last_apply"]["ok"], doc["last_apply"]
     runner = doc["puppet_runner"]
@@ -389,8 +420,9 @@ def test_the_agent_runs_warm_and_says_so(sandbox: Sandbox) -> None:
 
 
 def test_an_agent_killed_mid_run_leaves_no_puppet_and_the_next_runs(sandbox: Sandbox) -> None:
+    first = warm_agent(sandbox)
     sandbox.manifest.write_text("exec { 'long': command => '/bin/sleep 3121', timeout => 0 }\n")
-    first = sandbox.start_daemon()
+    os.kill(first.pid, signal.SIGHUP)  # a run, now
     sleeping = wait_for(
         lambda: [p for p in _pids() if _cmdline(p) == b"/bin/sleep\x003121\x00"],
         timeout=90,
@@ -415,13 +447,29 @@ def _one_run(case: Case, runner: WarmPuppet, text: str) -> ApplyResult:
     manifest = case.root / "site.pp"
     manifest.write_text((FILE % text).replace("OUT", str(case.out)))
     case.out.mkdir(exist_ok=True)
-    return run_puppet(
-        case.cfg(),
-        ApplyItem("site.pp", str(manifest)),
-        case.paths,
-        ChildRunner(threading.Event()),
-        warm=runner,
-    )
+    item = ApplyItem("site.pp", str(manifest))
+    warmed_for(runner, case.cfg(), item, case.paths)
+    return run_puppet(case.cfg(), item, case.paths, ChildRunner(threading.Event()), warm=runner)
+
+
+def test_a_run_that_finds_the_parent_warming_is_execd_and_the_next_is_warm(
+    case: Case, tmp_path: Path
+) -> None:
+    """Waiting for a warm-up would cost more than an exec'd run: no failure."""
+    runner = WarmPuppet(PuppetConfig(), str(tmp_path / "state"))
+    try:
+        runner.prestart()
+        manifest = case.root / "site.pp"
+        manifest.write_text((FILE % "first").replace("OUT", str(case.out)))
+        case.out.mkdir()
+        item = ApplyItem("site.pp", str(manifest))
+        res = run_puppet(case.cfg(), item, case.paths, ChildRunner(threading.Event()), warm=runner)
+        assert res.ok and runner.served == 0 and case.files() == {"f": "first\n"}
+        assert "last_fallback" not in runner.info()
+        assert not [line for line in res.output_tail if "run with puppet apply" in line]
+        assert _one_run(case, runner, "second").ok and runner.served == 1
+    finally:
+        runner.stop()
 
 
 def test_a_parent_is_retired_after_its_runs_and_its_successor_started_at_once(
@@ -487,7 +535,7 @@ def test_a_warm_up_that_hangs_or_a_wrapper_binary_goes_the_plain_way(
     fake.chmod(0o755)
     runner = WarmPuppet(PuppetConfig(binary=str(fake), warm_start_timeout=1), str(tmp_path / "s"))
     with pytest.raises(LaunchFailed, match="took over 1 s to warm up"):
-        runner.prepare([str(fake), "apply", "x.pp"])
+        runner.wait_ready()
     assert not [p for p in _pids() if _cmdline(p) == b"sleep\x00600\x00"]
     wrapper = tmp_path / "wrapper"
     wrapper.write_text(f'#!/bin/sh\nexec {puppet_bin} "$@"\n')

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import os
 import signal
 import time
@@ -122,6 +123,11 @@ def leftovers(mark: str) -> list[int]:
         ):
             out.append(pid)
     return out
+
+
+def marked_only(mark: str, find: Callable[[str], list[int]] = leftovers) -> list[int]:
+    """``find``'s processes that carry ``mark`` (not the orphans it also counts)."""
+    return [pid for pid in find(mark) if carries_mark(pid, mark)]
 
 
 def orphans() -> list[int]:
@@ -318,6 +324,7 @@ def sweep(
     kill: Kill = _send,
     clock: Callable[[], float] = time.monotonic,
     find: Callable[[str], list[int]] = leftovers,
+    orphans_too: bool = True,
 ) -> Cleanup:
     """SIGSTOP every process of the run found, scanning again while new ones turn
     up, then SIGKILL them all; repeated until nothing is left or ``timeout`` passes.
@@ -325,7 +332,9 @@ def sweep(
     Stopping first is what catches a chain of processes that fork and exit:
     a stopped process starts nothing more, so each scan leaves fewer to find.
     The stopping half is bounded too, so a process that never stops (one in
-    uninterruptible sleep) is still sent SIGKILL.
+    uninterruptible sleep) is still sent SIGKILL. Without ``orphans_too``,
+    only the mark's processes: for a sweep while another run may be going on
+    (the warm puppet parent's), whose orphans are that run's to clean up.
     """
     kill = _checked_kill(mark, kill)
     killed: set[int] = set()
@@ -334,8 +343,10 @@ def sweep(
     deadline, stop_until = start + timeout, start + timeout / 2
     found: list[int] = []
     killed_orphans = 0
+    if not orphans_too:
+        find = functools.partial(marked_only, find=find)
     while True:
-        orphans_now = kill_orphans(kill)
+        orphans_now = kill_orphans(kill) if orphans_too else 0
         killed_orphans += orphans_now
         found = find(mark)
         if not found and not orphans_now:  # a whole look found nothing alive

@@ -19,7 +19,7 @@ import yaml
 
 from mozagent.apply.deployments import DeploymentQueue, DeploymentResult, read_outputs
 from mozagent.apply.process import ChildExit, ChildRunner, LaunchFailed, signal_name
-from mozagent.apply.warm import WarmPuppet
+from mozagent.apply.warm import Warming, WarmPuppet
 from mozagent.config import PuppetConfig
 from mozagent.desired.deployments import Deployment, safe_id
 
@@ -239,6 +239,8 @@ def _run(
     if warm is not None:
         try:
             warm.prepare(cmd)
+        except Warming:
+            pass  # exec'd while the parent warms up for the next run
         except LaunchFailed as exc:
             why = str(exc)
             warm.after_run(why)

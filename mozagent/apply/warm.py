@@ -51,6 +51,11 @@ RUNNER = Path(__file__).with_name("warm_runner.rb")
 MAX_MESSAGE = 256 * 1024  # the runner's receive size: a request over it goes the plain way
 READY_MAX = 4 * 1024 * 1024  # the ready message lists the parent's loaded files
 STARTED_TIMEOUT = 10.0  # from a request to the runner's "started"
+# A run finding the parent still warming waits for it only if it should be
+# ready within this long (its last warm-up's length tells): else the run is
+# exec'd, and the parent keeps warming for the next one.
+WAIT_FOR_WARM_UP = 1.0
+FIRST_WARM_UP = 3.0  # what a warm-up is expected to take before one was seen
 STOP_GRACE = 2.0  # a parent reads the end of its socket at once, unless it hangs
 
 Fingerprint = tuple[tuple[str, int, int, int], ...]
@@ -181,6 +186,10 @@ class _Channel:
         return doc if isinstance(doc, dict) else {"bad": str(doc)[:200]}
 
 
+class Warming(LaunchFailed):
+    """The parent is still warming up: this run goes the plain way; not a failure."""
+
+
 class RemoteRun(Launched):
     """A run the warm parent forked: its end is the parent's message."""
 
@@ -238,12 +247,15 @@ class _Parent:
     channel: _Channel
     mark: str
     started: float
+    started_mono: float = field(default_factory=time.monotonic)
     ready: dict[str, Any] | None = None
     loaded: Fingerprint = ()
     modulepaths: dict[str, Fingerprint] = field(default_factory=dict)
     runs: int = 0
     retiring: str | None = None  # why we are ending it
     cpu: float = 0.0  # its runs' CPU seconds, as last read
+    warmed: threading.Event = field(default_factory=threading.Event)  # ready or failed
+    failure: str | None = None  # why its warm-up failed
 
 
 class WarmPuppet(Launcher):
@@ -267,6 +279,7 @@ class WarmPuppet(Launcher):
         self.last_fallback: dict[str, Any] | None = None
         self.last_end: str | None = None
         self._cpu_ended = 0.0  # runs' CPU seconds of the parents that ended
+        self._warm_up_s = FIRST_WARM_UP
 
     # --- the Launcher --------------------------------------------------------------
 
@@ -326,7 +339,7 @@ class WarmPuppet(Launcher):
             reply["started"],
             stdout,
             stderr,
-            lambda: contain.sweep(parent.mark, timeout=2.0),
+            lambda: contain.sweep(parent.mark, timeout=2.0, orphans_too=False),
         )
 
     # --- what the executor calls ---------------------------------------------------------
@@ -405,8 +418,13 @@ class WarmPuppet(Launcher):
             parent = None
         if parent is None:
             parent = self._start()
-        if parent.ready is None:
-            self._await_ready(parent)
+        if not parent.warmed.is_set():
+            elapsed = time.monotonic() - parent.started_mono
+            if self._warm_up_s - elapsed > WAIT_FOR_WARM_UP:
+                raise Warming("the warm runner is still warming up")
+            parent.warmed.wait(max(self.cfg.warm_start_timeout - elapsed, 0.0) + 1.0)
+        if parent.failure is not None or parent.ready is None:
+            raise LaunchFailed(f"the warm runner's warm-up failed: {parent.failure}")
         modulepath = modulepath_of(argv)
         if modulepath not in parent.modulepaths:
             parent.modulepaths[modulepath] = modulepath_fingerprint(modulepath)
@@ -473,43 +491,61 @@ class WarmPuppet(Launcher):
         parent.loaded = files_fingerprint([str(RUNNER), ruby, binary])
         self._parent = parent
         self.parents += 1
-        threading.Thread(target=self._reap, args=(parent,), daemon=True).start()
+        threading.Thread(target=self._watch, args=(parent,), daemon=True).start()
         log.info("puppet_warm_runner_starting", pid=proc.pid, ruby=ruby)
         return parent
 
-    def _await_ready(self, parent: _Parent) -> None:
-        doc = self._receive(parent, self.cfg.warm_start_timeout, "to warm up", READY_MAX)
-        ready = doc.get("ready")
+    def wait_ready(self) -> None:
+        """Start a parent if there is none and wait until it is warm (or LaunchFailed)."""
+        self.prestart()
+        parent = self._parent
+        if parent is None:
+            raise LaunchFailed(self.last_end or "the warm runner did not start")
+        parent.warmed.wait(self.cfg.warm_start_timeout + 1.0)
+        if parent.ready is None:
+            raise LaunchFailed(f"the warm runner's warm-up failed: {parent.failure}")
+
+    def _warm_up(self, parent: _Parent) -> None:
+        """The parent's ready message (or why there is none), read by its own
+        thread so that status says at once when it is warm."""
+        timeout = self.cfg.warm_start_timeout
+        try:
+            doc = parent.channel.receive(timeout, READY_MAX)
+        except TimeoutError:
+            parent.failure = f"it took over {timeout:g} s to warm up"
+            self._end(parent, parent.failure, hung=True)
+            return
+        ready = doc.get("ready") if doc is not None else None
         if not isinstance(ready, dict):
-            why = doc.get("failed") or str(doc)[:300]
+            if doc is None:
+                parent.proc.wait()
+                tail = self._log_tail()
+                why = f"it ended (exit {parent.proc.returncode})" + (f": {tail}" if tail else "")
+            else:
+                why = str(doc.get("failed") or doc)[:300]
+            parent.failure = why
             self._end(parent, f"its warm-up failed: {why}")
-            raise LaunchFailed(f"the warm runner's warm-up failed: {why}")
+            return
         loaded = [p for p in ready.pop("loaded", []) if isinstance(p, str)]
         parent.loaded = parent.loaded + files_fingerprint(loaded)
         parent.ready = ready
+        self._warm_up_s = time.monotonic() - parent.started_mono
         log.info(
             "puppet_warm_runner_ready",
             pid=parent.proc.pid,
             seconds=ready.get("warm_seconds"),
             files=len(loaded),
         )
-        self.on_change()
 
-    def _receive(
-        self, parent: _Parent, timeout: float, doing: str, size: int = 65536
-    ) -> dict[str, Any]:
+    def _receive(self, parent: _Parent, timeout: float, doing: str) -> dict[str, Any]:
         try:
-            doc = parent.channel.receive(timeout, size)
+            doc = parent.channel.receive(timeout)
         except TimeoutError:
             self._end(parent, f"it took over {timeout:g} s {doing}", hung=True)
             raise LaunchFailed(f"the warm runner took over {timeout:g} s {doing}") from None
         if doc is None:
-            code = parent.proc.poll()
-            self._end(parent, f"it ended {doing}")
-            tail = self._log_tail()
-            raise LaunchFailed(
-                f"the warm runner ended {doing} (exit {code})" + (f": {tail}" if tail else "")
-            )
+            self._end(parent, "it ended before the run")
+            raise LaunchFailed(f"the warm runner ended before the run (exit {parent.proc.poll()})")
         return doc
 
     def _log_tail(self) -> str:
@@ -551,11 +587,18 @@ class WarmPuppet(Launcher):
                 os.killpg(parent.proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 parent.proc.wait(timeout=STOP_GRACE)
-        # What it forked, if it was killed in the middle of one.
-        contain.sweep(parent.mark, timeout=2.0)
+        # What it forked, if it was killed in the middle of one (not the
+        # orphans of a run going on meanwhile: those are that run's).
+        contain.sweep(parent.mark, timeout=2.0, orphans_too=False)
 
-    def _reap(self, parent: _Parent) -> None:
-        """Collect the parent as soon as it exits (no zombie between runs)."""
+    def _watch(self, parent: _Parent) -> None:
+        """The parent's own thread: its warm-up, then its exit, collected at
+        once (no zombie between runs)."""
+        try:
+            self._warm_up(parent)
+        finally:
+            parent.warmed.set()
+            self.on_change()
         code = parent.proc.wait()
         contain.disown_child(parent.proc.pid)
         if self._ended(parent, self._why_it_exited(code)):
