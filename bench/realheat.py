@@ -56,7 +56,6 @@ from heat import (
     need_private_mount,
     outside_state,
     puppet_binary,
-    puppet_run_for,
     ratio,
     say,
     stats,
@@ -67,7 +66,7 @@ from mozagent.config import HeatConfig
 from mozagent_dev.testing import text_of, wait_until
 from tests.glance.cloud import CloudError
 from tests.realheat.cloud import PACKAGES, HeatCloud, heat_missing
-from tests.test_realheat import OCC, Stacks, attr, config, deployment, server, template
+from tests.test_realheat import OCC, Stacks, attr, config, deployment, param, server, template
 
 FAST_POLL_S = 0.2  # mozagent's "fast" row: config takes any value > 0 (see the README)
 STACK_BOUND_S = 180.0  # create → CREATE_COMPLETE, at most
@@ -84,6 +83,7 @@ class Setup:
     agent: str  # "mozagent" or "chain"
     poll: tuple[float, float] | None = None  # mozagent's poll_min, poll_max; None: defaults
     flags: tuple[str, ...] = ()  # os-collect-config's polling flags; none: its defaults
+    runner: str = "warm"  # mozagent's puppet.runner
 
 
 DEFAULTS = HeatConfig()
@@ -93,6 +93,7 @@ SETUPS = (
         f"mozagent, defaults (poll_min {DEFAULTS.poll_min:g}, poll_max {DEFAULTS.poll_max:g})",
         "mozagent",
     ),
+    Setup("moz_exec", "mozagent, defaults, puppet.runner: exec", "mozagent", runner="exec"),
     Setup(
         "moz_fast",
         f"mozagent, {FAST_POLL_S:g} s polling (poll_min = poll_max = {FAST_POLL_S:g})",
@@ -110,6 +111,7 @@ SETUPS = (
 # mozagent row, chain row: the ratios printed (same run).
 RATIOS = (
     ("moz_default", "chain_default"),
+    ("moz_exec", "chain_default"),
     ("moz_fast", "chain_default"),
     ("moz_fast", "chain_1s"),
 )
@@ -129,6 +131,8 @@ class Sample:
     puppet_to_complete_s: float | None = None  # puppet ends → CREATE_COMPLETE seen
     cloud_cpu_s: float | None = None  # CPU heat-all and Keystone used, create → COMPLETE
     agent_cpu_s: float | None = None  # the agent process's own CPU (not its children)
+    update_s: float | None = None  # then a stack UPDATE of the input → UPDATE_COMPLETE
+    update_puppet_s: float | None = None  # the update's puppet run
     problem: str | None = None
 
     @property
@@ -151,15 +155,17 @@ class Row:
 # --- the stack and the agents -----------------------------------------------------------------
 
 
-def bench_stack(out: Path, value: str) -> dict[str, Any]:
-    """DeployedServer + one puppet config (heat.py's one-file manifest) + its deployment."""
+def bench_stack(out: Path) -> dict[str, Any]:
+    """DeployedServer + one puppet config (heat.py's one-file manifest) + its
+    deployment, whose input is the stack's ``bench_value`` (an UPDATE changes it)."""
     return template(
         {
             "server": server("POLL_SERVER_HEAT"),
             "puppet_config": config("puppet", MANIFEST.format(path=out), ["bench_value"], []),
-            "puppet_deployment": deployment("puppet_config", {"bench_value": value}),
+            "puppet_deployment": deployment("puppet_config", {"bench_value": param("bench_value")}),
         },
         {**OCC, "status_code": attr("puppet_deployment", "deploy_status_code")},
+        {"bench_value": {"type": "string"}},
     )
 
 
@@ -169,7 +175,7 @@ def start_agent(
     """A fresh agent given the server's os_collect_config, started without waiting
     for anything: the clock is running."""
     if setup.agent == "mozagent":
-        moz = MozAgent(root, {"os-collect-config": occ}, setup.poll)
+        moz = MozAgent(root, {"os-collect-config": occ}, setup.poll, setup.runner)
         moz.start(wait=False)
         return moz
     if "heat" not in occ:
@@ -191,18 +197,41 @@ def credentials(stacks: Stacks, stack_id: str) -> dict[str, Any]:
     return wait_until(ready, CREDENTIALS_BOUND_S, f"os_collect_config of {stack_id}", 0.05)
 
 
-def until_created(stacks: Stacks, stack_id: str, agent: AgentBase) -> str | None:
-    """Poll the stack every STATUS_POLL_S until CREATE_COMPLETE (None) or a problem."""
+def until_created(
+    stacks: Stacks, stack_id: str, agent: AgentBase, want: str = "CREATE_COMPLETE"
+) -> str | None:
+    """Poll the stack every STATUS_POLL_S until ``want`` (None) or a problem."""
     deadline = time.monotonic() + STACK_BOUND_S
     while time.monotonic() < deadline:
         agent.check_alive()
         stack = stacks.get(stack_id)
-        if stack.stack_status == "CREATE_COMPLETE":
+        if stack.stack_status == want:
             return None
         if stack.stack_status.endswith("_FAILED"):
             return f"{stack.stack_status}: {stack.stack_status_reason}"
         time.sleep(STATUS_POLL_S)
-    return f"not CREATE_COMPLETE within {STACK_BOUND_S:g} s"
+    return f"not {want} within {STACK_BOUND_S:g} s"
+
+
+def one_update(stacks: Stacks, stack_id: str, agent: AgentBase, out: Path, sample: Sample) -> None:
+    """A PATCH update of the deployment's input on the running agent, timed to
+    UPDATE_COMPLETE; the file must hold the new value."""
+    value = f"update-{uuid.uuid4().hex[:8]}"
+    dep_id = stacks.deployment(stack_id, "puppet_deployment").config_id
+    t0 = time.time()
+    stacks.update(stack_id, bench_value=value)
+    sample.problem = until_created(stacks, stack_id, agent, "UPDATE_COMPLETE")
+    done = time.time()
+    if sample.problem:
+        return
+    sample.update_s = done - t0
+    # The update derives a new config: its id is the deployment's new config_id.
+    new_id = stacks.deployment(stack_id, "puppet_deployment").config_id
+    run = agent.puppet_run(new_id) if new_id != dep_id else None
+    if run is not None:
+        sample.update_puppet_s = run[1] - run[0]
+    if text_of(out) != f"value={value}\n":
+        sample.problem = "UPDATE_COMPLETE but the manifest's file does not hold the new value"
 
 
 def cloud_cpu(cloud: HeatCloud) -> float:
@@ -225,7 +254,7 @@ def one_stack(
     sample = Sample(stack="(not created)")
     try:
         cpu = cloud_cpu(cloud)
-        stack_id = stacks.create(bench_stack(out, value))
+        stack_id = stacks.create(bench_stack(out), bench_value=value)
         t0 = time.time()
         sample.stack = stack_id
         occ = credentials(stacks, stack_id)
@@ -243,7 +272,7 @@ def one_stack(
         sample.start_to_complete_s = done - started
         # The metadata's deployment id (the manifest's name) is the derived config's.
         dep_id = stacks.deployment(stack_id, "puppet_deployment").config_id
-        run = puppet_run_for(agent.puppet_log, dep_id)
+        run = agent.puppet_run(dep_id)
         if run is not None:
             sample.puppet_s = run[1] - run[0]
             sample.start_to_puppet_s = run[0] - started
@@ -255,6 +284,8 @@ def one_stack(
             sample.problem = "CREATE_COMPLETE but the manifest's file is missing or wrong"
         elif run is None:
             sample.problem = "puppet's run of the deployment was not seen"
+        else:
+            one_update(stacks, stack_id, agent, out, sample)
         return sample
     except Exception as err:  # heatclient's, a dead agent, a bounded wait: this sample only
         sample.problem = f"{type(err).__name__}: {err}"
@@ -393,6 +424,8 @@ COLUMNS = (
     ("puppet_s", "puppet (in run)"),
     ("puppet_to_complete_s", "puppet→COMPLETE"),
     ("minus_puppet_s", "minus puppet"),
+    ("update_s", "UPDATE→COMPLETE"),
+    ("update_puppet_s", "update's puppet"),
     ("cloud_cpu_s", "Heat+Keystone CPU"),
     ("agent_cpu_s", "agent CPU"),
 )
@@ -422,14 +455,18 @@ def format_report(result: dict[str, Any]) -> str:
         lines += [f"      {s.stack}: {s.problem}" for s in row.samples if s.problem]
     if result["note"]:
         lines.append(f"  ({result['note']})")
-    lines += ["", "mozagent/chain, same run (medians of create→COMPLETE; of minus puppet)"]
+    lines += [
+        "",
+        "mozagent/chain, same run (medians of create→COMPLETE; of minus puppet; of a stack "
+        "UPDATE → UPDATE_COMPLETE on the running agent)",
+    ]
     for ours, theirs in RATIOS:
         a, b = rows[ours], rows[theirs]
-        pair = [
+        cells = [
             ratio(median(a.values(name)), median(b.values(name)))
-            for name in ("complete_s", "minus_puppet_s")
+            for name in ("complete_s", "minus_puppet_s", "update_s")
         ]
-        lines.append(f"  {a.setup.label} / {b.setup.label}: {pair[0]}; {pair[1]}")
+        lines.append(f"  {a.setup.label} / {b.setup.label}: {'; '.join(cells)}")
     load = result["loadavg_start_end"]
     leaked = result["outside_paths_changed"]
     lines += [
