@@ -309,21 +309,51 @@ def test_the_parent_restarts_when_what_it_loaded_changes(case: Case, warm: WarmP
     assert warm.info()["pid"] != first and "modulepath" in warm.info()["last_end"]
 
 
-def test_a_broken_warm_up_falls_back_to_puppet_apply(tmp_path: Path, case: Case) -> None:
+def test_a_binary_that_cannot_run_warm_is_said_once_and_every_run_is_execd(
+    tmp_path: Path, case: Case
+) -> None:
     broken = WarmPuppet(PuppetConfig(binary="/bin/true"), str(tmp_path / "state"))
+    manifest = tmp_path / "m.pp"
+    case.out.mkdir()
+    said = []
+    for text in ("one", "two"):
+        manifest.write_text(FILE.replace("OUT", str(case.out)) % text)
+        res = run_puppet(
+            case.cfg(),
+            ApplyItem("m.pp", str(manifest)),
+            case.paths,
+            ChildRunner(threading.Event()),
+            warm=broken,
+        )
+        assert res.ok and case.files() == {"f": f"{text}\n"}
+        said.append(broken.info()["last_fallback"])
+    assert "not a Ruby program" in said[0]["reason"] and said[1] == said[0]  # once
+    assert broken.parents == 0
+
+
+def test_a_warm_up_that_fails_is_said_and_the_runs_go_on(tmp_path: Path, case: Case) -> None:
+    ruby = tmp_path / "ruby-broken"
+    ruby.write_text("#!/bin/sh\necho 'cannot load such file -- puppet' >&2\nexit 3\n")
+    ruby.chmod(0o755)
+    binary = tmp_path / "puppet"
+    binary.write_text(f"#!{ruby}\nrequire 'puppet/util/command_line'\n")
+    binary.chmod(0o755)
+    runner = WarmPuppet(PuppetConfig(binary=str(binary)), str(tmp_path / "state"))
     manifest = tmp_path / "m.pp"
     manifest.write_text(FILE.replace("OUT", str(case.out)) % "one")
     case.out.mkdir()
     res = run_puppet(
-        case.cfg(),
+        case.cfg(),  # the run itself with the real puppet: it is exec'd
         ApplyItem("m.pp", str(manifest)),
         case.paths,
         ChildRunner(threading.Event()),
-        warm=broken,
+        warm=runner,
     )
     assert res.ok and case.files() == {"f": "one\n"}
-    assert "run with puppet apply" in res.output_tail[-1]
-    assert "not a Ruby program" in broken.info()["last_fallback"]["reason"]
+    wait_for(lambda: runner.info().get("last_fallback"), timeout=30, what="the failure said")
+    reason = runner.info()["last_fallback"]["reason"]
+    assert "warm-up failed: it ended (exit 3): cannot load such file -- puppet" in reason, reason
+    assert runner.info()["state"] == "not running"
 
 
 def test_a_parent_that_dies_mid_run_hands_the_run_to_puppet_apply(

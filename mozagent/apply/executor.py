@@ -219,16 +219,11 @@ class Executor:
     def run(self) -> None:
         """The scheduler runs on the monotonic clock: a clock step at boot must not
         delay runs or cut one short."""
-        if self.warm is not None and self.providers_have_work():
-            self.warm.prestart()  # its warm-up overlaps the first read of the sources
         try:
             self._loop()
         finally:
             if self.warm is not None:
                 self.warm.stop()
-
-    def providers_have_work(self) -> bool:
-        return any(provider() for provider in self.providers)
 
     def _loop(self) -> None:
         while not self.stopping.is_set():

@@ -19,7 +19,7 @@ import yaml
 
 from mozagent.apply.deployments import DeploymentQueue, DeploymentResult, read_outputs
 from mozagent.apply.process import ChildExit, ChildRunner, LaunchFailed, signal_name
-from mozagent.apply.warm import Warming, WarmPuppet
+from mozagent.apply.warm import NotWarmable, Warming, WarmPuppet
 from mozagent.config import PuppetConfig
 from mozagent.desired.deployments import Deployment, safe_id
 
@@ -236,11 +236,14 @@ def _run(
     the run's time), and the run's output says so."""
     started = time.monotonic()
     why = None
+    warming = False
     if warm is not None:
         try:
             warm.prepare(cmd)
+        except NotWarmable:
+            warm = None  # said once, in the log and status: every run is exec'd
         except Warming:
-            pass  # exec'd while the parent warms up for the next run
+            warming = True  # exec'd; the parent warms up for the next run
         except LaunchFailed as exc:
             why = str(exc)
             warm.after_run(why)
@@ -256,6 +259,8 @@ def _run(
     out = runner.run(cmd, env, timeout, tail_lines=OUTPUT_TAIL_LINES, **options)
     if why is not None:
         out.tail = [*out.tail, f"mozagent: run with puppet apply: {why}"]
+    if warm is not None and (warming or why is not None) and not runner.cancel.is_set():
+        warm.prestart()  # now that the CPU is free: warm for the next run
     return out
 
 

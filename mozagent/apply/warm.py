@@ -190,6 +190,11 @@ class Warming(LaunchFailed):
     """The parent is still warming up: this run goes the plain way; not a failure."""
 
 
+class NotWarmable(LaunchFailed):
+    """``puppet.binary`` cannot run warm (not puppet's own Ruby launcher):
+    every run goes the plain way, said once until the binary changes."""
+
+
 class RemoteRun(Launched):
     """A run the warm parent forked: its end is the parent's message."""
 
@@ -280,6 +285,7 @@ class WarmPuppet(Launcher):
         self.last_end: str | None = None
         self._cpu_ended = 0.0  # runs' CPU seconds of the parents that ended
         self._warm_up_s = FIRST_WARM_UP
+        self._refused: tuple[tuple[str, int, int, int], str] | None = None
 
     # --- the Launcher --------------------------------------------------------------
 
@@ -347,15 +353,21 @@ class WarmPuppet(Launcher):
     def prestart(self) -> None:
         """Start a parent now (its warm-up overlaps whatever comes before the next run)."""
         if self._parent is None or self._parent.proc.poll() is not None:
-            with contextlib.suppress(LaunchFailed):
+            try:
                 self._start()
+            except LaunchFailed as exc:
+                self._failed(str(exc))
+
+    def _failed(self, reason: str) -> None:
+        """Why runs go the plain way: logged, and shown in status."""
+        self.last_fallback = {"at": time.time(), "reason": reason}
+        log.warning("puppet_warm_runner_failed", reason=reason, fallback="puppet apply")
 
     def after_run(self, failure: str | None) -> None:
         """After each warm run: retire a parent that served its runs, grew past
         its memory bound, or failed the run; start the next one at once."""
         if failure is not None:
-            self.last_fallback = {"at": time.time(), "reason": failure}
-            log.warning("puppet_warm_runner_failed", reason=failure, fallback="puppet apply")
+            self._failed(failure)
         parent = self._parent
         if parent is None:
             self.on_change()
@@ -417,7 +429,10 @@ class WarmPuppet(Launcher):
             self._end(parent, why)
             parent = None
         if parent is None:
-            parent = self._start()
+            self._check_binary()
+            # Not started now: its warm-up would compete with this run for
+            # the CPU. This run is exec'd; the parent starts when it is over.
+            raise Warming("no warm parent yet (it starts after this run)")
         if not parent.warmed.is_set():
             elapsed = time.monotonic() - parent.started_mono
             if self._warm_up_s - elapsed > WAIT_FOR_WARM_UP:
@@ -429,6 +444,21 @@ class WarmPuppet(Launcher):
         if modulepath not in parent.modulepaths:
             parent.modulepaths[modulepath] = modulepath_fingerprint(modulepath)
         return parent
+
+    def _check_binary(self) -> None:
+        """NotWarmable when the binary cannot run warm; logged and shown once
+        per version of the binary, not at every run."""
+        path = shutil.which(self.cfg.binary) or self.cfg.binary
+        seen = _stat(path)
+        if self._refused is not None and self._refused[0] == seen:
+            raise NotWarmable(self._refused[1])
+        try:
+            interpreter_of(self.cfg.binary)
+        except LaunchFailed as exc:
+            self._refused = (seen, str(exc))
+            self._failed(str(exc))
+            raise NotWarmable(str(exc)) from None
+        self._refused = None
 
     def _stale(self, parent: _Parent, argv: list[str]) -> str | None:
         if files_fingerprint([p for p, *_ in parent.loaded]) != parent.loaded:
@@ -514,6 +544,7 @@ class WarmPuppet(Launcher):
         except TimeoutError:
             parent.failure = f"it took over {timeout:g} s to warm up"
             self._end(parent, parent.failure, hung=True)
+            self._failed(f"the warm runner's warm-up failed: {parent.failure}")
             return
         ready = doc.get("ready") if doc is not None else None
         if not isinstance(ready, dict):
@@ -525,6 +556,7 @@ class WarmPuppet(Launcher):
                 why = str(doc.get("failed") or doc)[:300]
             parent.failure = why
             self._end(parent, f"its warm-up failed: {why}")
+            self._failed(f"the warm runner's warm-up failed: {why}")
             return
         loaded = [p for p in ready.pop("loaded", []) if isinstance(p, str)]
         parent.loaded = parent.loaded + files_fingerprint(loaded)
