@@ -468,6 +468,12 @@ def test_zookeeper_down_does_not_rewrite_status_every_second(own_box, own_zk) ->
     put(client, app_path(box, "greeting"), b"x")
     box.start_daemon()
     wait_for(lambda: idle(box), timeout=60, what="first apply")
+    # The warm puppet parent starts after the first run: its "warm" is a change of its own.
+    wait_for(
+        lambda: ((box.status_doc() or {}).get("puppet_runner") or {}).get("state") == "warm",
+        timeout=60,
+        what="the warm puppet parent",
+    )
     own_zk.stop()
     wait_for(lambda: box.status()[0] == 3, timeout=30, what="ZooKeeper down reported")
     time.sleep(1.5)  # let the state settle (suspended → connecting attempts)
