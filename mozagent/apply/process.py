@@ -278,17 +278,8 @@ class ChildRunner:
             return ChildExit(None, start_error=f"cannot record the run in {ledger.path}: {exc}")
         spec = ChildSpec(cmd, full_env, cwd, stdin_data, split_stderr, run_as)
         try:
-            return _supervise(
-                spec,
-                launcher,
-                timeout,
-                self.cancel,
-                group,
-                on_line,
-                self.progress,
-                tail_lines,
-                keep_bytes,
-            )
+            watch = _Watch(timeout, self.cancel, on_line, self.progress, tail_lines, keep_bytes)
+            return _supervise(spec, launcher, group, watch)
         finally:
             if ledger is not None:
                 ledger.end()
@@ -355,16 +346,20 @@ def _open_group(ledger: Ledger | None, mark: str) -> RunGroup:
         return contain.SweepContainment().open(mark)
 
 
+@dataclass(frozen=True)
+class _Watch:
+    """How a started child is followed: its time, the agent's cancel, its output."""
+
+    timeout: float
+    cancel: threading.Event
+    on_line: Callable[[str], None] | None
+    progress: Callable[[], None] | None
+    tail_lines: int
+    keep_bytes: int
+
+
 def _supervise(
-    spec: ChildSpec,
-    launcher: Launcher | None,
-    timeout: float,
-    cancel: threading.Event,
-    group: RunGroup,
-    on_line: Callable[[str], None] | None,
-    progress: Callable[[], None] | None,
-    tail_lines: int,
-    keep_bytes: int,
+    spec: ChildSpec, launcher: Launcher | None, group: RunGroup, watch: _Watch
 ) -> ChildExit:
     cmd, split_stderr, stdin_data = spec.cmd, spec.split_stderr, spec.stdin_data
 
@@ -402,7 +397,7 @@ def _supervise(
             group.clean()
             return ChildExit(None, start_error=str(exc) or type(exc).__name__)
         contain.own_child(proc.pid)
-    return _follow(proc, spec, timeout, cancel, group, on_line, progress, tail_lines, keep_bytes)
+    return _follow(proc, spec, group, watch)
 
 
 def _exec(
@@ -427,20 +422,13 @@ def _exec(
 
 
 def _follow(
-    proc: subprocess.Popen[str] | Launched,
-    spec: ChildSpec,
-    timeout: float,
-    cancel: threading.Event,
-    group: RunGroup,
-    on_line: Callable[[str], None] | None,
-    progress: Callable[[], None] | None,
-    tail_lines: int,
-    keep_bytes: int,
+    proc: subprocess.Popen[str] | Launched, spec: ChildSpec, group: RunGroup, watch: _Watch
 ) -> ChildExit:
     """Wait for a started child: its output, its deadline, the cancel; then clean up."""
     cmd, split_stderr, stdin_data = spec.cmd, spec.split_stderr, spec.stdin_data
-    tail: deque[str] = deque(maxlen=tail_lines)
-    streams = {"stdout": _Tail(keep_bytes), "stderr": _Tail(keep_bytes)}
+    on_line, progress, cancel = watch.on_line, watch.progress, watch.cancel
+    tail: deque[str] = deque(maxlen=watch.tail_lines)
+    streams = {"stdout": _Tail(watch.keep_bytes), "stderr": _Tail(watch.keep_bytes)}
 
     def pump(stream: Any, kept: _Tail) -> None:
         for raw in stream:
@@ -461,7 +449,7 @@ def _follow(
         reader.start()
     if stdin_data is not None:
         threading.Thread(target=_feed, args=(proc, stdin_data), daemon=True).start()
-    deadline = time.monotonic() + timeout  # a clock step must not cut a run short
+    deadline = time.monotonic() + watch.timeout  # a clock step must not cut a run short
     stopped = None
     exited = _exit_waiter(proc)
     try:
