@@ -296,7 +296,7 @@ def test_a_run_killed_by_its_timeout_leaves_nothing(case: Case) -> None:
     body = "exec { 'hang': command => '/bin/sleep 600', timeout => 0 }\n"
     res, _ = case.both(body, cfg=case.cfg(timeout=4))
     assert res.message == "failed: puppet timed out after 4 s"
-    assert not [p for p in _pids() if b"sleep\x00600" in _cmdline(p)]
+    assert not [p for p in _pids() if _cmdline(p) == b"/bin/sleep\x00600\x00"]
 
 
 def test_the_parent_restarts_when_what_it_loaded_changes(case: Case, warm: WarmPuppet) -> None:
@@ -388,7 +388,8 @@ def test_a_parent_that_dies_mid_run_hands_the_run_to_puppet_apply(
     assert ran, "the parent was never seen serving the run"
     assert res.ok and case.files() == {"f": "done\n"}, res.output_tail
     assert "the warm runner ended during the run" in res.output_tail[-1]
-    assert not [p for p in _pids() if b"sleep\x003" in _cmdline(p)]
+    # Exactly the run's exec (other tests' and the machine's sleeps are not its).
+    assert not [p for p in _pids() if _cmdline(p) == b"/bin/sleep\x003\x00"]
 
 
 def _pids() -> list[int]:
