@@ -56,3 +56,14 @@ def test_the_runner_reports_a_missing_program_and_a_signal() -> None:
     assert end.returncode == -signal.SIGTERM and end.failure(5) == (
         "was killed by signal 15 (SIGTERM)"
     )
+
+
+def test_a_run_counts_the_cpu_of_its_own_children_only() -> None:
+    """The run budget adds these up: a child's grandchildren are its CPU, and
+    an earlier run's CPU is not counted again in the next."""
+    runner = ChildRunner(threading.Event())
+    burn = "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"  # about 0.3 s here
+    spent = runner.run(["/bin/sh", "-c", f"/bin/sh -c '{burn}'; sleep 0.1"], {}, 30).cpu_s
+    assert 0.1 <= spent <= 5, spent
+    idle = runner.run(["/bin/sh", "-c", "sleep 0.2"], {}, 30).cpu_s
+    assert idle < 0.1, idle

@@ -508,7 +508,10 @@ def test_a_parent_is_retired_after_its_runs_and_its_successor_started_at_once(
 ) -> None:
     runner = WarmPuppet(PuppetConfig(warm_max_runs=1), str(tmp_path / "state"))
     try:
-        assert _one_run(case, runner, "one").ok
+        first = _one_run(case, runner, "one")
+        assert first.ok
+        # Its CPU is the run's alone, not the retired parent's warm-up too.
+        assert 0.05 < first.cpu_s <= first.ended - first.started + 0.1, first.cpu_s
         info = runner.info()
         assert "served 1 runs (puppet.warm_max_runs)" in info["last_end"], info
         assert info["state"] in ("warming", "warm") and runner.parents == 2

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import resource
 import threading
 import time
 from collections.abc import Callable
@@ -60,6 +59,7 @@ class Executor:
         # Every child the agent runs, puppet's and every applier's, runs
         # through this: stopped when the agent stops, recorded in the ledger.
         self.runner = ChildRunner(stopping, ledger, health.beat)
+        self._apply_cpu = 0.0  # the current apply's puppet CPU seconds
         # Puppet runs forked from a warm parent (puppet.runner: warm), else exec'd.
         self.warm: WarmPuppet | None = None
         if cfg.puppet.runner == "warm":
@@ -255,7 +255,7 @@ class Executor:
                 return False
             self.scheduler.started(now)
         ok = False
-        cpu = self._runs_cpu()
+        self._apply_cpu = 0.0
         try:
             ok = self.apply()
         except Exception as exc:
@@ -263,19 +263,11 @@ class Executor:
             self._record(time.time(), self.data_version, [], 0, f"crashed: {exc!r}")
             raise
         finally:
-            cpu = self._runs_cpu() - cpu
             with self._cond:
-                self.scheduler.finished(time.monotonic(), ok, cpu)
+                self.scheduler.finished(time.monotonic(), ok, self._apply_cpu)
                 self._app_turn = waiting(self.lanes, Phase.AFTER_PUPPET)
             self._notify()
         return True
-
-    def _runs_cpu(self) -> float:
-        """CPU seconds of the children this agent waited for (exec'd runs), and
-        of the warm parent's forked runs: what the run budget counts."""
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        warm = self.warm.cpu_used() if self.warm is not None else 0.0
-        return usage.ru_utime + usage.ru_stime + warm
 
     def _prepare_run(
         self, snapshot: Snapshot, item: ApplyItem
@@ -338,6 +330,7 @@ class Executor:
             if self.stopping.is_set():
                 break
             result = self.run_item(item, snapshot)
+            self._apply_cpu += result.cpu_s  # what the run budget counts
             level = log.info if result.ok else log.error
             level(
                 "apply_finished",

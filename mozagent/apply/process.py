@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import select
 import signal
 import subprocess
@@ -123,6 +124,8 @@ class ChildExit:
     # Set when a launcher other than exec (the warm puppet runner) failed the
     # run before or while it ran: the caller may run it again the plain way.
     runner_failed: str | None = None
+    # CPU seconds the run used, its own children's included (the run budget).
+    cpu_s: float = 0.0
 
     @property
     def code(self) -> int | None:
@@ -212,6 +215,11 @@ class Launched(ABC):
     @abstractmethod
     def exit_fd(self) -> int:
         """A file descriptor that becomes readable when the run's end is known."""
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds the run used, known once it ended: the agent never waits
+        for it, so its own rusage does not count it."""
+        return 0.0
 
 
 class Launcher(ABC):
@@ -356,6 +364,8 @@ class _Watch:
     progress: Callable[[], None] | None
     tail_lines: int
     keep_bytes: int
+    # The agent's children's CPU when the run began (an exec'd run's share).
+    cpu_before: float = field(default_factory=lambda: _children_cpu())
 
 
 def _supervise(
@@ -481,6 +491,10 @@ def _follow(
             reader.join(timeout=5)
     if cleanup.error:
         log.error("run_not_cleaned_up", command=" ".join(cmd[:2]), error=cleanup.error)
+    if isinstance(proc, Launched):
+        cpu_s = proc.cpu_seconds()
+    else:
+        cpu_s = max(_children_cpu() - watch.cpu_before, 0.0)
     return ChildExit(
         proc.returncode,
         stopped,
@@ -492,7 +506,14 @@ def _follow(
         streams["stderr"].text(),
         streams["stdout"].trimmed or streams["stderr"].trimmed,
         runner_failed=proc.lost if isinstance(proc, Launched) else None,
+        cpu_s=round(cpu_s, 3),
     )
+
+
+def _children_cpu() -> float:
+    """CPU seconds of every child the agent has waited for (and theirs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _exit_waiter(proc: subprocess.Popen[str] | Launched) -> Callable[[float], None]:

@@ -69,10 +69,13 @@ class ApplyResult:
     # The ends of puppet's stdout and stderr, kept apart for a Heat signal.
     stdout: str = field(default="", repr=False)
     stderr: str = field(default="", repr=False)
+    # Puppet's CPU seconds in this run (the run budget's measure).
+    cpu_s: float = field(default=0.0, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         doc = asdict(self)
         del doc["stdout"], doc["stderr"]  # status shows the tail, not whole outputs
+        del doc["cpu_s"]
         return doc
 
 
@@ -212,7 +215,9 @@ def run_puppet(
     if out.leftovers_killed:
         tail = [*tail, f"mozagent: {out.leftovers()}"]
     if (why := _not_finished(cfg, out)) is not None:
-        return _result(item, started, False, why, out.returncode, tail)
+        result = _result(item, started, False, why, out.returncode, tail)
+        result.cpu_s = out.cpu_s
+        return result
     assert out.returncode is not None  # it started: _not_finished says so
     ok, message = interpret_exit(out.returncode)
     counts = read_summary(summary)
@@ -220,6 +225,7 @@ def run_puppet(
         ok, message = False, f"failed: {counts['failed']} resources failed"
     result = _result(item, started, ok, message, out.returncode, tail, counts)
     result.stdout, result.stderr = out.stdout, out.stderr
+    result.cpu_s = out.cpu_s
     return result
 
 
@@ -237,6 +243,7 @@ def _run(
     started = time.monotonic()
     why = None
     warming = False
+    spent = 0.0
     if warm is not None:
         try:
             warm.prepare(cmd)
@@ -255,8 +262,10 @@ def _run(
             if out.runner_failed is None or runner.cancel.is_set():
                 return out
             why = out.runner_failed
+            spent = out.cpu_s
     timeout = max(cfg.timeout - (time.monotonic() - started), 1.0)
     out = runner.run(cmd, env, timeout, tail_lines=OUTPUT_TAIL_LINES, **options)
+    out.cpu_s += spent  # a warm attempt that failed mid-run used CPU too
     if why is not None:
         out.tail = [*out.tail, f"mozagent: run with puppet apply: {why}"]
     if warm is not None and (warming or why is not None) and not runner.cancel.is_set():

@@ -205,12 +205,17 @@ class RemoteRun(Launched):
         stdout: IO[str],
         stderr: IO[str] | None,
         on_lost: Callable[[], None],
+        parent_pid: int,
     ) -> None:
         self.channel = channel
         self.pid = pid
         self.stdout = stdout
         self.stderr = stderr
         self.on_lost = on_lost
+        # The parent waits for its forks: a run's CPU is what its waited-for
+        # children's grew by while it ran (one run at a time).
+        self.parent_pid = parent_pid
+        self._cpu_before = children_cpu(parent_pid)
 
     def _ended(self, doc: dict[str, Any] | None) -> int:
         if doc is not None and isinstance(doc.get("exit"), int):
@@ -245,6 +250,12 @@ class RemoteRun(Launched):
     def exit_fd(self) -> int:
         return self.channel.sock.fileno()
 
+    def cpu_seconds(self) -> float:
+        after = children_cpu(self.parent_pid)
+        if self.lost is not None or after is None or self._cpu_before is None:
+            return 0.0  # the parent is gone: what its run used is not known
+        return max(after - self._cpu_before, 0.0)
+
 
 @dataclass
 class _Parent:
@@ -258,7 +269,6 @@ class _Parent:
     modulepaths: dict[str, Fingerprint] = field(default_factory=dict)
     runs: int = 0
     retiring: str | None = None  # why we are ending it
-    cpu: float = 0.0  # its runs' CPU seconds, as last read
     warmed: threading.Event = field(default_factory=threading.Event)  # ready or failed
     failure: str | None = None  # why its warm-up failed
 
@@ -283,7 +293,6 @@ class WarmPuppet(Launcher):
         self.parents = 0
         self.last_fallback: dict[str, Any] | None = None
         self.last_end: str | None = None
-        self._cpu_ended = 0.0  # runs' CPU seconds of the parents that ended
         self._warm_up_s = FIRST_WARM_UP
         self._refused: tuple[tuple[str, int, int, int], str] | None = None
 
@@ -346,6 +355,7 @@ class WarmPuppet(Launcher):
             stdout,
             stderr,
             lambda: contain.sweep(parent.mark, timeout=2.0, orphans_too=False),
+            parent.proc.pid,
         )
 
     # --- what the executor calls ---------------------------------------------------------
@@ -388,13 +398,6 @@ class WarmPuppet(Launcher):
     def stop(self) -> None:
         if self._parent is not None:
             self._end(self._parent, "the agent is stopping")
-
-    def cpu_used(self) -> float:
-        """CPU seconds of every warm run so far (the run budget counts them)."""
-        parent = self._parent
-        if parent is not None and (now := children_cpu(parent.proc.pid)) is not None:
-            parent.cpu = now
-        return self._cpu_ended + (parent.cpu if parent is not None else 0.0)
 
     def info(self) -> dict[str, Any]:
         parent = self._parent
@@ -597,9 +600,6 @@ class WarmPuppet(Launcher):
             if parent.retiring is not None:
                 return False
             parent.retiring = why
-            if (now := children_cpu(parent.proc.pid)) is not None:
-                parent.cpu = now
-            self._cpu_ended += parent.cpu
             if self._parent is parent:
                 self._parent = None
             self.last_end = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: {why}"
