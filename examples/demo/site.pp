@@ -1,2 +1,0 @@
-# The demo's manifest: one front-end class, parameters from Hiera.
-include demoapp

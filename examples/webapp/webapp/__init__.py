@@ -1,0 +1,1 @@
+"""The sample app of mozagent's reference service (examples/webapp)."""
