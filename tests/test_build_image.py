@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.image import fixtures as fx
 from tests.image.fake_dib import write_fake_dib
 
 HERE = Path(__file__).resolve().parent
@@ -185,6 +186,7 @@ def test_help(env):
         "MOZ_DIB_DISTRO",
         "MOZ_DIB_RELEASE",
         "DIB_MOZ_PUPPET_REF",
+        "DIB_MOZ_PUPPET_RESOLVER",
         "MOZ_DIB_ELEMENTS",
         "MOZ_DIB_IMAGE_ARCH",
         "MOZ_DIB_IMAGE_TYPE",
@@ -333,6 +335,7 @@ def test_build_without_upload_needs_no_credentials(env):
     assert dib_env["DIB_MOZAGENT_SOURCE"] == str(REPO)
     assert dib_env["ELEMENTS_PATH"].split(":")[0] == str(REPO / "elements")
     assert dib_env["DIB_CLOUD_INIT_DATASOURCES"] == "ConfigDrive, OpenStack"
+    assert dib_env["DIB_MOZ_PUPPET_RESOLVER"] == "librarian-puppet"
     assert not any(k.startswith("OS_") for k in dib_env)
     assert env.glance() == {"images": [], "connects": [], "creates": [], "deletes": []}
 
@@ -388,6 +391,152 @@ def test_one_build_at_a_time(env):
     assert "another image build holds" in result.stderr
     assert env.dib_calls() == []
     assert env.run("--no-upload").returncode == 0  # released
+
+
+# --- the Puppetfile resolver --------------------------------------------------------
+
+ELEMENT_ENV = ELEMENT / "environment.d" / "90-mozagent.bash"
+
+
+def element_env(**settings) -> subprocess.CompletedProcess:
+    """The element's environment.d sourced as diskimage-builder does (bash),
+    in an environment of ``settings`` only; prints the resolver it chose."""
+    env = {"PATH": os.environ["PATH"], "DIB_MOZ_PUPPET_REMOTE": "file:///srv/mozpuppet"}
+    env.update({k: str(v) for k, v in settings.items()})
+    return subprocess.run(
+        ["bash", "-c", '. "$1" && printf "%s\\n" "$DIB_MOZ_PUPPET_RESOLVER"', "env", ELEMENT_ENV],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    "settings,resolver,warning",
+    [
+        ({}, "librarian-puppet", None),
+        ({"DIB_MOZ_PUPPET_RESOLVER": "librarian-puppet"}, "librarian-puppet", None),
+        ({"DIB_MOZ_PUPPET_RESOLVER": "r10k"}, "r10k", None),
+        ({"DIB_MOZ_PUPPET_RESOLVER": "none"}, "none", None),
+        # The deprecated alias, when the resolver is not set.
+        ({"DIB_MOZ_PUPPET_R10K": "0"}, "none", "DIB_MOZ_PUPPET_R10K is deprecated"),
+        ({"DIB_MOZ_PUPPET_R10K": "1"}, "r10k", "DIB_MOZ_PUPPET_R10K is deprecated"),
+        ({"DIB_MOZ_PUPPET_R10K": ""}, "librarian-puppet", None),
+        # Both set: the resolver wins, a contradiction is said.
+        ({"DIB_MOZ_PUPPET_RESOLVER": "none", "DIB_MOZ_PUPPET_R10K": "0"}, "none", None),
+        ({"DIB_MOZ_PUPPET_RESOLVER": "r10k", "DIB_MOZ_PUPPET_R10K": "1"}, "r10k", None),
+        (
+            {"DIB_MOZ_PUPPET_RESOLVER": "librarian-puppet", "DIB_MOZ_PUPPET_R10K": "0"},
+            "librarian-puppet",
+            "DIB_MOZ_PUPPET_R10K=0 (deprecated) is ignored",
+        ),
+    ],
+)
+def test_element_chooses_the_resolver(settings, resolver, warning):
+    result = element_env(**settings)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [resolver]
+    if warning:
+        assert warning in result.stderr
+    else:
+        assert result.stderr == ""
+    # Sourced again (diskimage-builder does, with what the first one
+    # exported): the same choice, and the alias's warning not repeated.
+    again = element_env(**{**settings, "DIB_MOZ_PUPPET_RESOLVER": resolver})
+    assert again.stdout.splitlines() == [resolver]
+    assert again.stderr == (result.stderr if "DIB_MOZ_PUPPET_RESOLVER" in settings else "")
+
+
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        (
+            {"DIB_MOZ_PUPPET_RESOLVER": "librarian"},
+            "DIB_MOZ_PUPPET_RESOLVER=librarian is not one of librarian-puppet, r10k, none",
+        ),
+        (
+            {"DIB_MOZ_PUPPET_RESOLVER": "R10K"},
+            "DIB_MOZ_PUPPET_RESOLVER=R10K is not one of librarian-puppet, r10k, none",
+        ),
+        ({"DIB_MOZ_PUPPET_R10K": "yes"}, "DIB_MOZ_PUPPET_R10K=yes is neither 0 nor 1"),
+    ],
+)
+def test_element_refuses_an_unknown_resolver(settings, message):
+    result = element_env(**settings)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "ERROR: mozagent element:" in result.stderr and message in result.stderr
+
+
+def test_build_refuses_an_unknown_resolver_before_building(env):
+    result = env.run("--no-upload", DIB_MOZ_PUPPET_RESOLVER="librarian")
+    assert result.returncode == 2
+    assert "DIB_MOZ_PUPPET_RESOLVER=librarian is not one of" in result.stderr
+    assert "the mozagent element refused its settings" in result.stderr
+    assert env.dib_calls() == []
+    dry_run = env.run("--dry-run", "--no-upload", DIB_MOZ_PUPPET_R10K="2")
+    assert dry_run.returncode == 2 and "DIB_MOZ_PUPPET_R10K=2" in dry_run.stderr
+
+
+@pytest.mark.parametrize(
+    "settings,resolver",
+    [
+        ({}, "librarian-puppet"),
+        ({"DIB_MOZ_PUPPET_RESOLVER": "r10k"}, "r10k"),
+        ({"DIB_MOZ_PUPPET_R10K": "0"}, "none"),
+        ({"DIB_MOZ_PUPPET_R10K": "1"}, "r10k"),
+    ],
+)
+def test_build_passes_the_resolver_it_chose(env, settings, resolver):
+    fields = dry(env.run("--dry-run", "--no-upload", **settings))
+    assert fields["puppet resolver"] == resolver
+    assert f"DIB_MOZ_PUPPET_RESOLVER={resolver} " in fields["env"]
+    result = env.run("--no-upload", **settings)
+    assert result.returncode == 0, result.stderr
+    [call] = env.dib_calls()
+    assert call["env"]["DIB_MOZ_PUPPET_RESOLVER"] == resolver
+    if "DIB_MOZ_PUPPET_R10K" in settings:
+        assert "deprecated" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "resolver,command",
+    [
+        ("librarian-puppet", ["librarian-puppet", "install", "--path", "modules"]),
+        (
+            "r10k",
+            ["r10k", "puppetfile", "install", "--puppetfile=Puppetfile", "--moduledir=modules"],
+        ),
+    ],
+)
+def test_both_resolvers_read_the_image_test_puppetfile(tmp_path, resolver, command):
+    """The real image build's fixture Puppetfile (tests/image/fixtures.py),
+    resolved here by each resolver the element offers (the build itself proves
+    the default): the module at its tag, not the later commit."""
+    if shutil.which(command[0]) is None:
+        pytest.skip(f"{command[0]} is not installed")
+    port = fx.free_port()
+    repos = fx.make_puppet_repos(tmp_path / "repos", port)
+    tree = tmp_path / "tree"
+    fx.git(tmp_path, "clone", "-q", "--branch", fx.TREE_TAG, str(repos.tree), str(tree))
+    home = tmp_path / "home"
+    home.mkdir()
+    run_env = {"PATH": os.environ["PATH"], "HOME": str(home), "LANG": "C.UTF-8"}
+    with fx.git_daemon(repos.git_root, port, tmp_path / "git-daemon.log"):
+        result = subprocess.run(
+            command, cwd=tree, env=run_env, capture_output=True, text=True, timeout=240
+        )
+    assert result.returncode == 0, result.stdout + result.stderr
+    module = tree / "modules" / fx.MODULE_NAME
+    assert "fail(" not in (module / "manifests" / "init.pp").read_text()
+    assert json.loads((module / "metadata.json").read_text())["version"] == fx.MODULE_VERSION
+    head = fx.git(module, "rev-parse", "HEAD")
+    assert head == repos.module_commit
+    if resolver == "librarian-puppet":
+        lock = [line.strip() for line in (tree / "Puppetfile.lock").read_text().splitlines()]
+        assert f"sha: {repos.module_commit}" in lock
+        assert f"{fx.MODULE_FULL_NAME} ({fx.MODULE_VERSION})" in lock
 
 
 # --- upload -----------------------------------------------------------------------------
@@ -568,7 +717,7 @@ def test_element_layout():
     assert (ELEMENT / "README.rst").is_file()
     assert "package-installs" in (ELEMENT / "element-deps").read_text().split()
     packages = yaml.safe_load((ELEMENT / "package-installs.yaml").read_text())
-    for package in ("puppet", "git", "r10k", "python3-venv"):
+    for package in ("puppet", "git", "librarian-puppet", "r10k", "python3-venv"):
         assert package in packages
     hooks = [
         p for d in ("extra-data.d", "install.d", "post-install.d") for p in (ELEMENT / d).iterdir()

@@ -2,10 +2,12 @@
 
 tools/build-image builds `debian-minimal` + the Heat elements + `mozagent`
 as a tar (no upload), from this host's Debian mirror, with a puppet tree from
-a local git repository made here (tag 0.1.0) whose Puppetfile r10k resolves
-from a git daemon on 127.0.0.1.  The tar is unpacked and checked in a chroot:
-mozagent runs, the unit is enabled, puppet and the tree at the ref are
-there, and `mozagent daemon --once` applies the tree's manifest.
+a local git repository made here (tag 0.1.0) whose Puppetfile the element's
+default resolver, librarian-puppet, resolves from a git daemon on 127.0.0.1
+(tests/test_build_image.py checks that r10k reads the same Puppetfile alike).
+The tar is unpacked and checked in a chroot: mozagent runs, the unit is
+enabled, puppet and the tree at the ref with its module at the pinned version
+are there, and `mozagent daemon --once` applies the tree's manifest.
 
 It takes minutes and needs root, debootstrap and diskimage-builder:
 `pytest -m image` runs it alone, `pytest -m "not image"` skips it.
@@ -203,8 +205,13 @@ def test_unit_verifies(image):
     assert "mozagent.service" not in result.stderr, result.stderr
 
 
-def test_puppet_git_r10k_installed(image):
-    for cmd in (("puppet", "--version"), ("git", "--version"), ("r10k", "version")):
+def test_puppet_git_and_both_resolvers_installed(image):
+    for cmd in (
+        ("puppet", "--version"),
+        ("git", "--version"),
+        ("librarian-puppet", "version"),
+        ("r10k", "version"),
+    ):
         result = image.chroot(*cmd)
         assert result.returncode == 0, f"{cmd}: {result.stderr}"
 
@@ -216,18 +223,50 @@ def test_puppet_tree_at_the_requested_ref(image):
     head = image.chroot("git", "-C", "/opt/mozpuppet", "rev-parse", "HEAD")
     assert head.stdout.strip() == image.repos.tree_commit, head.stderr
     assert "fail(" not in (tree / "manifests" / "site.pp").read_text()
-    # r10k resolved the Puppetfile at the module's tag.
+    # The ref as a fact.
+    facts = image.path("/etc/facter/facts.d/mozpuppet.txt").read_text()
+    assert f"mozpuppet_ref={fx.TREE_TAG}\n" in facts
+
+
+def test_puppetfile_resolved_by_librarian_puppet_at_the_pin(image):
+    """The default resolver, librarian-puppet, put the backend module in the
+    baked tree at its tag and version, and Puppetfile.lock records both."""
+    tree = image.path("/opt/mozpuppet")
+    log = image.build_log.read_text(errors="replace")
+    assert "with librarian-puppet v" in log
     module = tree / "modules" / fx.MODULE_NAME
     assert (module / "manifests" / "init.pp").is_file()
+    assert "fail(" not in (module / "manifests" / "init.pp").read_text()
+    metadata = json.loads((module / "metadata.json").read_text())
+    assert (metadata["name"], metadata["version"]) == (fx.MODULE_FULL_NAME, fx.MODULE_VERSION)
     mod_head = image.chroot(
         "git", "-C", f"/opt/mozpuppet/modules/{fx.MODULE_NAME}", "rev-parse", "HEAD"
     )
     assert mod_head.stdout.strip() == image.repos.module_commit, mod_head.stderr
-    # The ref as a fact.
-    facts = image.path("/etc/facter/facts.d/mozpuppet.txt").read_text()
-    assert f"mozpuppet_ref={fx.TREE_TAG}\n" in facts
-    # No build leftovers.
+    # The lock: the source, the ref asked for, the commit it was, the version.
+    lock = (tree / "Puppetfile.lock").read_text()
+    lines = [line.strip() for line in lock.splitlines()]
+    assert f"ref: {fx.MODULE_TAG}" in lines, lock
+    assert f"sha: {image.repos.module_commit}" in lines, lock
+    assert f"{fx.MODULE_FULL_NAME} ({fx.MODULE_VERSION})" in lines, lock
+    assert any(
+        line.startswith("remote: git://127.0.0.1:") and line.endswith(f"/{fx.MODULE_NAME}.git")
+        for line in lines
+    ), lock
+    # No build leftovers: librarian-puppet's cache and settings, r10k's cache,
+    # the resolver's HOME; `git status` of the baked tree is about the tree.
+    for leftover in (".tmp", ".librarian"):
+        assert not (tree / leftover).exists(), leftover
     assert not image.path("/root/.r10k").exists()
+    assert not list(image.path("/tmp").glob("mozagent-resolver.*"))
+    status = image.chroot("git", "-C", "/opt/mozpuppet", "status", "--porcelain", "--ignored")
+    assert status.returncode == 0, status.stderr
+    assert sorted(status.stdout.splitlines()) == [
+        "!! .mozpuppet-commit",
+        "!! .mozpuppet-ref",
+        "!! Puppetfile.lock",
+        "!! modules/",
+    ], status.stdout
 
 
 def test_default_config_is_valid_for_the_agent(image):

@@ -4,8 +4,10 @@ chroot with private /dev, /proc and /sys mounts.
 
 No network but the Debian package mirror (for debootstrap) and PyPI (pip in
 the chroot) is needed: the puppet tree is cloned from a local path on the
-build host, and r10k in the chroot fetches the tree's module from a git
-daemon on 127.0.0.1 (the chroot shares the host's network namespace).
+build host, and the Puppetfile resolver in the chroot (librarian-puppet by
+default, or r10k: the Puppetfile is one both read) fetches the tree's module
+from a git daemon on 127.0.0.1 (the chroot shares the host's network
+namespace; a file:// URL of the host would mean nothing in the chroot).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ DEBIAN_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 SOURCES_LIST = Path("/etc/apt/sources.list")
 
 MODULE_NAME = "mozpuppet_test"
+MODULE_FULL_NAME = f"mozagent-{MODULE_NAME}"  # librarian-puppet wants owner-name
 MODULE_TAG = "v1.0.0"
+MODULE_VERSION = "1.0.0"  # its metadata.json at MODULE_TAG (1.0.1 after)
 TREE_TAG = "0.1.0"
 RESULT_FILE = "/etc/mozpuppet-test"
 TREE_MESSAGE = "from the tree's hiera data"
@@ -111,6 +115,26 @@ def _commit_all(repo: Path, message: str) -> str:
     return git(repo, "rev-parse", "HEAD")
 
 
+def _module_metadata(version: str) -> str:
+    return (
+        f'{{"name": "{MODULE_FULL_NAME}", "version": "{version}",'
+        ' "author": "mozagent", "license": "MPL-2.0", "summary": "test",'
+        ' "source": "none", "dependencies": []}\n'
+    )
+
+
+def puppetfile(module_url: str) -> str:
+    """The tree's Puppetfile: the module from git at its tag, in the syntax
+    both librarian-puppet and r10k read (`:ref`; an owner-name title, of
+    which r10k keeps the name for the directory)."""
+    return f"""\
+# Resolved at image build time into modules/ (librarian-puppet or r10k).
+mod '{MODULE_FULL_NAME}',
+  :git => '{module_url}',
+  :ref => '{MODULE_TAG}'
+"""
+
+
 @dataclass
 class PuppetRepos:
     tree: Path  # the puppet tree's repository (the build clones it)
@@ -120,8 +144,9 @@ class PuppetRepos:
 
 
 def make_puppet_repos(base: Path, git_port: int) -> PuppetRepos:
-    """A module repo (tag v1.0.0) and a puppet tree repo (tag 0.1.0) whose
-    Puppetfile takes the module from git://127.0.0.1:<git_port>/."""
+    """A module repo (tag v1.0.0, version 1.0.0 in its metadata.json) and a
+    puppet tree repo (tag 0.1.0) whose Puppetfile takes the module at that
+    tag from git://127.0.0.1:<git_port>/."""
     git_root = base / "git"
     module = git_root / f"{MODULE_NAME}.git"
     module.mkdir(parents=True)
@@ -143,30 +168,18 @@ class {MODULE_NAME} (
 }}
 """,
     )
-    _write(
-        module / "metadata.json",
-        f'{{"name": "mozagent-{MODULE_NAME}", "version": "1.0.0",'
-        ' "author": "mozagent", "license": "MPL-2.0", "summary": "test",'
-        ' "source": "none", "dependencies": []}\n',
-    )
-    module_commit = _commit_all(module, "module v1.0.0")
+    _write(module / "metadata.json", _module_metadata(MODULE_VERSION))
+    module_commit = _commit_all(module, f"module {MODULE_TAG}")
     git(module, "tag", MODULE_TAG)
     # A later commit the Puppetfile must not pick up.
     _write(module / "manifests" / "init.pp", "class mozpuppet_test { fail('not the tag') }\n")
-    _commit_all(module, "after v1.0.0")
+    _write(module / "metadata.json", _module_metadata("1.0.1"))
+    _commit_all(module, f"after {MODULE_TAG}")
 
     tree = base / "mozpuppet"
     tree.mkdir()
     git(tree, "init", "-q", "-b", "main")
-    _write(
-        tree / "Puppetfile",
-        f"""\
-# Resolved by r10k at image build time into modules/.
-mod '{MODULE_NAME}',
-  :git => 'git://127.0.0.1:{git_port}/{MODULE_NAME}.git',
-  :tag => '{MODULE_TAG}'
-""",
-    )
+    _write(tree / "Puppetfile", puppetfile(f"git://127.0.0.1:{git_port}/{MODULE_NAME}.git"))
     _write(tree / "manifests" / "site.pp", f"include {MODULE_NAME}\n")
     _write(
         tree / "hiera.yaml",
