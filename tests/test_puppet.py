@@ -125,3 +125,25 @@ def test_cancel_aborts(tmp_path: Path, paths: PuppetPaths) -> None:
         ChildRunner(cancel),
     )
     assert not res.ok and res.message.startswith("aborted")
+
+
+def test_status_shows_puppets_own_errors_of_a_failed_run() -> None:
+    from mozagent.report.status import format_last_apply
+
+    tail = [
+        "Error: Facter: Permission denied @ rb_sysopen - /proc/1/environ",
+        "Error: Evaluation Error: Error while evaluating a Resource Statement, X[y]:",
+        "  parameter 'env' expects a match for Pattern[/\\A[a-z]\\z/], got 'Bad'",
+        "Notice: something else",
+    ]
+    last = {"ok": False, "results": [{"name": "site.pp", "ok": False, "message": "failed: x",
+                                       "exit_code": 1, "output_tail": tail}]}  # fmt: skip
+    text = "\n".join(format_last_apply(last))
+    assert "Facter" not in text
+    assert (
+        "      Error: Evaluation Error: Error while evaluating a Resource Statement, X[y]: "
+        "parameter 'env' expects a match for Pattern" in text
+    ), text
+    ok = {"ok": True, "results": [{"name": "site.pp", "ok": True, "message": "applied",
+                                    "output_tail": tail}]}  # fmt: skip
+    assert "Evaluation Error" not in "\n".join(format_last_apply(ok))

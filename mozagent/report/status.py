@@ -242,7 +242,33 @@ def format_last_apply(last: dict[str, Any] | None) -> list[str]:
             f"    {res.get('name')}: {res.get('message')} "
             f"(exit {res.get('exit_code')}{counts}, {_dur(res)})"
         )
+        if not res.get("ok"):
+            lines += [f"      {err}" for err in puppet_errors(res.get("output_tail") or [])]
     return lines
+
+
+def puppet_errors(tail: list[str], most: int = 3) -> list[str]:
+    """Puppet's own errors in a failed run's output, each with the lines it
+    continues on: what a person debugging the host needs first (a type
+    mismatch names the parameter on the next line). Facter's complaints about
+    what it may not read are not the run's failure."""
+    found: list[str] = []
+    current: list[str] | None = None
+    for line in tail:
+        if not isinstance(line, str):
+            continue
+        if line.startswith("Error:") and not line.startswith("Error: Facter:"):
+            if len(found) >= most:
+                break
+            current = [line.strip()]
+            found.append("")
+        elif current is not None and line[:1].isspace() and line.strip():
+            current.append(line.strip())
+        else:
+            current = None
+        if current is not None:
+            found[-1] = " ".join(current)[:400]
+    return found
 
 
 def format_runner(runner: dict[str, Any] | None, alive: bool) -> list[str]:
