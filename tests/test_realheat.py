@@ -934,3 +934,44 @@ def test_signal_is_delivered_after_heat_all_restarts(
     assert replaced.id != first.id and replaced.status == "COMPLETE"
     assert stacks.output(stack_id, "result") == "after-the-restart"
     assert text_of(marker) == "run\nrun\n"  # the replacement deployment ran too
+
+
+# --- 9. the reference service's stack (examples/heat/webapp.yaml) ------------------------
+
+
+@pytest.mark.webservice
+def test_the_reference_stack_completes_and_its_url_answers_with_the_page(
+    stacks: Stacks, tmp_path: Path, zk_server: Any, puppet_bin: str
+) -> None:
+    """The blueprint's consumption section, on a real Heat: the HOT stack of
+    SoftwareConfigs applying the tree's front ends (a database, then a Python
+    vhost with ``vhost_name`` as an input) reaches CREATE_COMPLETE; once the
+    app's release is installed, the stack's ``url`` output answers with the
+    page, showing the app's data from ZooKeeper."""
+    from mozagent_dev import webservice
+    from tests.webhost import free_port, web_host
+
+    needs = webservice.missing()
+    if needs:
+        pytest.fail(f"not installed: {', '.join(needs)} (tools/install-deps installs them)")
+    port = free_port()
+    template = yaml.safe_load(webservice.STACK.read_text())
+    stack_id = stacks.create(template, port=port, vhost_name="webapp.realheat.test")
+    occ = stacks.os_collect_config(stack_id)
+    fast = {"poll_min": 0.2, "poll_max": 0.5, "signal_retry_max": 2}
+    with web_host(tmp_path, zk_server.hosts, occ, port, **fast) as host:
+        stacks.wait(stack_id, "CREATE_COMPLETE", timeout=400)
+        url = stacks.output(stack_id, "url")
+        assert url == f"http://127.0.0.1:{port}/"
+        vhost = stacks.deployment(stack_id, "vhost_deployment")
+        assert vhost.status == "COMPLETE" and vhost.output_values["deploy_status_code"] == 0
+        conf = Path("/etc/apache2/sites-enabled/25-webapp.realheat.test.conf").read_text()
+        assert "ServerName webapp.realheat.test" in conf and "WSGIDaemonProcess webapp" in conf
+        host.deploy("v1")
+        status, body = wait_for(
+            lambda: (got := webservice.get(url))[0] == 200 and got,
+            timeout=60,
+            what=f"{url} to answer",
+        )
+        page = json.loads(body)
+        assert (page["greeting"], page["release"], page["schema"]) == ("from zk", "v1", 2), page

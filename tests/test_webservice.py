@@ -14,24 +14,20 @@ checking what a user of the platform sees. Apache and MariaDB listen on
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from mozagent_dev import webservice
 from mozagent_dev.heatstub import HeatStub
 from mozagent_dev.testing import ZooKeeperServer
-from tests.conftest import Sandbox, wait_for
+from tests.conftest import wait_for
+from tests.webhost import WebHost, free_port, web_host
 
 pytestmark = pytest.mark.webservice
 
@@ -39,140 +35,34 @@ APACHE_LOG = Path("/var/log/apache2/error.log")
 GRACEFUL = "SIGUSR1 received.  Doing graceful restart"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _app_user() -> None:
-    """The app's user, with Apache's user in its group (the image's job)."""
-    if subprocess.run(["id", "webapp"], capture_output=True).returncode != 0:
-        subprocess.run(
-            ["useradd", "--system", "--user-group", "--no-create-home",
-             "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", "webapp"],
-            check=True,
-        )  # fmt: skip
-    subprocess.run(["usermod", "-a", "-G", "webapp", "www-data"], check=True)
-
-
-class Service:
-    """The running service: its agent, its Heat, its app's repository, its URL."""
-
-    def __init__(self, box: Sandbox, stub: HeatStub, repo: webservice.AppRepo, port: int) -> None:
-        self.box, self.stub, self.repo, self.port = box, stub, repo, port
-        self.url = f"http://127.0.0.1:{port}/"
-
-    def page(self) -> dict[str, Any]:
-        status, body = webservice.get(self.url)
-        assert status == 200, (status, body[:500])
-        return json.loads(body)
-
-    def cli(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        res = self.box.cli(*args, timeout=400)
-        if ok:
-            assert res.returncode == 0, res.stdout + res.stderr
-        return res
-
-    def deploy(self, tag: str, ok: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
-        self.repo.release(tag, **kw)
-        return self.cli(
-            "deploy", "webapp", tag, "--source", self.repo.url, "--wait", "--timeout", "300", ok=ok
-        )
-
-    def result(self, name: str) -> dict[str, Any]:
-        doc = self.box.status_doc() or {}
-        return next(r for r in doc["last_apply"]["results"] if r["name"] == name)
+@pytest.fixture(scope="module")
+def stub() -> Iterator[HeatStub]:
+    heat = HeatStub().start()
+    heat.set_metadata({"deployments": []})
+    yield heat
+    heat.stop()
 
 
 @pytest.fixture(scope="module")
 def service(
-    tmp_path_factory: pytest.TempPathFactory, zk_server: ZooKeeperServer, puppet_bin: str
-) -> Iterator[Service]:
-    if os.geteuid() != 0:
-        pytest.skip("the service manages the machine's Apache and MariaDB: needs root")
-    if lacking := webservice.missing():
-        pytest.fail(f"not installed: {', '.join(lacking)} (tools/install-deps installs them)")
-    _app_user()
+    tmp_path_factory: pytest.TempPathFactory,
+    zk_server: ZooKeeperServer,
+    puppet_bin: str,
+    stub: HeatStub,
+) -> Iterator[WebHost]:
     root = tmp_path_factory.mktemp("webservice")
-    tree = webservice.resolve_tree(root / "mozpuppet")
-    # The app's user must reach its release dir: not under pytest's 0700 tmp.
-    apps = Path(tempfile.mkdtemp(prefix="mozagent-webservice-apps."))
-    apps.chmod(0o755)
-    sock = root / "initd.sock"
-    with open(root / "initd.log", "ab") as log:
-        initd = subprocess.Popen(
-            [sys.executable, str(webservice.CHECKOUT / "mozagent_dev" / "initd.py"),
-             "serve", str(sock), "apache2", "mariadb"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    stub = HeatStub().start()
-    port = _free_port()
-    (root / "agent").mkdir()
-    box = Sandbox(root / "agent", zk_server.hosts, f"/ws-{os.getpid()}")
-    try:
-        wait_for(sock.exists, timeout=30, what="the init stand-in")
-        heat = root / "heat"
-        heat.mkdir()
-        (heat / "cfn-init-data").write_text(
-            json.dumps(
-                {
-                    "os-collect-config": {
-                        "collectors": ["request"],
-                        "request": {"metadata_url": f"{stub.url}/metadata"},
-                    }
-                }
-            )
-        )
-        stub.set_metadata({"deployments": []})
-        box.write_config(
-            app="webapp",
-            puppet={
-                "manifests": [str(tree / "manifests" / "site.pp")],
-                "modulepath": [str(tree / "site"), str(tree / "modules")],
-                "timeout": 300,
-            },
-            releases={"apps_dir": str(apps), "user": "webapp"},
-            heat={
-                "heat_local_paths": [str(heat / "cfn-init-data")],
-                "local_paths": [str(heat / "local-data")],
-                "os_collect_config_conf": str(heat / "none.conf"),
-            },
-        )
-        control = f"{sys.executable} {webservice.CHECKOUT}/mozagent_dev/initd.py call {sock}"
-        node = {
-            "mozpuppet::apache::apps_dir": str(apps),
-            "mozpuppet::apache::service_control": control,
-            "mozpuppet::mysql::service_control": control,
-            "mozpuppet::apache::listen_ip": "127.0.0.1",
-            "mozpuppet::mysql::bind_address": "127.0.0.1",
-        }
-        (root / "node.yaml").write_text(json.dumps(node))
-        (root / "app.yaml").write_text(json.dumps({"webapp::env": {"GREETING": "from zk"}}))
-        for args in (["webapp", str(root / "app.yaml")],
-                     ["webapp", "--node", "web1", str(root / "node.yaml")]):  # fmt: skip
-            res = box.cli("data", "import", *args)
-            assert res.returncode == 0, res.stderr
-        box.start_daemon()
-        stub.set_metadata(webservice.heat_metadata(stub.url, port=port))
+    occ = {"collectors": ["request"], "request": {"metadata_url": f"{stub.url}/metadata"}}
+    with web_host(root, zk_server.hosts, occ, free_port()) as host:
+        stub.set_metadata(webservice.heat_metadata(stub.url, port=host.port))
         wait_for(
             lambda: stub.signals_for("vhost_deployment-1"),
             timeout=300,
             interval=0.5,
             what="the vhost deployment's signal",
         )
-        svc = Service(box, stub, webservice.AppRepo(root / "webapp.git"), port)
-        svc.deploy("v1")
-        wait_for(lambda: webservice.get(svc.url + "health")[0] == 200, timeout=30, what="the page")
-        yield svc
-    finally:
-        box.stop_daemons()
-        stub.stop()
-        if initd.poll() is None:
-            subprocess.run(["mysql", "-e", "DROP DATABASE IF EXISTS webapp"], check=False)
-            initd.terminate()  # it stops the Apache and MariaDB it started
-            initd.wait(timeout=120)
-        subprocess.run(["rm", "-rf", str(apps)], check=False)
+        host.deploy("v1")
+        wait_for(lambda: webservice.get(host.url + "health")[0] == 200, timeout=30, what="the page")
+        yield host
 
 
 def _gracefuls() -> int:
@@ -183,12 +73,12 @@ def _gracefuls() -> int:
 
 
 def test_the_stack_completes_and_its_url_answers_with_the_value_from_zookeeper(
-    service: Service,
+    service: WebHost, stub: HeatStub
 ) -> None:
     for dep in ("database_deployment-1", "vhost_deployment-1"):
-        (signal,) = service.stub.signals_for(dep)
+        (signal,) = stub.signals_for(dep)
         assert signal["deploy_status_code"] == 0, signal
-    (vhost,) = service.stub.signals_for("vhost_deployment-1")
+    (vhost,) = stub.signals_for("vhost_deployment-1")
     assert vhost["url"] == service.url
     page = service.page()
     assert page["greeting"] == "from zk" and page["release"] == "v1", page
@@ -202,7 +92,7 @@ def test_the_stack_completes_and_its_url_answers_with_the_value_from_zookeeper(
 
 
 def test_a_data_change_reaches_the_page_and_apache_reloads_only_when_its_config_changed(
-    service: Service,
+    service: WebHost,
 ) -> None:
     before = _gracefuls()
     service.cli("data", "set", "webapp", "webapp::unrelated", "1", "--wait", "--timeout", "300")
@@ -221,7 +111,7 @@ def test_a_data_change_reaches_the_page_and_apache_reloads_only_when_its_config_
 
 
 def test_a_new_release_is_served_without_a_failed_request_while_it_switches(
-    service: Service,
+    service: WebHost,
 ) -> None:
     seen: list[tuple[int, str]] = []
     stop = threading.Event()
@@ -252,7 +142,7 @@ def test_a_new_release_is_served_without_a_failed_request_while_it_switches(
     print(f"release switch: {len(seen)} requests, {len(failed)} failed")
 
 
-def test_an_order_runs_a_command_of_the_procfile(service: Service) -> None:
+def test_an_order_runs_a_command_of_the_procfile(service: WebHost) -> None:
     service.cli("order", "webapp", "migrate", "--wait", "--timeout", "120")
     out = service.cli("order", "status", "webapp").stdout
     assert "no migration to apply (schema 2)" in out, out
@@ -261,7 +151,7 @@ def test_an_order_runs_a_command_of_the_procfile(service: Service) -> None:
 
 
 def test_a_front_end_given_a_bad_parameter_fails_the_run_with_puppets_message(
-    service: Service,
+    service: WebHost,
 ) -> None:
     res = service.cli(
         "data", "set", "webapp", "webapp::env", '{"not a name": "x"}',
@@ -282,7 +172,7 @@ def test_a_front_end_given_a_bad_parameter_fails_the_run_with_puppets_message(
     assert service.page()["greeting"] == "fixed"
 
 
-def test_a_release_whose_install_script_fails_is_not_served(service: Service) -> None:
+def test_a_release_whose_install_script_fails_is_not_served(service: WebHost) -> None:
     res = service.deploy("v3-broken", ok=False, install_fails=True)
     assert res.returncode != 0 and "FAILED" in res.stdout, res.stdout
     assert service.page()["release"] == "v2", "the old release keeps answering"

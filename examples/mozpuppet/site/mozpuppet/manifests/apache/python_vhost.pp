@@ -46,7 +46,9 @@ define mozpuppet::apache::python_vhost (
     'group'        => $group,
     'python-home'  => "${root}/venv",
     'python-path'  => $root,
-    'home'         => $root,
+    # Not the release: before the first one is installed it does not exist,
+    # and a daemon that cannot enter its home waits out a restart delay.
+    'home'         => '/',
   }
   apache::vhost { $vhost_name:
     servername                  => $vhost_name,
