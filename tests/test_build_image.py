@@ -187,6 +187,7 @@ def test_help(env):
         "MOZ_DIB_RELEASE",
         "DIB_MOZ_PUPPET_REF",
         "DIB_MOZ_PUPPET_RESOLVER",
+        "DIB_MOZ_PUPPET_PACKAGES",
         "MOZ_DIB_ELEMENTS",
         "MOZ_DIB_IMAGE_ARCH",
         "MOZ_DIB_IMAGE_TYPE",
@@ -336,6 +337,9 @@ def test_build_without_upload_needs_no_credentials(env):
     assert dib_env["ELEMENTS_PATH"].split(":")[0] == str(REPO / "elements")
     assert dib_env["DIB_CLOUD_INIT_DATASOURCES"] == "ConfigDrive, OpenStack"
     assert dib_env["DIB_MOZ_PUPPET_RESOLVER"] == "librarian-puppet"
+    assert dib_env["DIB_MOZ_PUPPET_PACKAGES"] == (
+        "puppet-module-puppetlabs-apache puppet-module-puppetlabs-mysql"
+    )
     assert not any(k.startswith("OS_") for k in dib_env)
     assert env.glance() == {"images": [], "connects": [], "creates": [], "deletes": []}
 
@@ -501,23 +505,41 @@ def test_build_passes_the_resolver_it_chose(env, settings, resolver):
 
 
 @pytest.mark.parametrize(
-    "resolver,command",
+    "resolver,command,reference",
     [
-        ("librarian-puppet", ["librarian-puppet", "install", "--path", "modules"]),
+        ("librarian-puppet", ["librarian-puppet", "install", "--path", "modules"], True),
+        ("librarian-puppet", ["librarian-puppet", "install", "--path", "modules"], False),
         (
             "r10k",
             ["r10k", "puppetfile", "install", "--puppetfile=Puppetfile", "--moduledir=modules"],
+            False,
         ),
     ],
+    ids=["librarian-puppet-reference-tree", "librarian-puppet-git-only", "r10k-git-only"],
 )
-def test_both_resolvers_read_the_image_test_puppetfile(tmp_path, resolver, command):
+def test_resolvers_read_the_image_test_puppetfile(tmp_path, resolver, command, reference):
     """The real image build's fixture Puppetfile (tests/image/fixtures.py),
-    resolved here by each resolver the element offers (the build itself proves
-    the default): the module at its tag, not the later commit."""
+    resolved here as the element would: the reference tree's (Debian's
+    packaged backend modules at their pins, and the test module from git) by
+    librarian-puppet, which the build itself runs; the git-only one by both
+    resolvers the element offers (r10k reads no `exclusion` nor `:path`).
+    The test module at its tag, not the later commit."""
     if shutil.which(command[0]) is None:
         pytest.skip(f"{command[0]} is not installed")
+    if reference:
+        missing = [
+            name
+            for name, _ in fx.REFERENCE_MODULES.values()
+            if not (Path(fx.MODULES_AVAILABLE) / name / "metadata.json").is_file()
+        ]
+        if missing:
+            pytest.skip(
+                f"the reference Puppetfile needs {', '.join(missing)} in "
+                f"{fx.MODULES_AVAILABLE} (apt-get install puppet-module-puppetlabs-apache "
+                "puppet-module-puppetlabs-mysql)"
+            )
     port = fx.free_port()
-    repos = fx.make_puppet_repos(tmp_path / "repos", port)
+    repos = fx.make_puppet_repos(tmp_path / "repos", port, reference=reference)
     tree = tmp_path / "tree"
     fx.git(tmp_path, "clone", "-q", "--branch", fx.TREE_TAG, str(repos.tree), str(tree))
     home = tmp_path / "home"
@@ -537,6 +559,178 @@ def test_both_resolvers_read_the_image_test_puppetfile(tmp_path, resolver, comma
         lock = [line.strip() for line in (tree / "Puppetfile.lock").read_text().splitlines()]
         assert f"sha: {repos.module_commit}" in lock
         assert f"{fx.MODULE_FULL_NAME} ({fx.MODULE_VERSION})" in lock
+    if reference:
+        for directory, (name, version) in fx.REFERENCE_MODULES.items():
+            metadata = json.loads((tree / "modules" / directory / "metadata.json").read_text())
+            assert (metadata["name"], metadata["version"]) == (name, version)
+            assert f"{name} ({version})" in lock
+            assert f"remote: {fx.MODULES_AVAILABLE}/{name}" in lock
+        # The tree is the reference one: its front ends and manifest.
+        assert (tree / "site" / "mozpuppet" / "manifests" / "apache" / "python_vhost.pp").is_file()
+        site_pp = (tree / "manifests" / "site.pp").read_text()
+        assert (fx.REFERENCE_TREE / "manifests" / "site.pp").read_text() in site_pp
+        assert site_pp.rstrip().endswith(f"include {fx.MODULE_NAME}")
+
+
+# --- the puppet module packages -----------------------------------------------------
+
+DEFAULT_PUPPET_PACKAGES = "puppet-module-puppetlabs-apache puppet-module-puppetlabs-mysql"
+PACKAGES_HOOK = ELEMENT / "install.d" / "54-mozagent-puppet-packages"
+
+
+def element_packages(**settings) -> subprocess.CompletedProcess:
+    """environment.d sourced under ``set -euo pipefail`` (as diskimage-builder
+    does) with ``settings`` only; prints DIB_MOZ_PUPPET_PACKAGES in brackets."""
+    env = {"PATH": os.environ["PATH"], "DIB_MOZ_PUPPET_REMOTE": "file:///srv/mozpuppet"}
+    env.update({k: str(v) for k, v in settings.items()})
+    script = 'set -euo pipefail; . "$1"; printf "[%s]\\n" "$DIB_MOZ_PUPPET_PACKAGES"'
+    return subprocess.run(
+        ["bash", "-c", script, "env", ELEMENT_ENV],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    "settings,packages",
+    [
+        ({}, DEFAULT_PUPPET_PACKAGES),
+        # Set but empty (or blank): none.
+        ({"DIB_MOZ_PUPPET_PACKAGES": ""}, ""),
+        ({"DIB_MOZ_PUPPET_PACKAGES": " \t\n "}, ""),
+        (
+            {"DIB_MOZ_PUPPET_PACKAGES": "puppet-module-puppetlabs-apache"},
+            "puppet-module-puppetlabs-apache",
+        ),
+        # Any whitespace between names, newlines included; one space after.
+        (
+            {"DIB_MOZ_PUPPET_PACKAGES": "  puppet-module-puppetlabs-ntp\n\tlibstdc++6 g++-12 0ad "},
+            "puppet-module-puppetlabs-ntp libstdc++6 g++-12 0ad",
+        ),
+    ],
+    ids=["default", "empty", "blank", "one", "whitespace"],
+)
+def test_element_takes_the_puppet_packages(settings, packages):
+    result = element_packages(**settings)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"[{packages}]\n"
+    assert result.stderr == ""
+    # Sourced again with what the first one exported: the same.
+    again = element_packages(DIB_MOZ_PUPPET_PACKAGES=packages)
+    assert again.stdout == result.stdout
+
+
+@pytest.mark.parametrize(
+    "value,bad",
+    [
+        ("Puppet-Module-Puppetlabs-Apache", "Puppet-Module-Puppetlabs-Apache"),
+        ("puppet-module-puppetlabs-apache x", "x"),  # one character
+        ("-o", "-o"),  # an apt option
+        ("--allow-unauthenticated puppet", "--allow-unauthenticated"),
+        ("puppet-module-puppetlabs-apache=5.5.0-2", "puppet-module-puppetlabs-apache=5.5.0-2"),
+        ("puppet-module-puppetlabs-apache/bookworm", "puppet-module-puppetlabs-apache/bookworm"),
+        ("puppet-module-puppetlabs-apache:amd64", "puppet-module-puppetlabs-apache:amd64"),
+        ("puppet,r10k", "puppet,r10k"),
+        ("puppet;reboot", "puppet;reboot"),
+        ("$(reboot)", "$(reboot)"),
+        ("puppet*", "puppet*"),
+        (".hidden", ".hidden"),
+        ("puppet_module", "puppet_module"),
+    ],
+)
+def test_element_refuses_a_bad_package_name(value, bad):
+    result = element_packages(DIB_MOZ_PUPPET_PACKAGES=value)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert (
+        f"ERROR: mozagent element: DIB_MOZ_PUPPET_PACKAGES: '{bad}' is not a Debian package name"
+        in result.stderr
+    ), result.stderr
+
+
+def test_build_refuses_a_bad_package_name_before_building(env):
+    result = env.run("--no-upload", DIB_MOZ_PUPPET_PACKAGES="puppet-module-puppetlabs-apache Bad")
+    assert result.returncode == 2
+    assert "DIB_MOZ_PUPPET_PACKAGES: 'Bad' is not a Debian package name" in result.stderr
+    assert "the mozagent element refused its settings" in result.stderr
+    assert env.dib_calls() == []
+    dry_run = env.run("--dry-run", "--no-upload", DIB_MOZ_PUPPET_PACKAGES="-y")
+    assert dry_run.returncode == 2 and "'-y' is not a Debian package name" in dry_run.stderr
+
+
+@pytest.mark.parametrize(
+    "settings,packages",
+    [
+        ({}, DEFAULT_PUPPET_PACKAGES),
+        ({"DIB_MOZ_PUPPET_PACKAGES": ""}, ""),
+        (
+            {"DIB_MOZ_PUPPET_PACKAGES": "puppet-module-puppetlabs-ntp\n  r10k"},
+            "puppet-module-puppetlabs-ntp r10k",
+        ),
+    ],
+    ids=["default", "none", "chosen"],
+)
+def test_build_passes_the_puppet_packages(env, settings, packages):
+    fields = dry(env.run("--dry-run", "--no-upload", **settings))
+    assert fields["puppet packages"] == packages
+    result = env.run("--no-upload", **settings)
+    assert result.returncode == 0, result.stderr
+    [call] = env.dib_calls()
+    assert call["env"]["DIB_MOZ_PUPPET_PACKAGES"] == packages
+    # And diskimage-builder's own sourcing of environment.d keeps it.
+    assert element_packages(DIB_MOZ_PUPPET_PACKAGES=packages).stdout == f"[{packages}]\n"
+
+
+def _run_packages_hook(tmp_path: Path, packages: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """install.d/54 with stand-ins for diskimage-builder's install-packages
+    and dpkg-query; what install-packages was called with goes to the log."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "install-packages.log"
+    (bin_dir / "install-packages").write_text(
+        f'#!/bin/sh\n{{ printf "[%s]" "$@"; echo; }} >> {log}\n'
+    )
+    (bin_dir / "dpkg-query").write_text(
+        "#!/bin/sh\n"
+        "echo 'installed puppet-module-puppetlabs-stdlib 8.5.0-1'\n"
+        "echo 'not-installed puppet-module-puppetlabs-ntp '\n"
+    )
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "DIB_MOZ_PUPPET_PACKAGES": packages}
+    result = subprocess.run(
+        [str(PACKAGES_HOOK)], env=env, capture_output=True, text=True, timeout=60
+    )
+    return result, log
+
+
+def test_packages_hook_installs_the_packages(tmp_path):
+    result, log = _run_packages_hook(tmp_path, DEFAULT_PUPPET_PACKAGES)
+    assert result.returncode == 0, result.stderr
+    # One install-packages call, each name a word of its own.
+    assert log.read_text() == (
+        "[puppet-module-puppetlabs-apache][puppet-module-puppetlabs-mysql]\n"
+    )
+    assert "    puppet-module-puppetlabs-stdlib 8.5.0-1\n" in result.stdout
+    assert "puppetlabs-ntp" not in result.stdout  # not installed
+
+
+def test_packages_hook_without_packages_installs_nothing(tmp_path):
+    result, log = _run_packages_hook(tmp_path, "")
+    assert result.returncode == 0, result.stderr
+    assert not log.exists()
+    assert "no puppet module packages to install" in result.stdout
+
+
+def test_packages_are_installed_before_the_puppetfile_is_resolved():
+    """install.d runs in name order: package-installs' own 01, the agent's
+    venv, the module packages, then the tree whose Puppetfile needs them."""
+    hooks = sorted(p.name for p in (ELEMENT / "install.d").iterdir())
+    assert hooks.index(PACKAGES_HOOK.name) + 1 == hooks.index("55-mozagent-puppet-tree")
+    assert PACKAGES_HOOK.name > "01-package-installs"
+    assert 'install-packages "${packages[@]}"' in PACKAGES_HOOK.read_text()
 
 
 # --- upload -----------------------------------------------------------------------------

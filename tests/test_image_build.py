@@ -2,12 +2,17 @@
 
 tools/build-image builds `debian-minimal` + the Heat elements + `mozagent`
 as a tar (no upload), from this host's Debian mirror, with a puppet tree from
-a local git repository made here (tag 0.1.0) whose Puppetfile the element's
-default resolver, librarian-puppet, resolves from a git daemon on 127.0.0.1
-(tests/test_build_image.py checks that r10k reads the same Puppetfile alike).
-The tar is unpacked and checked in a chroot: mozagent runs, the unit is
-enabled, puppet and the tree at the ref with its module at the pinned version
-are there, and `mozagent daemon --once` applies the tree's manifest.
+a local git repository made here (tag 0.1.0): the reference tree
+examples/mozpuppet, whose Puppetfile names Debian's packaged backend modules
+(installed by the element's default DIB_MOZ_PUPPET_PACKAGES) at pinned
+versions, plus a test module that the element's default resolver,
+librarian-puppet, fetches from a git daemon on 127.0.0.1
+(tests/test_build_image.py resolves the same Puppetfile on this host, and a
+git-only one with r10k too).  The tar is unpacked and checked in a chroot:
+mozagent runs, the unit is enabled, puppet and the tree at the ref with its
+modules at the pinned versions are there, the front ends validate and
+compile against them, and `mozagent daemon --once` applies the tree's
+manifest.
 
 It takes minutes and needs root, debootstrap and diskimage-builder:
 `pytest -m image` runs it alone, `pytest -m "not image"` skips it.
@@ -267,6 +272,113 @@ def test_puppetfile_resolved_by_librarian_puppet_at_the_pin(image):
         "!! Puppetfile.lock",
         "!! modules/",
     ], status.stdout
+
+
+PUPPET_PACKAGES = ("puppet-module-puppetlabs-apache", "puppet-module-puppetlabs-mysql")
+
+
+def test_puppet_module_packages_installed(image):
+    """DIB_MOZ_PUPPET_PACKAGES' default, and what they depend on: the
+    packages the reference Puppetfile's :path sources come from."""
+    log = image.build_log.read_text(errors="replace")
+    assert f"mozagent: installing puppet module packages: {' '.join(PUPPET_PACKAGES)}" in log
+    names = [f"puppet-module-{name}" for name, _ in fx.REFERENCE_MODULES.values()]
+    result = image.chroot(
+        "dpkg-query", "-W", "-f", "${db:Status-Status} ${binary:Package} ${Version}\n", *names
+    )
+    assert result.returncode == 0, result.stderr
+    versions = {}
+    for line in result.stdout.splitlines():
+        status, package, version = line.split()
+        assert status == "installed", line
+        versions[package] = version
+    for name, version in fx.REFERENCE_MODULES.values():
+        assert versions[f"puppet-module-{name}"].startswith(f"{version}-"), versions
+        assert image.path(f"{fx.MODULES_AVAILABLE}/{name}/metadata.json").is_file()
+
+
+def test_reference_puppetfile_resolved_at_its_pins(image):
+    """The reference tree's backend modules, from Debian's packages, in
+    modules/ at the Puppetfile's versions (copies, not links into the
+    packages), and Puppetfile.lock recording each with its source."""
+    tree = image.path("/opt/mozpuppet")
+    lock = (tree / "Puppetfile.lock").read_text()
+    lines = [line.strip() for line in lock.splitlines()]
+    for directory, (name, version) in fx.REFERENCE_MODULES.items():
+        module = tree / "modules" / directory
+        assert module.is_dir() and not module.is_symlink(), module
+        metadata = json.loads((module / "metadata.json").read_text())
+        assert (metadata["name"], metadata["version"]) == (name, version)
+        assert f"remote: {fx.MODULES_AVAILABLE}/{name}" in lines, lock
+        assert f"{name} ({version})" in lines, lock
+        assert f"{name} (= {version})" in lines, lock  # the pin, under DEPENDENCIES
+    # The baked tree is the reference one.
+    for path in ("Puppetfile", "site/mozpuppet/metadata.json"):
+        reference = (fx.REFERENCE_TREE / path).read_text().rstrip("\n")
+        assert reference in (tree / path).read_text(), path
+    assert sorted(p.name for p in (tree / "modules").iterdir()) == sorted(
+        [*fx.REFERENCE_MODULES, fx.MODULE_NAME]
+    )
+
+
+def _front_end_manifests(image) -> list[str]:
+    site = image.path("/opt/mozpuppet/site/mozpuppet/manifests")
+    found = sorted("/" + str(p.relative_to(image.root)) for p in site.rglob("*.pp"))
+    assert len(found) >= 4, found  # apache, apache/python_vhost, mysql, mysql/database
+    return found
+
+
+def test_front_ends_validate_in_the_image(image):
+    """`puppet parser validate` of the baked front ends and root manifest,
+    with the image's puppet."""
+    manifests = [*_front_end_manifests(image), "/opt/mozpuppet/manifests/site.pp"]
+    result = image.chroot("puppet", "parser", "validate", "--color=false", *manifests)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Error" not in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def test_front_ends_compile_against_the_baked_modules(image):
+    """A catalog of one of each front end, compiled (not applied) by the
+    image's puppet with the baked modulepath: the front ends and the backend
+    modules at their pinned versions work together."""
+    manifest = image.path("/tmp/mozagent-test-front-ends.pp")
+    vardir = image.path("/tmp/mozagent-test-compile")
+    manifest.write_text(
+        "mozpuppet::apache::python_vhost { 'webapp.example.test': app => 'webapp' }\n"
+        "mozpuppet::mysql::database { 'webapp': user => 'webapp' }\n"
+    )
+    try:
+        result = image.chroot(
+            "puppet",
+            "catalog",
+            "find",
+            "mozagent-test",
+            "--terminus=compiler",
+            "--render-as=json",
+            "--color=false",
+            "--modulepath=/opt/mozpuppet/site:/opt/mozpuppet/modules",
+            "--manifest=/tmp/mozagent-test-front-ends.pp",
+            "--vardir=/tmp/mozagent-test-compile",
+            timeout=600,
+        )
+    finally:
+        manifest.unlink(missing_ok=True)
+        shutil.rmtree(vardir, ignore_errors=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # A notice line ("Compiled catalog ...") comes before the JSON.
+    text = result.stdout
+    start = 0 if text.startswith("{") else text.index("\n{") + 1
+    catalog = json.loads(text[start:])
+    resources = {f"{r['type']}[{r['title']}]" for r in catalog["resources"]}
+    for resource in (
+        "Apache::Vhost[webapp.example.test]",
+        "Class[Apache::Mod::Wsgi]",
+        "Mysql_database[webapp]",
+        "Mysql_user[webapp@localhost]",
+        "Mysql_grant[webapp@localhost/webapp.*]",
+        "Class[Mysql::Server]",
+    ):
+        assert resource in resources, sorted(resources)
 
 
 def test_default_config_is_valid_for_the_agent(image):

@@ -2,12 +2,18 @@
 a module in local git repositories, a git daemon on the loopback, and a
 chroot with private /dev, /proc and /sys mounts.
 
-No network but the Debian package mirror (for debootstrap) and PyPI (pip in
-the chroot) is needed: the puppet tree is cloned from a local path on the
-build host, and the Puppetfile resolver in the chroot (librarian-puppet by
-default, or r10k: the Puppetfile is one both read) fetches the tree's module
-from a git daemon on 127.0.0.1 (the chroot shares the host's network
-namespace; a file:// URL of the host would mean nothing in the chroot).
+The tree is the project's reference tree, examples/mozpuppet (its
+Puppetfile of Debian's packaged backend modules at pinned versions, its front
+ends in site/, its manifests/site.pp), with a test module from git added to
+its Puppetfile and its manifest, and Hiera data for it.
+
+No network but the Debian package mirror (for debootstrap and the module
+packages) and PyPI (pip in the chroot) is needed: the puppet tree is cloned
+from a local path on the build host, and librarian-puppet in the chroot
+takes the backend modules from the packages' directories and fetches the
+test module from a git daemon on 127.0.0.1 (the chroot shares the host's
+network namespace; a file:// URL of the host would mean nothing in the
+chroot).
 """
 
 from __future__ import annotations
@@ -20,6 +26,19 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+REFERENCE_TREE = REPO / "examples" / "mozpuppet"
+# The reference Puppetfile's backend modules, as resolved into modules/:
+# directory -> (metadata.json name, version).  Debian 12's packages.
+REFERENCE_MODULES = {
+    "apache": ("puppetlabs-apache", "5.5.0"),
+    "mysql": ("puppetlabs-mysql", "8.1.0"),
+    "stdlib": ("puppetlabs-stdlib", "8.5.0"),
+    "concat": ("puppetlabs-concat", "7.3.1"),
+    "translate": ("puppetlabs-translate", "2.2.0"),
+}
+MODULES_AVAILABLE = "/usr/share/puppet/modules.available"
 
 DEBIAN_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 SOURCES_LIST = Path("/etc/apt/sources.list")
@@ -124,15 +143,43 @@ def _module_metadata(version: str) -> str:
 
 
 def puppetfile(module_url: str) -> str:
-    """The tree's Puppetfile: the module from git at its tag, in the syntax
+    """The test module's Puppetfile entry: from git at its tag, in the syntax
     both librarian-puppet and r10k read (`:ref`; an owner-name title, of
-    which r10k keeps the name for the directory)."""
+    which r10k keeps the name for the directory).  Alone, the Puppetfile of
+    the git-only tree."""
     return f"""\
 # Resolved at image build time into modules/ (librarian-puppet or r10k).
 mod '{MODULE_FULL_NAME}',
   :git => '{module_url}',
   :ref => '{MODULE_TAG}'
 """
+
+
+def reference_puppetfile(module_url: str) -> str:
+    """The reference tree's Puppetfile with the test module appended
+    (librarian-puppet's: r10k knows neither `exclusion` nor `:path`)."""
+    text = (REFERENCE_TREE / "Puppetfile").read_text()
+    return text.rstrip("\n") + "\n\n# The image test's module.\n" + puppetfile(module_url)
+
+
+def reference_site_pp() -> str:
+    """The reference tree's manifest, then the test module (what the image
+    test's puppet runs show); the front ends declare nothing without data."""
+    text = (REFERENCE_TREE / "manifests" / "site.pp").read_text()
+    return text.rstrip("\n") + f"\n\n# The image test's module.\ninclude {MODULE_NAME}\n"
+
+
+def _copy_reference_tree(dest: Path) -> None:
+    """examples/mozpuppet as committed: not what resolving it on this host
+    may have left there."""
+    shutil.copytree(
+        REFERENCE_TREE,
+        dest,
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns(
+            "modules", ".tmp", ".librarian", "Puppetfile.lock", "__pycache__"
+        ),
+    )
 
 
 @dataclass
@@ -143,10 +190,15 @@ class PuppetRepos:
     git_root: Path  # the git daemon's base path
 
 
-def make_puppet_repos(base: Path, git_port: int) -> PuppetRepos:
+def make_puppet_repos(base: Path, git_port: int, reference: bool = True) -> PuppetRepos:
     """A module repo (tag v1.0.0, version 1.0.0 in its metadata.json) and a
     puppet tree repo (tag 0.1.0) whose Puppetfile takes the module at that
-    tag from git://127.0.0.1:<git_port>/."""
+    tag from git://127.0.0.1:<git_port>/.
+
+    ``reference``: the tree is examples/mozpuppet with the module added to
+    its Puppetfile and manifest (librarian-puppet resolves it, with Debian's
+    puppet-module-puppetlabs-* packages installed); else a tree of the
+    module alone, whose Puppetfile r10k reads too."""
     git_root = base / "git"
     module = git_root / f"{MODULE_NAME}.git"
     module.mkdir(parents=True)
@@ -179,8 +231,15 @@ class {MODULE_NAME} (
     tree = base / "mozpuppet"
     tree.mkdir()
     git(tree, "init", "-q", "-b", "main")
-    _write(tree / "Puppetfile", puppetfile(f"git://127.0.0.1:{git_port}/{MODULE_NAME}.git"))
-    _write(tree / "manifests" / "site.pp", f"include {MODULE_NAME}\n")
+    module_url = f"git://127.0.0.1:{git_port}/{MODULE_NAME}.git"
+    if reference:
+        _copy_reference_tree(tree)
+        _write(tree / "Puppetfile", reference_puppetfile(module_url))
+        _write(tree / "manifests" / "site.pp", reference_site_pp())
+    else:
+        _write(tree / "Puppetfile", puppetfile(module_url))
+        _write(tree / "manifests" / "site.pp", f"include {MODULE_NAME}\n")
+        _write(tree / "site" / "README", "The tree's own modules.\n")
     _write(
         tree / "hiera.yaml",
         """\
@@ -195,7 +254,6 @@ hierarchy:
 """,
     )
     _write(tree / "data" / "common.yaml", f'---\n{MODULE_NAME}::message: "{TREE_MESSAGE}"\n')
-    _write(tree / "site" / "README", "The tree's own modules.\n")
     tree_commit = _commit_all(tree, "tree 0.1.0")
     git(tree, "tag", "-a", TREE_TAG, "-m", f"release {TREE_TAG}")
     _write(tree / "manifests" / "site.pp", "fail('main, not the tag')\n")

@@ -52,6 +52,32 @@ case "$DIB_MOZ_PUPPET_RESOLVER" in
         ;;
 esac
 export DIB_MOZ_PUPPET_RESOLVER
+# Distribution packages the tree's backend modules come from, installed in
+# the chroot before its Puppetfile is resolved (install.d/54): by default
+# Debian's puppetlabs-apache and puppetlabs-mysql modules (they bring stdlib,
+# concat and translate), whose /usr/share/puppet/modules.available
+# directories the reference tree's Puppetfile names as :path sources.  Set
+# but empty: none.  Each word must be a Debian package name.
+DIB_MOZ_PUPPET_PACKAGES=${DIB_MOZ_PUPPET_PACKAGES-puppet-module-puppetlabs-apache puppet-module-puppetlabs-mysql}
+# Split on any whitespace, newlines included.
+read -r -d '' -a _mozagent_packages <<< "$DIB_MOZ_PUPPET_PACKAGES" || true
+_mozagent_joined=""
+for _mozagent_package in ${_mozagent_packages[@]+"${_mozagent_packages[@]}"}; do
+    # Debian policy: lowercase letters, digits, '+', '-' and '.', at least
+    # two characters, the first a letter or digit (no versions, no options).
+    if ! [[ $_mozagent_package =~ ^[a-z0-9][a-z0-9+.-]+$ ]]; then
+        echo "ERROR: mozagent element: DIB_MOZ_PUPPET_PACKAGES: '$_mozagent_package'" \
+            "is not a Debian package name (lowercase letters, digits, '+', '-' and '.'," \
+            "at least two characters, starting with a letter or digit; space-separated" \
+            "names only, no versions or options)" >&2
+        exit 1
+    fi
+    _mozagent_joined+="${_mozagent_joined:+ }$_mozagent_package"
+done
+# One space between names.
+DIB_MOZ_PUPPET_PACKAGES=$_mozagent_joined
+unset _mozagent_packages _mozagent_package _mozagent_joined
+export DIB_MOZ_PUPPET_PACKAGES
 
 # mozagent itself: a wheel wins over a source tree; the default source tree
 # is the checkout this element lives in (computed in extra-data.d, where the
