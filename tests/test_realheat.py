@@ -968,7 +968,7 @@ def test_the_reference_stack_completes_and_its_url_answers_with_the_page(
         conf = Path("/etc/apache2/sites-enabled/25-webapp.realheat.test.conf").read_text()
         assert "ServerName webapp.realheat.test" in conf and "WSGIDaemonProcess webapp" in conf
         host.deploy("v1")
-        status, body = wait_for(
+        _, body = wait_for(
             lambda: (got := webservice.get(url))[0] == 200 and got,
             timeout=60,
             what=f"{url} to answer",
