@@ -31,6 +31,7 @@ from kazoo.exceptions import (
     RolledBackError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.serialization import Create, SetData
 from kazoo.protocol.states import ZnodeStat
 
 from mozagent.cli.parser import (
@@ -57,6 +58,7 @@ from mozagent.zkauth import (
 from mozagent.zkclient import CONNECTION_ERRORS, describe, make_client
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+SEQUENTIAL = 2  # ZooKeeper's CreateMode flag bit
 
 
 class CommandError(Exception):
@@ -166,17 +168,89 @@ def os_user() -> str:
 def commit_change(txn: TransactionRequest, doing: str) -> list[Any] | None:
     """Commit a change with its audit entry: the results when both went in,
     None when a znode changed meanwhile (the caller says what that means, or
-    tries again); a refusal or any other failure is the command's error."""
-    results = txn.commit()
-    failures = [r for r in results if isinstance(r, Exception)]
-    if not failures:
-        return results
-    if (refused := first_refusal(failures)) is not None:
-        raise CommandError(f"{refused}; nothing written")
-    if any(isinstance(r, BadVersionError | NodeExistsError | NoNodeError) for r in failures):
-        return None
-    first = next((r for r in failures if not isinstance(r, RolledBackError)), failures[0])
-    raise CommandError(f"{doing} failed: {type(first).__name__}; nothing written")
+    tries again); a refusal or any other failure is the command's error.
+
+    A connection lost during the commit (a leader election, a partition)
+    leaves the change unknown: it may have gone in with no answer. Sending it
+    again could make a sequential znode twice (two orders), so the change is
+    looked for first, by its sequential creates (every audited change has one,
+    its audit entry, whose bytes are this command's own): found, it went in
+    once; not found after a sync, it did not, and the same operations go
+    again. Bounded by the command's --timeout, as every wait here."""
+    for attempt in range(COMMIT_ATTEMPTS):
+        try:
+            results = txn.commit()
+        except CONNECTION_ERRORS:
+            if attempt + 1 == COMMIT_ATTEMPTS or not _markers(txn):
+                raise
+            landed = _landed(txn)
+            if landed is not None:
+                return landed
+            txn = _again(txn)
+            continue
+        failures = [r for r in results if isinstance(r, Exception)]
+        if not failures:
+            return results
+        if (refused := first_refusal(failures)) is not None:
+            raise CommandError(f"{refused}; nothing written")
+        if any(isinstance(r, BadVersionError | NodeExistsError | NoNodeError) for r in failures):
+            return None
+        first = next((r for r in failures if not isinstance(r, RolledBackError)), failures[0])
+        raise CommandError(f"{doing} failed: {type(first).__name__}; nothing written")
+    raise AssertionError("unreachable: the last attempt raises")
+
+
+COMMIT_ATTEMPTS = 5
+# How far back a lost commit's sequential znode is looked for: newer siblings
+# are other commands' since; a busy trail gets far fewer in one command's time.
+LOOKBACK = 1000
+
+
+def _markers(txn: TransactionRequest) -> list[Create]:
+    return [op for op in txn.operations if isinstance(op, Create) and op.flags & SEQUENTIAL]
+
+
+def _again(txn: TransactionRequest) -> TransactionRequest:
+    """The same operations, as a transaction not yet committed."""
+    fresh = txn.client.transaction()
+    fresh.operations = list(txn.operations)
+    return fresh
+
+
+def _landed(txn: TransactionRequest) -> list[Any] | None:
+    """The results of a commit whose answer was lost, if it went in; None if
+    it did not. Its sequential znodes are found by their exact bytes among the
+    newest siblings of their prefix, after a sync so the read is not behind
+    the leader that may have taken the commit."""
+    client = txn.client
+    found: dict[int, str] = {}
+    for marker in _markers(txn):
+        parent, prefix = marker.path.rsplit("/", 1)
+        client.retry(client.sync, parent)
+        try:
+            names = client.retry(client.get_children, parent)
+        except NoNodeError:
+            return None
+        newest = sorted((n for n in names if n.startswith(prefix)), reverse=True)[:LOOKBACK]
+        for name in newest:
+            try:
+                data, _ = client.retry(client.get, f"{parent}/{name}")
+            except NoNodeError:
+                continue
+            if data == marker.data:
+                found[id(marker)] = f"{parent}/{name}"
+                break
+        else:
+            return None  # a transaction goes in whole or not at all: one absent is enough
+    results: list[Any] = []
+    for op in txn.operations:
+        if isinstance(op, Create):
+            results.append(found.get(id(op), op.path))
+        elif isinstance(op, SetData):
+            results.append(client.retry(client.exists, op.path))
+        else:
+            results.append(True)
+    return results
 
 
 def target_of(args: argparse.Namespace) -> tuple[str, str]:
