@@ -11,7 +11,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from kazoo.client import KazooClient
 
 from mozagent.cli import main
 from mozagent.config import ConfigError, load_config, parse_config
+from mozagent_dev.faultproxy import FaultProxy
 from mozagent_dev.testing import ZooKeeperServer, free_port
 from tests.conftest import Sandbox
 from tests.poison import POISON
@@ -747,8 +747,8 @@ def get_key(server: ZooKeeperServer, path: str) -> bytes:
         client.close()
 
 
-class StallingProxy:
-    """A TCP relay to a real ZooKeeper that SIGSTOPs the server as soon as it has
+class StallingProxy(FaultProxy):
+    """A relay to a real ZooKeeper that SIGSTOPs the server as soon as it has
     answered the first session handshake: the client is connected, then the server
     stops answering, which is what the --timeout of a data command must survive.
 
@@ -758,75 +758,17 @@ class StallingProxy:
 
     def __init__(self, server: ZooKeeperServer) -> None:
         self.server = server
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
         self.stalled = threading.Event()
-        self.closed = threading.Event()
-        self.sockets: list[socket.socket] = [self.listener]
-        self.threads: list[threading.Thread] = []
-        self._spawn(self._accept)
+        super().__init__(server.port)
 
-    @property
-    def hosts(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def _spawn(self, target: Any, *args: Any) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        self.threads.append(thread)
-        thread.start()
-
-    def _accept(self) -> None:
-        while not self.closed.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.server.port), timeout=5)
-            except OSError:
-                client.close()
-                continue
-            for sock in (client, upstream):
-                sock.settimeout(0.2)
-                self.sockets.append(sock)
-            self._spawn(self._pump, client, upstream, False)
-            self._spawn(self._pump, upstream, client, True)
-
-    def _pump(self, src: socket.socket, dst: socket.socket, from_server: bool) -> None:
-        while not self.closed.is_set():
-            try:
-                chunk = src.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            if not chunk:
-                break
-            if not from_server and self.stalled.is_set():
-                continue  # held: never reaches the server
-            if from_server and self.stalled.is_set():
-                continue  # anything after the handshake's answer is not passed on
-            if from_server and not self.stalled.is_set():
-                assert self.server.proc is not None
-                os.kill(self.server.proc.pid, signal.SIGSTOP)
-                self.stalled.set()
-            try:
-                dst.sendall(chunk)
-            except OSError:
-                break
-        for sock in (src, dst):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.closed.set()
-        for sock in self.sockets:
-            sock.close()
-        for thread in self.threads:
-            thread.join(timeout=5)
+    def before_send(self, chunk: bytes, from_server: bool) -> None:
+        # The handshake's answer is on its way: the hold starts before the
+        # client can have read it, so nothing it sends next gets through.
+        if from_server and not self.stalled.is_set():
+            assert self.server.proc is not None
+            os.kill(self.server.proc.pid, signal.SIGSTOP)
+            self.stalled.set()
+            self.set_mode("hold")
 
 
 @pytest.mark.parametrize("action", ["get", "set"])
