@@ -171,6 +171,7 @@ class FaultProxy:
 
     def _pump(self, link: _Link, src: socket.socket, dst: socket.socket, from_server: bool) -> None:
         rst = False
+        first = True
         while not link.done:
             if not self._flowing():
                 rst = self._mode == "reset"
@@ -188,15 +189,18 @@ class FaultProxy:
             if not self._flowing():
                 rst = self._mode == "reset"
                 break
-            self.before_send(chunk, from_server)
+            self.before_send(chunk, from_server, first)
+            first = False
             try:
                 dst.sendall(chunk)
             except OSError:
                 break
         link.finish(rst=rst)
 
-    def before_send(self, chunk: bytes, from_server: bool) -> None:
-        """The subclass hook (see the class docstring); nothing by default."""
+    def before_send(self, chunk: bytes, from_server: bool, first: bool) -> None:
+        """The subclass hook (see the class docstring); ``first``: the first
+        chunk in this direction of this connection (a protocol's handshake).
+        Nothing by default."""
 
     def close(self) -> None:
         """Stop accepting, end every connection, join every thread."""

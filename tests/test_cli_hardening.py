@@ -761,7 +761,7 @@ class StallingProxy(FaultProxy):
         self.stalled = threading.Event()
         super().__init__(server.port)
 
-    def before_send(self, chunk: bytes, from_server: bool) -> None:
+    def before_send(self, chunk: bytes, from_server: bool, first: bool) -> None:
         # The handshake's answer is on its way: the hold starts before the
         # client can have read it, so nothing it sends next gets through.
         if from_server and not self.stalled.is_set():
