@@ -62,6 +62,83 @@ def zookeeper_available() -> bool:
     return os.path.exists(ZK_JARS[0]) and shutil.which("java") is not None
 
 
+def tls_config(tls: tuple[Path, Path] | None, secure_port: int | None) -> str:
+    """The zoo.cfg lines of a ``secureClientPort`` (``tls``: the server's
+    certificate and key in one PEM, and the CA its clients must come from);
+    shared by the standalone server and each ensemble member."""
+    if tls is None:
+        return ""
+    keystore, ca = tls
+    return (
+        f"secureClientPort={secure_port}\n"
+        "secureClientPortAddress=127.0.0.1\n"
+        "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory\n"
+        f"ssl.keyStore.location={keystore}\nssl.keyStore.type=PEM\n"
+        f"ssl.trustStore.location={ca}\nssl.trustStore.type=PEM\n"
+        "ssl.clientAuth=need\n"
+        "authProvider.x509=org.apache.zookeeper.server.auth.X509AuthenticationProvider\n"
+    )
+
+
+def launch(main_class: str, cfg: Path, log_dir: Path, tls: bool) -> subprocess.Popen[bytes]:
+    """Start one ZooKeeper JVM (standalone or a quorum peer) in a process group
+    of its own, so it can be stopped or SIGKILLed by group without touching
+    anything else on the machine; its log goes to ``log_dir/server.log``."""
+    jars = ZK_JARS + (NETTY_JARS if tls else ())
+    classpath = ":".join([str(cfg.parent), *[j for j in jars if os.path.exists(j)]])
+    with open(log_dir / "server.log", "ab") as log:
+        return subprocess.Popen(
+            [
+                "java",
+                "-Xmx256m",
+                "-Dzookeeper.4lw.commands.whitelist=ruok,srvr,stat,mntr",
+                # Above ZooKeeper's 1 MB default, so tests can store an oversized value.
+                "-Djute.maxbuffer=4194304",
+                "-cp",
+                classpath,
+                main_class,
+                str(cfg),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def terminate(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Stop a launched server by its process group: ``sig`` (SIGKILL for a
+    crash), then SIGKILL after 10 s; bounded either way."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def four_letter(port: int, word: str, timeout: float = 2.0) -> str:
+    """A four-letter command's answer ("" when the server does not answer)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(word.encode())
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+            return b"".join(chunks).decode(errors="replace")
+    except OSError:
+        return ""
+
+
 class ZooKeeperServer:
     """Start with ``start()``, stop with ``stop()``; ``restart()`` keeps the data."""
 
@@ -92,18 +169,7 @@ class ZooKeeperServer:
         return f"127.0.0.1:{self.secure_port}"
 
     def _tls_config(self) -> str:
-        if self.tls is None:
-            return ""
-        keystore, ca = self.tls
-        return (
-            f"secureClientPort={self.secure_port}\n"
-            "secureClientPortAddress=127.0.0.1\n"
-            "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory\n"
-            f"ssl.keyStore.location={keystore}\nssl.keyStore.type=PEM\n"
-            f"ssl.trustStore.location={ca}\nssl.trustStore.type=PEM\n"
-            "ssl.clientAuth=need\n"
-            "authProvider.x509=org.apache.zookeeper.server.auth.X509AuthenticationProvider\n"
-        )
+        return tls_config(self.tls, self.secure_port)
 
     def _write_config(self) -> Path:
         (self.dir / "data").mkdir(parents=True, exist_ok=True)
@@ -123,26 +189,9 @@ class ZooKeeperServer:
         if not zookeeper_available():
             raise RuntimeError("ZooKeeper is not installed: apt-get install zookeeper")
         cfg = self._write_config()
-        jars = ZK_JARS + (NETTY_JARS if self.tls else ())
-        classpath = ":".join([str(self.dir), *[j for j in jars if os.path.exists(j)]])
-        with open(self.dir / "server.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    "java",
-                    "-Xmx256m",
-                    "-Dzookeeper.4lw.commands.whitelist=ruok,srvr,stat",
-                    # Above ZooKeeper's 1 MB default, so tests can store an oversized value.
-                    "-Djute.maxbuffer=4194304",
-                    "-cp",
-                    classpath,
-                    "org.apache.zookeeper.server.ZooKeeperServerMain",
-                    str(cfg),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        self.proc = launch(
+            "org.apache.zookeeper.server.ZooKeeperServerMain", cfg, self.dir, bool(self.tls)
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -157,32 +206,15 @@ class ZooKeeperServer:
 
     def _secure_port_open(self) -> bool:
         """Netty binds the TLS port after the plain one answers."""
-        if self.secure_port is None:
-            return True
-        try:
-            with socket.create_connection(("127.0.0.1", self.secure_port), timeout=1):
-                return True
-        except OSError:
-            return False
+        return self.secure_port is None or port_open(self.secure_port)
 
     def _ruok(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                sock.sendall(b"ruok")
-                return sock.recv(4) == b"imok"
-        except OSError:
-            return False
+        return four_letter(self.port, "ruok") == "imok"
 
     def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        terminate(self.proc)
         self.proc = None
 
     def restart(self, downtime: float = 0.0) -> None:
