@@ -48,22 +48,44 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import random
 import shutil
+import socket
 import statistics
 import sys
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
-from benchlib import BenchError, bench_parser, code_version, read_rss_mib, to_json, write_report
+from benchlib import (
+    BenchError,
+    bench_parser,
+    code_version,
+    read_cpu_seconds,
+    read_rss_mib,
+    to_json,
+    write_report,
+)
+from fleet import (
+    TAGS,
+    Fleet,
+    child_env,
+    data_check,
+    release_check,
+    release_repo,
+    snapshot_code,
+    stop_agents,
+    stop_on_sigterm,
+)
 from kazoo.client import KazooClient
 from run import (
     APP,
@@ -81,9 +103,12 @@ from run import (
 
 from mozagent import __version__
 from mozagent.config import parse_config
+from mozagent.desired.fleet import release_path
+from mozagent.desired.keys import encode_value
 from mozagent.desired.layers import layer_paths
 from mozagent.render.hieradata import HieraData
 from mozagent.sources.zkreader import ZooKeeperReader
+from mozagent_dev.testing import ZooKeeperServer
 
 TARGET_COLD_S = 2.0
 TARGET_ONE_KEY_P99_MS = 50.0
@@ -282,7 +307,9 @@ def format_keys(res: dict[str, Any]) -> list[str]:
         f"median {statistics.median(walls):.2f} s, max {walls[-1]:.2f} s "
         f"(target ≤ {TARGET_COLD_S:g} s: {'ok' if cold_ok else 'MISSED'})",
         f"    of which inside the agent ('started' log line → file mtime): "
-        f"median {statistics.median(agents):.2f} s" if agents else "    (no 'started' line)",
+        f"median {statistics.median(agents):.2f} s"
+        if agents
+        else "    (no 'started' line)",
         f"    daemon RSS after its first sync: {statistics.median(c.rss_mib for c in colds):.1f}"
         f" MiB; after {lat.writes} one-key changes: {res['rss_after_latency_mib']:.1f} MiB",
         f"  one key → file ({len(lat.samples_ms)}/{lat.writes}, {lat.method.split(' ')[0]}): "
@@ -299,6 +326,298 @@ def format_keys(res: dict[str, Any]) -> list[str]:
     ]
 
 
+# --- fleet: many agents on one ZooKeeper ------------------------------------------------------
+
+
+class ScaleZooKeeper(ZooKeeperServer):
+    """``ZooKeeperServer`` with room for a fleet: no per-address connection cap
+    (every agent connects from 127.0.0.1, and the fixture allows 200) and the
+    ``mntr`` four-letter word (zoo.cfg's ``4lw.commands.whitelist`` is set as a
+    system property when the file is parsed, after the command line's)."""
+
+    def _write_config(self) -> Path:
+        cfg = super()._write_config()
+        cfg.write_text(cfg.read_text() + "maxClientCnxns=0\n4lw.commands.whitelist=*\n")
+        return cfg
+
+
+def four_letter(port: int, word: str) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(word.encode())
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
+@dataclass
+class ZkSample:
+    """ZooKeeper's ``mntr`` counters and the java process's CPU at one instant."""
+
+    at: float
+    cpu_s: float
+    mntr: dict[str, str]
+
+    def num(self, name: str) -> float:
+        try:
+            return float(self.mntr.get(name, "nan"))
+        except ValueError:
+            return math.nan
+
+
+def zk_sample(server: ZooKeeperServer) -> ZkSample:
+    assert server.proc is not None
+    text = four_letter(server.port, "mntr")
+    mntr = dict(line.split("\t", 1) for line in text.splitlines() if "\t" in line)
+    if "zk_packets_received" not in mntr:
+        raise BenchError(f"no mntr answer from ZooKeeper: {text[:200]!r}")
+    return ZkSample(time.monotonic(), read_cpu_seconds(server.proc.pid), mntr)
+
+
+@dataclass
+class ZkLoad:
+    """What ZooKeeper did between two samples: requests (packets received) and CPU."""
+
+    seconds: float
+    requests: int
+    requests_per_s: float
+    cpu_pct: float  # of one core
+    watches: int  # at the end
+    connections: int
+    max_latency_ms: float
+    outstanding_max: int
+
+    @classmethod
+    def between(cls, a: ZkSample, b: ZkSample, outstanding_max: int = 0) -> ZkLoad:
+        dt = max(b.at - a.at, 1e-6)
+        received = int(b.num("zk_packets_received") - a.num("zk_packets_received"))
+        return cls(
+            seconds=round(dt, 3),
+            requests=received,
+            requests_per_s=round(received / dt, 1),
+            cpu_pct=round((b.cpu_s - a.cpu_s) / dt * 100, 1),
+            watches=int(b.num("zk_watch_count")),
+            connections=int(b.num("zk_num_alive_connections")),
+            max_latency_ms=b.num("zk_max_latency"),
+            outstanding_max=outstanding_max,
+        )
+
+
+@dataclass
+class FanOut:
+    what: str
+    agents: int
+    first_s: float
+    all_s: float  # t0 to the last agent's presence showing it
+    zk: ZkLoad  # from t0 to the last agent
+    cli_s: float | None = None  # the operator's command, start to exit (--wait: all done)
+
+
+@dataclass
+class FleetSize:
+    agents: int
+    start_s: float  # growing to this size, batches converged
+    idle: ZkLoad
+    rss_mib_sum: float
+    rss_mib_median: float
+    rss_mib_max: float
+    rounds: list[FanOut]
+
+
+class ScaleFleet(Fleet):
+    """``bench/fleet.py``'s fleet, with the global layer's key and ZooKeeper's
+    own counters around every change."""
+
+    def __init__(self, server: ZooKeeperServer, *args: Any) -> None:
+        super().__init__(*args)
+        self.server = server
+        self.global_path = f"{self.root}/global/data/{KEY}"
+
+    def seed(self) -> None:
+        super().seed()
+        self.zk.create(self.global_path, encode_value("initial"), makepath=True)
+        self.data_version = max(self.data_version, self.zk.exists(self.global_path).mzxid)
+
+    def _fan_out(self, what: str, act: Any, check: Any, timeout: float) -> FanOut:
+        """``act()`` makes the change and returns (t0, cli seconds, the version to
+        wait for); ZooKeeper is sampled just before t0 and when the last agent has it."""
+        self.watch.begin()
+        before = zk_sample(self.server)
+        t0, cli_s, version = act()
+        done = self.watch.wait_all(
+            self.nodes, check(version), timeout, f"{what} to reach all agents", self.check_alive
+        )
+        after = zk_sample(self.server)
+        last = max(done.values())
+        # The counters were read when the wait saw the last agent, a little after
+        # it: the window is the sampling's, the fan-out time the presence's.
+        return FanOut(
+            what,
+            len(self.agents),
+            round(min(done.values()) - t0, 3),
+            round(last - t0, 3),
+            ZkLoad.between(before, after),
+            None if cli_s is None else round(cli_s, 3),
+        )
+
+    def global_write(self, i: int, timeout: float) -> FanOut:
+        """One kazoo ``set`` of a global key: the fan-out alone, no CLI start-up."""
+
+        def act() -> tuple[float, None, int]:
+            t0 = time.perf_counter()
+            stat = self.zk.set(self.global_path, encode_value(f"global-{i}-{uuid.uuid4().hex[:6]}"))
+            self.data_version = stat.mzxid
+            return t0, None, stat.mzxid
+
+        return self._fan_out("global write", act, data_check, timeout)
+
+    def global_cli_wait(self, i: int, timeout: float) -> FanOut:
+        """``mozagent data set --global KEY VALUE --wait``: what the operator waits for."""
+
+        def act() -> tuple[float, float, int]:
+            value = f"cli-{i}-{uuid.uuid4().hex[:6]}"
+            t0, took = self.cli("data", "set", "--global", KEY, value, "--string", "--wait")
+            self.data_version = self.zk.exists(self.global_path).mzxid
+            return t0, took, self.data_version
+
+        return self._fan_out("data set --global --wait", act, data_check, timeout)
+
+    def deploy(self, timeout: float) -> FanOut:
+        """``mozagent deploy`` → every agent installed it (fleet.py's check)."""
+        tag = TAGS[1] if self.tag == TAGS[0] else TAGS[0]
+
+        def act() -> tuple[float, float, int]:
+            t0, took = self.cli("deploy", APP, tag, "--source", self.repo.url)
+            self.tag = tag
+            self.release_version = self.zk.exists(release_path(self.root, APP)).mzxid
+            return t0, took, self.release_version
+
+        return self._fan_out(
+            f"deploy {tag}", act, lambda v: release_check(v, self.commits[tag]), timeout
+        )
+
+    def idle_load(self, settle: float, window: float) -> ZkLoad:
+        time.sleep(settle)
+        self.check_alive()
+        a = zk_sample(self.server)
+        time.sleep(window)
+        b = zk_sample(self.server)
+        self.check_alive()
+        return ZkLoad.between(a, b)
+
+
+def run_fleet_sizes(opts: Options) -> dict[str, Any]:
+    """One fleet grown through the sizes, each measured with all its agents converged."""
+    if shutil.which("git") is None:
+        raise BenchError("git is not installed")
+    workdir = Path(tempfile.mkdtemp(prefix="mozagent-bench-scale-fleet-"))
+    os.chmod(workdir, 0o755)  # as root, install scripts run as nobody
+    commit = code_version()
+    env = child_env(snapshot_code(workdir))
+    say(f"workdir {workdir}; agents run its copy of mozagent/ ({commit})")
+    sizes: list[FleetSize] = []
+    server = ScaleZooKeeper()
+    server.start()
+    fleet: ScaleFleet | None = None
+    try:
+        with zk_client(server.hosts) as zk:
+            say(f"ZooKeeper (standalone) on {server.hosts}, java pid {server.proc.pid}")
+            empty = zk_sample(server)
+            time.sleep(opts.window)
+            no_agents = ZkLoad.between(empty, zk_sample(server))
+            repo, commits = release_repo(workdir)
+            fleet = ScaleFleet(
+                server, workdir, server.port, server.hosts, zk, repo, commits, False, env
+            )
+            fleet.seed()
+            for size in opts.sizes:
+                say(
+                    f"{size} agents: starting {len(fleet.agents) + 1}..{size} in batches of "
+                    f"{opts.batch}"
+                )
+                start_s = fleet.grow(size, opts.batch, 300.0)
+                say(f"  all {size} present and converged ({start_s:.1f} s)")
+                idle = fleet.idle_load(opts.settle, opts.window)
+                say(
+                    f"  idle: {idle.requests_per_s:.1f} req/s, java {idle.cpu_pct:.1f}% CPU, "
+                    f"{idle.watches} watches, {idle.connections} connections"
+                )
+                rss = [read_rss_mib(a.pid) for a in fleet.agents]
+                timeout = 60.0 + size * 1.0
+                rounds = []
+                for i in range(opts.rounds):
+                    rounds.append(fleet.global_write(i, timeout))
+                    say(
+                        f"  global write → all: {rounds[-1].all_s:.2f} s "
+                        f"({rounds[-1].zk.requests} ZK requests)"
+                    )
+                    time.sleep(opts.pause)
+                rounds.append(fleet.global_cli_wait(0, timeout))
+                say(f"  data set --global --wait: exits after {rounds[-1].cli_s:.2f} s")
+                time.sleep(opts.pause)
+                for _ in range(opts.deploys):
+                    rounds.append(fleet.deploy(timeout))
+                    say(f"  deploy → all installed: {rounds[-1].all_s:.2f} s")
+                    time.sleep(opts.pause)
+                sizes.append(
+                    FleetSize(
+                        size,
+                        round(start_s, 1),
+                        idle,
+                        round(sum(rss), 1),
+                        round(statistics.median(rss), 1),
+                        round(max(rss), 1),
+                        rounds,
+                    )
+                )
+    finally:
+        if fleet is not None:
+            stop_agents(fleet.agents)
+        server.cleanup()
+        if not opts.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return {
+        "server": "standalone ZooKeeperServer (maxClientCnxns=0)",
+        "no_agents": no_agents,
+        "sizes": sizes,
+    }
+
+
+def format_fleet(res: dict[str, Any]) -> list[str]:
+    lines = [
+        f"fleet: N `mozagent daemon` processes, no puppet, one app, against one {res['server']}",
+        f"  ZooKeeper with no agents: {res['no_agents'].requests_per_s:.1f} req/s, "
+        f"java {res['no_agents'].cpu_pct:.1f}% of a core",
+        f"  {'agents':>6} {'idle req/s':>10} {'per agent':>9} {'java CPU':>8} {'watches':>8} "
+        f"{'conns':>6} {'RSS sum':>9} {'per agent med/max':>18}",
+    ]
+    sizes: list[FleetSize] = res["sizes"]
+    for s in sizes:
+        i = s.idle
+        lines.append(
+            f"  {s.agents:>6} {i.requests_per_s:>10.1f} {i.requests_per_s / s.agents:>9.3f} "
+            f"{i.cpu_pct:>7.1f}% {i.watches:>8} {i.connections:>6} "
+            f"{s.rss_mib_sum / 1024:>7.2f} G "
+            f"{f'{s.rss_mib_median:.1f}/{s.rss_mib_max:.1f} MiB':>18}"
+        )
+    lines += [
+        "",
+        "  change → every presence shows it (t0 = the set, or the command's start):",
+        f"  {'agents':>6} {'what':<26} {'first':>6} {'all':>6} {'CLI':>6} {'ZK req':>7} "
+        f"{'req/s':>7} {'java CPU':>8} {'ZK max lat':>10}",
+    ]
+    for s in sizes:
+        for r in s.rounds:
+            cli = "-" if r.cli_s is None else f"{r.cli_s:.2f}"
+            lines.append(
+                f"  {r.agents:>6} {r.what:<26} {r.first_s:>6.2f} {r.all_s:>6.2f} {cli:>6} "
+                f"{r.zk.requests:>7} {r.zk.requests_per_s:>7.0f} {r.zk.cpu_pct:>7.1f}% "
+                f"{r.zk.max_latency_ms:>8.0f} ms"
+            )
+        lines.append(f"  {s.agents} agents started (batches converged) in {s.start_s:.0f} s")
+    return lines
+
+
 # --- the run ----------------------------------------------------------------------------------
 
 
@@ -311,15 +630,28 @@ class Options:
     keys: int
     cold_starts: int
     writes: int
+    sizes: list[int]
+    batch: int
+    rounds: int
+    deploys: int
+    pause: float
+    settle: float
+    window: float
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
-    parser = bench_parser(
-        __doc__, "fewer samples and rounds", "keep the temp dirs (daemon logs)"
-    )
+    parser = bench_parser(__doc__, "fewer samples and rounds", "keep the temp dirs (daemon logs)")
     parser.add_argument("part", choices=("keys", "fleet", "all"))
     parser.add_argument("--keys", type=int, default=10_000, help="keys in the app layer")
+    parser.add_argument("--sizes", default="100,300", help="fleet sizes, comma-separated")
+    parser.add_argument("--batch", type=int, default=10, help="agents started at a time")
     args = parser.parse_args(argv)
+    try:
+        sizes = sorted({int(x) for x in args.sizes.split(",")})
+    except ValueError:
+        parser.error("--sizes: comma-separated integers")
+    if not sizes or sizes[0] < 1 or sizes[-1] > 500:
+        parser.error("--sizes: between 1 and 500")
     if not 2 <= args.keys <= 10_000:
         parser.error("--keys: between 2 and 10,000 (run.create_layer's key names)")
     return Options(
@@ -330,11 +662,19 @@ def parse_args(argv: list[str] | None = None) -> Options:
         keys=args.keys,
         cold_starts=3 if args.quick else 5,
         writes=60 if args.quick else 200,
+        sizes=sizes,
+        batch=args.batch,
+        rounds=3 if args.quick else 5,
+        deploys=1 if args.quick else 2,
+        pause=1.0,
+        settle=5.0 if args.quick else 10.0,
+        window=10.0 if args.quick else 20.0,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
+    stop_on_sigterm()
     logging.basicConfig(level=logging.WARNING, format="  [%(name)s] %(message)s")
     started = time.perf_counter()
     result: dict[str, Any] = {
@@ -354,9 +694,18 @@ def main(argv: list[str] | None = None) -> int:
         if opts.part in ("keys", "all"):
             result["keys"] = run_keys(opts)
             lines += format_keys(result["keys"])
+        if opts.part in ("fleet", "all"):
+            result["fleet"] = run_fleet_sizes(opts)
+            lines += ["", *format_fleet(result["fleet"])]
     except (BenchError, TimeoutError) as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as exc:
+        print(
+            f"benchmark interrupted ({exc or 'Ctrl-C'}); agents and ZooKeeper stopped",
+            file=sys.stderr,
+        )
+        return 130
     lines += ["", f"total runtime {time.perf_counter() - started:.1f} s", ""]
     return write_report("\n".join(lines), to_json(result), opts.json_path)
 
