@@ -53,7 +53,6 @@ import os
 import platform
 import random
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -108,7 +107,7 @@ from mozagent.desired.keys import encode_value
 from mozagent.desired.layers import layer_paths
 from mozagent.render.hieradata import HieraData
 from mozagent.sources.zkreader import ZooKeeperReader
-from mozagent_dev.testing import ZooKeeperServer
+from mozagent_dev.ensemble import ZooKeeperEnsemble
 
 TARGET_COLD_S = 2.0
 TARGET_ONE_KEY_P99_MS = 50.0
@@ -329,49 +328,49 @@ def format_keys(res: dict[str, Any]) -> list[str]:
 # --- fleet: many agents on one ZooKeeper ------------------------------------------------------
 
 
-class ScaleZooKeeper(ZooKeeperServer):
-    """``ZooKeeperServer`` with room for a fleet: no per-address connection cap
-    (every agent connects from 127.0.0.1, and the fixture allows 200) and the
-    ``mntr`` four-letter word (zoo.cfg's ``4lw.commands.whitelist`` is set as a
-    system property when the file is parsed, after the command line's)."""
+class ScaleEnsemble(ZooKeeperEnsemble):
+    """``mozagent_dev.ensemble``'s 3 servers with room for a fleet: no
+    per-address connection cap (every agent connects from 127.0.0.1; the
+    fixture allows 200 per server). Properties in zoo.cfg: the last one wins."""
 
-    def _write_config(self) -> Path:
-        cfg = super()._write_config()
-        cfg.write_text(cfg.read_text() + "maxClientCnxns=0\n4lw.commands.whitelist=*\n")
+    def _write_config(self, i: int) -> Path:
+        cfg = super()._write_config(i)
+        cfg.write_text(cfg.read_text() + "maxClientCnxns=0\n")
         return cfg
 
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs if p is not None and p.poll() is None]
 
-def four_letter(port: int, word: str) -> str:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(word.encode())
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks).decode(errors="replace")
+
+SUMMED = ("zk_packets_received", "zk_watch_count", "zk_num_alive_connections")
 
 
 @dataclass
 class ZkSample:
-    """ZooKeeper's ``mntr`` counters and the java process's CPU at one instant."""
+    """The ensemble's ``mntr`` counters (summed over members; latency the
+    worst) and the java processes' CPU, at one instant."""
 
     at: float
     cpu_s: float
-    mntr: dict[str, str]
+    sums: dict[str, float]
+    max_latency_ms: float
 
     def num(self, name: str) -> float:
-        try:
-            return float(self.mntr.get(name, "nan"))
-        except ValueError:
-            return math.nan
+        return self.sums.get(name, math.nan)
 
 
-def zk_sample(server: ZooKeeperServer) -> ZkSample:
-    assert server.proc is not None
-    text = four_letter(server.port, "mntr")
-    mntr = dict(line.split("\t", 1) for line in text.splitlines() if "\t" in line)
-    if "zk_packets_received" not in mntr:
-        raise BenchError(f"no mntr answer from ZooKeeper: {text[:200]!r}")
-    return ZkSample(time.monotonic(), read_cpu_seconds(server.proc.pid), mntr)
+def zk_sample(ensemble: ScaleEnsemble) -> ZkSample:
+    sums = dict.fromkeys(SUMMED, 0.0)
+    latency = 0.0
+    for i in range(ensemble.size):
+        mntr = ensemble.mntr(i)
+        if "zk_packets_received" not in mntr:
+            raise BenchError(f"no mntr answer from ZooKeeper {i + 1}")
+        for name in SUMMED:
+            sums[name] += float(mntr.get(name, 0))
+        latency = max(latency, float(mntr.get("zk_max_latency", 0)))
+    cpu = sum(read_cpu_seconds(pid) for pid in ensemble.pids())
+    return ZkSample(time.monotonic(), cpu, sums, latency)
 
 
 @dataclass
@@ -381,7 +380,7 @@ class ZkLoad:
     seconds: float
     requests: int
     requests_per_s: float
-    cpu_pct: float  # of one core
+    cpu_pct: float  # of one core, all members together
     watches: int  # at the end
     connections: int
     max_latency_ms: float
@@ -398,7 +397,7 @@ class ZkLoad:
             cpu_pct=round((b.cpu_s - a.cpu_s) / dt * 100, 1),
             watches=int(b.num("zk_watch_count")),
             connections=int(b.num("zk_num_alive_connections")),
-            max_latency_ms=b.num("zk_max_latency"),
+            max_latency_ms=b.max_latency_ms,
             outstanding_max=outstanding_max,
         )
 
@@ -428,7 +427,7 @@ class ScaleFleet(Fleet):
     """``bench/fleet.py``'s fleet, with the global layer's key and ZooKeeper's
     own counters around every change."""
 
-    def __init__(self, server: ZooKeeperServer, *args: Any) -> None:
+    def __init__(self, server: ScaleEnsemble, *args: Any) -> None:
         super().__init__(*args)
         self.server = server
         self.global_path = f"{self.root}/global/data/{KEY}"
@@ -516,18 +515,18 @@ def run_fleet_sizes(opts: Options) -> dict[str, Any]:
     env = child_env(snapshot_code(workdir))
     say(f"workdir {workdir}; agents run its copy of mozagent/ ({commit})")
     sizes: list[FleetSize] = []
-    server = ScaleZooKeeper()
+    server = ScaleEnsemble(3)
     server.start()
     fleet: ScaleFleet | None = None
     try:
         with zk_client(server.hosts) as zk:
-            say(f"ZooKeeper (standalone) on {server.hosts}, java pid {server.proc.pid}")
+            say(f"ZooKeeper ensemble on {server.hosts}, java pids {server.pids()}")
             empty = zk_sample(server)
             time.sleep(opts.window)
             no_agents = ZkLoad.between(empty, zk_sample(server))
             repo, commits = release_repo(workdir)
             fleet = ScaleFleet(
-                server, workdir, server.port, server.hosts, zk, repo, commits, False, env
+                server, workdir, server.ports[0], server.hosts, zk, repo, commits, False, env
             )
             fleet.seed()
             for size in opts.sizes:
@@ -577,7 +576,7 @@ def run_fleet_sizes(opts: Options) -> dict[str, Any]:
         if not opts.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     return {
-        "server": "standalone ZooKeeperServer (maxClientCnxns=0)",
+        "server": "3-server ZooKeeperEnsemble (maxClientCnxns=0)",
         "no_agents": no_agents,
         "sizes": sizes,
     }
