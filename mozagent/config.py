@@ -39,7 +39,11 @@ def _fail(source: str, key: str, why: str) -> ConfigError:
 
 
 def _check_keys(source: str, prefix: str, raw: dict[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(raw) - allowed)
+    # str: YAML keys may be numbers (``1: x``), which do not sort with strings;
+    # repr for a key that is not printable, so the message stays one line.
+    unknown = sorted(
+        (k if isinstance(k, str) and k.isprintable() else repr(k)) for k in set(raw) - allowed
+    )
     if unknown:
         name = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
         raise _fail(source, name, f"unknown key (allowed here: {', '.join(sorted(allowed))})")

@@ -173,7 +173,8 @@ def parse_yaml_text(text: str, where: str | None = None) -> Any:
         value = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         raise InvalidValue(prefix + describe_yaml_error(exc)) from None
-    except (ValueError, RecursionError, OverflowError, MemoryError) as exc:
+    except (ValueError, TypeError, RecursionError, OverflowError, MemoryError) as exc:
+        # TypeError: a set used as a mapping key (``? !!set {a}``) is unhashable.
         raise InvalidValue(f"{prefix}value cannot be used: {type(exc).__name__}: {exc}") from None
     return check_plain_data(value, where)
 
@@ -198,11 +199,19 @@ def parse_value(raw: bytes | None, where: str | None = None) -> Any:
     return parse_yaml_text(text, where)
 
 
+# Characters YAML 1.1 counts as line breaks besides \n and \r.
+_YAML_BREAKS = "\x85\u2028\u2029"
+
+
 def encode_value(value: Any) -> bytes:
     """The canonical bytes the CLI writes: YAML that round-trips through parse_value."""
     if value is None:
         return b""
     text = yaml.safe_dump(value, default_flow_style=None, allow_unicode=True, sort_keys=True)
+    if any(ch in text for ch in _YAML_BREAKS):
+        # PyYAML writes these raw in a quoted scalar and its reader then folds
+        # them as line breaks ('\x85' read back as ' '): escape everything.
+        text = yaml.safe_dump(value, default_flow_style=None, sort_keys=True)
     if text.endswith("\n...\n"):
         text = text[: -len("...\n")]
     return text.encode("utf-8")
