@@ -186,7 +186,7 @@ def expire(
     try:
         during_gap()
         wait_until(
-            lambda: (presence(zk, root, node) or ({}, owner))[1] != owner,
+            lambda: (presence(zk, root, node) or ({}, 0))[1] != owner,  # gone or replaced
             60, "ZooKeeper to expire the frozen agent's session",
         )  # fmt: skip
     finally:
@@ -232,11 +232,9 @@ def expiry_during_install(
     )  # fmt: skip
     check_after_expiry(report, agent, zk, root, node, old, value, thawed)
 
-    def installed() -> str | None:
-        doc = (presence(zk, root, node) or ({}, 0))[0]
-        return ((doc.get("release") or {}).get("installed") or {}).get("commit")
-
-    report.outcome = wait_until(lambda: installed() == commit and commit, 90, "the install")
+    report.outcome = wait_until(
+        lambda: installed_commit(zk, root, node) == commit and commit, 90, "the install"
+    )
     time.sleep(6)  # longer than the script: a second install would have run by now
     report.runs = lines_of(marks)
     return report
@@ -284,6 +282,36 @@ ORDER_COMMAND = (
     "chaos: v=$(cat {marks}/order-value); echo ran >> {marks}/order-start-$v; sleep 5; "
     "echo ran >> {marks}/order-end-$v\n"
 )
+
+
+def expiry_scenario(
+    method: str, agent: Agent, repo: AppCode, proxy: ZooKeeperProxy, server: ZooKeeperServer,
+    zk: KazooClient, root: str, node: str,
+) -> list[ExpiryReport]:  # fmt: skip
+    """Both expiries of issue 18 by ``method``: during the install of v1, then
+    (v2 installed, its procfile carrying :data:`ORDER_COMMAND`) during an order."""
+    install = expiry_during_install(method, agent, repo, proxy, server, zk, root, node, "v1", 1)
+    v2 = repo.release("v2", commands=ORDER_COMMAND.format(marks=repo.marks))
+    put(zk, release_path(root, APP), f"ref: v2\nsource: {repo.url}\n".encode())
+    wait_until(lambda: installed_commit(zk, root, node) == v2, 90, "v2 installed")
+    order = expiry_during_order(method, agent, repo, proxy, server, zk, root, node, 3)
+    return [install, order]
+
+
+def installed_commit(zk: KazooClient, root: str, node: str) -> str | None:
+    """The release commit the agent's presence says is installed."""
+    doc = (presence(zk, root, node) or ({}, 0))[0]
+    return ((doc.get("release") or {}).get("installed") or {}).get("commit")
+
+
+def agent_settings(home: Path, node: str) -> dict[str, Any]:
+    """The agent's config beyond the suite's sandbox defaults: its node name,
+    and releases and orders under ``home`` (traversable by the app's user)."""
+    return {
+        "node": node,
+        "releases": {"apps_dir": str(home / "apps"), "keep": 2, "timeout": 60},
+        "orders": {"timeout": 30, "max_age": 600},
+    }
 
 
 # --- (b) partitions between one agent and ZooKeeper ----------------------------------------
@@ -378,7 +406,7 @@ def cli_partition_deploy(
     written = threading.Event()
 
     def watch(data: bytes | None, stat: Any) -> None:
-        if data and f"ref: {tag}\n".encode() in data:
+        if data is not None:  # the znode did not exist before the deploy
             written.set()
 
     zk.DataWatch(path, watch)
@@ -402,8 +430,7 @@ def cli_partition_deploy(
         proxy.close()
 
     def installed() -> bool:
-        doc = (presence(zk, root, node) or ({}, 0))[0]
-        return ((doc.get("release") or {}).get("installed") or {}).get("commit") == commit
+        return installed_commit(zk, root, node) == commit
 
     if written.is_set():
         with contextlib.suppress(TimeoutError):

@@ -67,11 +67,7 @@ def agent_on(home: Path, hosts: str) -> Sandbox:
     """An agent of app shop, node web1, with releases and orders, talking to ``hosts``."""
     (home / "agent").mkdir()
     box = Sandbox(home / "agent", hosts, ROOT)
-    box.write_config(
-        node=NODE,
-        releases={"apps_dir": str(home / "agent" / "apps"), "keep": 2, "timeout": 60},
-        orders={"timeout": 30, "max_age": 600},
-    )
+    box.write_config(**zkchaos.agent_settings(home / "agent", NODE))
     return box
 
 
@@ -155,22 +151,14 @@ def test_session_expiry_during_an_install_and_an_order_loses_and_doubles_nothing
     try:
         box = agent_on(home, proxy.hosts)
         start(box, agents, zk)
-        install = zkchaos.expiry_during_install(
-            method, box, repo, proxy, server, zk, ROOT, NODE, "v1", 1
-        )
-        print(install)
-        assert install.ok and install.runs == 1, install
-        # A release whose procfile has the scenario's order.
-        repo.release("v2", commands=zkchaos.ORDER_COMMAND.format(marks=repo.marks))
-        zkchaos.put(
-            zk, zkchaos.release_path(ROOT, "shop"), f"ref: v2\nsource: {repo.url}\n".encode()
-        )
-        wait_until(lambda: "v2" in box.cli("status").stdout, 90, "v2 installed")
-        order = zkchaos.expiry_during_order(method, box, repo, proxy, server, zk, ROOT, NODE, 3)
-        print(order)
-        assert order.ok and order.outcome == "done", order
+        reports = zkchaos.expiry_scenario(method, box, repo, proxy, server, zk, ROOT, NODE)
     finally:
         proxy.close()
+    for report in reports:
+        print(report)
+        assert report.ok and report.runs == 1, report
+    install, order = reports
+    assert install.outcome and order.outcome == "done", reports
 
 
 # --- (b) partitions -------------------------------------------------------------------------
