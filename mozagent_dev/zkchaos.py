@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -386,9 +387,11 @@ class CliPartitionReport:
         have been written whenever it cannot know."""
         if self.exit_code == 0:
             return self.written and self.installed
-        if self.written:
-            return "may" in self.output or "written" in self.output or "timed out" in self.output
-        return True
+        if re.search(r"^all \d+ hosts done", self.output, re.M):
+            return False  # success claimed by a command that failed
+        # A write that landed is named (the CLI prints it once confirmed), or
+        # the failure says the change may or may not have been made.
+        return not self.written or "is now" in self.output or "may or may not" in self.output
 
 
 def cli_partition_deploy(
@@ -398,8 +401,8 @@ def cli_partition_deploy(
     """``deploy --wait`` through a proxy (the agent talks to ZooKeeper
     directly). Cases: ``hold-healed`` (held once the release is written, healed
     4 s later: under the CLI's session timeout), ``reset-healed`` (the same
-    with resets), ``hold-to-timeout`` (held from the first answer on, never
-    healed before the CLI's --timeout)."""
+    with resets), ``hold-to-timeout`` (held once the release is written, never
+    healed before the CLI's --timeout: it wrote and cannot see the outcome)."""
     commit = repo.release(tag)
     path = release_path(root, APP)
     proxy = FaultProxy(server.port)
@@ -412,17 +415,15 @@ def cli_partition_deploy(
     zk.DataWatch(path, watch)
     timeout = "20" if case == "hold-to-timeout" else "90"
     try:
-        if case == "hold-to-timeout":
-            proxy.set_mode("hold")
         env = dict(os.environ)
         cmd = [
             "deploy", APP, tag, "--source", repo.url, "--wait", "--timeout", timeout,
             "--zookeeper", proxy.hosts,
         ]  # fmt: skip
         proc = _cli_process(agent, cmd, env)
+        wait_until(written.is_set, 60, "the deploy's write")
+        proxy.set_mode("hold" if case.startswith("hold") else "reset")
         if case != "hold-to-timeout":
-            wait_until(written.is_set, 60, "the deploy's write")
-            proxy.set_mode("hold" if case.startswith("hold") else "reset")
             time.sleep(4)
             proxy.set_mode("pass")
         out, err = proc.communicate(timeout=120)
