@@ -4,9 +4,12 @@ runs the kill storm with the full counts (``mozagent_dev.agentchaos``)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,13 +18,16 @@ from pathlib import Path
 import pytest
 from kazoo.client import KazooClient
 
+from mozagent.desired.fleet import release_path
 from mozagent_dev import agentchaos
-from mozagent_dev.heatstub import HeatStub
+from mozagent_dev.faultproxy import FaultProxy
+from mozagent_dev.heatstub import HeatStub, inputs
 from mozagent_dev.testing import ZooKeeperServer
-from mozagent_dev.zkchaos import client
+from mozagent_dev.zkchaos import APP, client, data_path, put
 from tests.apprepo import AppRepo
-from tests.conftest import Sandbox
+from tests.conftest import Sandbox, wait_for
 from tests.test_heat import HeatBox
+from tests.test_isolation import fill
 
 NODE = "web1"
 
@@ -106,3 +112,153 @@ def test_kill_9_at_random_moments_loses_nothing_and_doubles_nothing(
     report = storm(zk_server, zk_root, agentchaos.Counts(), seed=18, timeout=240)
     print("\n".join(report.lines()))
     check(report)
+
+
+# --- a full disk under the state dir and the apps dir ----------------------------
+
+
+@pytest.fixture
+def small_disk() -> Iterator[Path]:
+    """A 16 MiB tmpfs (root can mount one here); unmounted at the end."""
+    mount = Path(tempfile.mkdtemp(prefix="mozagent-small-"))
+    os.chmod(mount, 0o755)
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if made.returncode != 0:
+        shutil.rmtree(mount, ignore_errors=True)
+        pytest.skip(f"cannot mount a small tmpfs here: {made.stderr}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+        shutil.rmtree(mount, ignore_errors=True)
+
+
+def disk_errors(box: Sandbox) -> list[str]:
+    return [e["message"] for e in box.status()[1].get("all_errors", []) if e["where"] == "disk"]
+
+
+@pytest.mark.chaos
+def test_a_full_disk_is_named_keeps_the_last_good_files_and_converges_when_space_returns(
+    zk_server: ZooKeeperServer, zk_root: str, puppet_bin: str, small_disk: Path
+) -> None:
+    with chaos_agent(zk_server, zk_root, home=small_disk, apps=small_disk / "apps") as env:
+        box, zk = env.box, env.zk
+        commands = agentchaos.ORDER_COMMAND.format(marks=env.repo.marks)
+        r1 = env.repo.release("r1", commands=commands)
+        put(zk, data_path(zk_root, agentchaos.KEY), b"before")
+        put(zk, release_path(zk_root, APP), f"ref: r1\nsource: {env.repo.url}\n".encode())
+        box.start_daemon()
+        wait_for(
+            lambda: agentchaos.current_release(env.apps) == (r1, True)
+            and "greeting=before " in box.output(),
+            timeout=90,
+            what="r1 installed and the data applied",
+        )
+        hieradata = {p.name: p.read_bytes() for p in (box.state / "hieradata").iterdir()}
+        fill(small_disk / "filler")
+        r2 = env.repo.release("r2", commands=commands)
+        put(zk, data_path(zk_root, agentchaos.KEY), b"after")
+        put(zk, release_path(zk_root, APP), f"ref: r2\nsource: {env.repo.url}\n".encode())
+        messages = wait_for(lambda: disk_errors(box), timeout=60, what="status to say disk full")
+        print("status while full:", messages)
+        assert any("is full" in m and str(box.state) in m for m in messages), messages
+        time.sleep(5)  # the render, the install: each tried against the full disk
+        assert box.daemons[-1].poll() is None, "the daemon died on the full disk"
+        # The last good state, whole: the rendered files, the output, current.
+        assert {p.name: p.read_bytes() for p in (box.state / "hieradata").iterdir()} == hieradata
+        assert "greeting=before " in box.output()
+        assert agentchaos.current_release(env.apps) == (r1, True)
+        temp, unparsed = agentchaos.leftovers(box, env.apps)
+        assert not unparsed, unparsed
+        os.unlink(small_disk / "filler")
+        try:
+            wait_for(
+                lambda: agentchaos.current_release(env.apps) == (r2, True)
+                and "greeting=after " in box.output(),
+                timeout=120,
+                what="r2 and the new data once space returns",
+            )
+        except TimeoutError:
+            print(agentchaos.current_release(env.apps), box.output(), box.status()[1])
+            print(box.daemon_log()[-6000:])
+            raise
+        wait_for(lambda: not disk_errors(box), timeout=30, what="the disk error to clear")
+        temp, unparsed = agentchaos.leftovers(box, env.apps)
+        assert not temp and not unparsed, (temp, unparsed)
+        print("status after:", box.status()[1].get("all_errors"))
+
+
+# --- Heat failing: 5xx, connections reset, metadata down -------------------------
+
+
+@pytest.mark.chaos
+def test_heat_down_keeps_every_signal_and_status_names_it_until_it_is_back(
+    zk_server: ZooKeeperServer, zk_root: str, puppet_bin: str
+) -> None:
+    """What test_heat covers (5xx on signals only) plus the endpoints
+    resetting every connection, metadata included, while a new deployment is
+    published: the run's signal waits, the poll recovers, each is sent once."""
+    with chaos_agent(zk_server, zk_root) as env:
+        box, stub = env.box, env.stub
+        proxy = FaultProxy(stub.port)
+        try:
+            env.heat.local.write_text(
+                json.dumps(
+                    {
+                        "os-collect-config": {
+                            "collectors": ["request", "local"],
+                            "request": {"metadata_url": f"http://{proxy.hosts}/metadata"},
+                        }
+                    }
+                )
+            )
+            via = f"http://{proxy.hosts}"
+            first = {**agentchaos.deployment(stub, "h-1")}
+            first["inputs"] = inputs("TEMP_URL_SIGNAL", via, "h-1")
+            stub.fail_signals = 10_000
+            stub.set_metadata({"deployments": [first]})
+            box.start_daemon()
+            wait_for(lambda: stub.failed >= 2, timeout=60, what="signals answered 503")
+            proxy.set_mode("reset")  # every connection, the metadata poll's too
+            second = {**agentchaos.deployment(stub, "h-2")}
+            second["inputs"] = inputs("TEMP_URL_SIGNAL", via, "h-2")
+            stub.set_metadata({"deployments": [first, second]})
+            outage = time.monotonic()
+            pending = wait_for(
+                lambda: [
+                    d for d in (box.status_doc() or {}).get("deployments", [])
+                    if (d.get("signal") or {}).get("state") == "pending"
+                    and "reset" in str((d.get("signal") or {}).get("last_error")).lower()
+                ],
+                timeout=60,
+                what="status to name the reset signal",
+            )  # fmt: skip
+            print("signal while down:", pending[0]["signal"])
+            wait_for(
+                lambda: any(e["where"].startswith("heat") for e in box.status()[1]["all_errors"]),
+                timeout=60,
+                what="status to name the failing metadata poll",
+            )
+            print("errors while down:", box.status()[1]["all_errors"])
+            assert not stub.signals
+            time.sleep(max(0.0, 5 - (time.monotonic() - outage)))
+            stub.fail_signals = 0
+            proxy.set_mode("pass")
+            wait_for(
+                lambda: stub.signals_for("h-1") and stub.signals_for("h-2"),
+                timeout=90,
+                what="both signalled after the outage",
+            )
+            time.sleep(2)
+            assert [len(stub.signals_for(d)) for d in ("h-1", "h-2")] == [1, 1], stub.signals
+            wait_for(
+                lambda: not [e for e in box.status()[1]["all_errors"] if "heat" in e["where"]],
+                timeout=60,
+                what="the heat errors to clear",
+            )
+        finally:
+            proxy.close()

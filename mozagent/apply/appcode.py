@@ -9,6 +9,8 @@ fleet report (presence and order results in ZooKeeper).
 
 from __future__ import annotations
 
+import errno
+import os
 import threading
 import time
 from collections import deque
@@ -30,6 +32,8 @@ from mozagent.report.status import StatusStore
 
 log = structlog.get_logger("mozagent")
 
+# How an install that hit a full disk says so (an OSError's text, ENOSPC).
+NO_SPACE = os.strerror(errno.ENOSPC)
 PRUNE_EVERY = 3600.0  # seconds between prunings of the local order records
 
 # Stands in for a user that does not exist, only to record the refusal.
@@ -43,8 +47,10 @@ class ReleaseJob:
     the same way, every few seconds, for ever); a new offer (another deploy, a
     fixed znode) or a restart tries again. One exception: an install that
     failed because its user does not exist yet is tried again after the next
-    successful puppet run, which is what creates users. Bookkeeping plus the
-    installer.
+    successful puppet run, which is what creates users; so is one that failed
+    on a full disk (ENOSPC): space coming back is host trouble ending, not the
+    release changing, and without it the host would stay on the old release
+    until the next deploy. Bookkeeping plus the installer.
     """
 
     def __init__(
@@ -62,7 +68,7 @@ class ReleaseJob:
         self.status = status
         self.desired: DesiredRelease | None = None
         self._done: DesiredRelease | None = None
-        self._user_missing = False
+        self._retry_after_puppet = False
         self.last_install: LastInstall | None = None
         # The releases source and the executor both report: one at a time, so
         # that an older view never lands last.
@@ -77,9 +83,10 @@ class ReleaseJob:
         self.show()
 
     def puppet_succeeded(self) -> None:
-        """Puppet may have created the app's user: try a blocked install again."""
-        if self._user_missing:
-            self._user_missing = False
+        """Puppet may have created the app's user, and a puppet run that went
+        through had disk space: try a blocked install again."""
+        if self._retry_after_puppet:
+            self._retry_after_puppet = False
             self._done = None
 
     def pending(self) -> bool:
@@ -163,7 +170,7 @@ class ReleaseJob:
                 # Resolved at each install: puppet may have just created the user.
                 installer = self._installer(resolve_user(self.user, self.app))
             except NoSuchUser as exc:
-                self._user_missing = True
+                self._retry_after_puppet = True
                 result = self._finished(
                     desired,
                     False,
@@ -174,6 +181,8 @@ class ReleaseJob:
                 log.info("release_install_started", **desired.as_dict())
                 done = installer.install(desired.release, data).as_dict()
                 result = self._finished(desired, done.pop("ok"), done.pop("message"), **done)
+                if not result.ok and NO_SPACE in result.message:
+                    self._retry_after_puppet = True  # tried again after the next good puppet run
         self.last_install = result
         (log.info if result.ok else log.error)("release_install_finished", **result.to_doc())
         self.show()
