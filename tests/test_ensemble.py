@@ -73,6 +73,7 @@ def test_the_ensemble_elects_a_new_leader_after_a_kill() -> None:
         assert ens.mode(leader) == "follower"
 
 
+@pytest.mark.timeout(900)  # about 100 s on an idle machine; far more on a loaded one
 def test_leader_killed_under_writes_orders_and_deploys(stage: chaos.Stage, home: Path) -> None:
     repo = AppRepo(home)
     assert stage.zk is not None
@@ -95,6 +96,7 @@ def test_leader_killed_under_writes_orders_and_deploys(stage: chaos.Stage, home:
     assert report.orders.ok + report.orders.maybe == CI_KILLS
 
 
+@pytest.mark.timeout(600)
 def test_quorum_lost_then_back(stage: chaos.Stage) -> None:
     assert stage.zk is not None
     report = chaos.quorum_loss(
