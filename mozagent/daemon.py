@@ -39,7 +39,7 @@ from mozagent.apply.puppet import (
 )
 from mozagent.apply.script import ScriptApplier
 from mozagent.config import Config, HeatConfig
-from mozagent.fileio import lock_holder, private_dir, try_lock
+from mozagent.fileio import lock_holder, private_dir, remove_stale_temps, try_lock
 from mozagent.render.hieradata import HieraData
 from mozagent.report.health import HEARTBEAT_INTERVAL, touch_heartbeat
 from mozagent.report.heat import HeatReport
@@ -405,6 +405,8 @@ class Daemon:
         signal.signal(signal.SIGHUP, lambda *_: self._run_requested.set())
         if not self.acquire_lock(wait=True):
             return 0  # asked to stop while waiting for the lock
+        for path in remove_stale_temps(self.cfg.state_dir):
+            log.info("stale_temp_file_removed", path=path)  # a write a kill -9 cut short
         if not self._choose_containment():
             return 2
         self.start()

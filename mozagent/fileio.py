@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import tempfile
 from typing import Any
 
@@ -21,6 +22,27 @@ def read_bytes(path: str) -> bytes | None:
             return fh.read()
     except FileNotFoundError:
         return None
+
+
+# write_atomic's temp files: ".<name>." and mkstemp's 8 characters.
+TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}$")
+
+
+def remove_stale_temps(root: str, skip: frozenset[str] = frozenset({"vardir"})) -> list[str]:
+    """Remove the temp files of writes cut short by a kill -9 (between
+    write_atomic's mkstemp and its rename), under ``root``; returns them.
+    Only for a dir this process holds the lock of: no write is under way
+    there. Directories named in ``skip`` (puppet's vardir) are not ours."""
+    removed: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in skip]
+        for name in filenames:
+            if TEMP_NAME.match(name):
+                path = os.path.join(dirpath, name)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                    removed.append(path)
+    return removed
 
 
 def write_atomic(path: str, content: bytes, mode: int = 0o644, durable: bool = True) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import signal
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
 from mozagent.desired.fleet import orders_path, release_path, result_path
+from mozagent.fileio import TEMP_NAME
 from mozagent_dev.heatstub import HeatStub, inputs
 from mozagent_dev.testing import wait_until
 from mozagent_dev.zkchaos import APP, Agent, AppCode, data_path, put, rendered
@@ -41,8 +41,6 @@ from mozagent_dev.zkchaos import APP, Agent, AppCode, data_path, put, rendered
 # Appends the order's own name, so a second run of one order shows as two lines.
 ORDER_COMMAND = 'chaos: echo "$MOZAGENT_ORDER" >> {marks}/chaos-runs; sleep 0.5\n'
 KEY = "greeting"
-# write_atomic's temp files: ``.<name>.<mkstemp's 8 characters>``.
-TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}$")
 
 
 @dataclass(frozen=True)

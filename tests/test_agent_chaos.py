@@ -262,3 +262,19 @@ def test_heat_down_keeps_every_signal_and_status_names_it_until_it_is_back(
             )
         finally:
             proxy.close()
+
+
+def test_temp_files_of_writes_cut_short_by_a_kill_are_removed_at_start(sandbox: Sandbox) -> None:
+    """What the full kill storm found (bench/chaos_agent.py): a kill -9 between
+    write_atomic's mkstemp and its rename left ``.d-89.json.0s02evtz`` for ever."""
+    stale = [
+        sandbox.state / "heat" / "signals" / ".d-89.json.0s02evtz",
+        sandbox.state / ".status.json.k2j_9x0a",
+    ]
+    puppets = sandbox.state / "puppet-warm" / "vardir" / ".state.yaml.abcdefgh"
+    for path in [*stale, puppets]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("half")
+    sandbox.start_daemon()
+    assert not [p for p in stale if p.exists()]
+    assert puppets.exists()  # puppet's vardir is not the agent's
