@@ -202,7 +202,13 @@ def test_heat_down_keeps_every_signal_and_status_names_it_until_it_is_back(
     """What test_heat covers (5xx on signals only) plus the endpoints
     resetting every connection, metadata included, while a new deployment is
     published: the run's signal waits, the poll recovers, each is sent once."""
-    with chaos_agent(zk_server, zk_root) as env:
+    heat_outage(zk_server, zk_root, outage=5.0)
+
+
+def heat_outage(server: ZooKeeperServer, zk_root: str, outage: float) -> dict[str, int]:
+    """Heat's endpoints down for ``outage`` seconds (the bench: minutes);
+    returns the signals each deployment got. Asserts, so the bench fails loudly."""
+    with chaos_agent(server, zk_root) as env:
         box, stub = env.box, env.stub
         proxy = FaultProxy(stub.port)
         try:
@@ -227,7 +233,7 @@ def test_heat_down_keeps_every_signal_and_status_names_it_until_it_is_back(
             second = {**agentchaos.deployment(stub, "h-2")}
             second["inputs"] = inputs("TEMP_URL_SIGNAL", via, "h-2")
             stub.set_metadata({"deployments": [first, second]})
-            outage = time.monotonic()
+            began = time.monotonic()
             pending = wait_for(
                 lambda: [
                     d for d in (box.status_doc() or {}).get("deployments", [])
@@ -245,7 +251,7 @@ def test_heat_down_keeps_every_signal_and_status_names_it_until_it_is_back(
             )
             print("errors while down:", box.status()[1]["all_errors"])
             assert not stub.signals
-            time.sleep(max(0.0, 5 - (time.monotonic() - outage)))
+            time.sleep(max(0.0, outage - (time.monotonic() - began)))
             stub.fail_signals = 0
             proxy.set_mode("pass")
             wait_for(
@@ -260,6 +266,7 @@ def test_heat_down_keeps_every_signal_and_status_names_it_until_it_is_back(
                 timeout=60,
                 what="the heat errors to clear",
             )
+            return {d: len(stub.signals_for(d)) for d in ("h-1", "h-2")}
         finally:
             proxy.close()
 
