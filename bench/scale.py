@@ -20,18 +20,20 @@ puppet runs; what it then applies is the same snapshot).
   one-key render spend their time (the full read; resolving, rendering and
   writing the layer files; the durable ``lastgood.json``).
 
-``fleet`` (issue 18, "Fleet"): N ``mozagent daemon`` processes of one app
-(``bench/fleet.py``'s ``Fleet``: own node name, state and apps dir each, no
-puppet manifest, ZooKeeper defaults), started in batches; then:
+``fleet`` (issue 18, "Fleet"): a 3-server ``mozagent_dev.ensemble`` on
+127.0.0.1 (its per-address connection cap lifted) and N ``mozagent daemon``
+processes of one app (``bench/fleet.py``'s ``Fleet``: own node name, state and
+apps dir each, no puppet manifest, ZooKeeper defaults, a copy of
+``mozagent/``), started 10 at a time, each batch converged before the next; then:
 
 * one write to the global layer (kazoo ``set``) → every agent's presence
   shows ``data_version`` ≥ the write's mzxid (the rule of ``data set
   --wait``, ``desired.convergence.data_outcome``);
 * ``mozagent data set --global KEY VALUE --wait``: what the operator waits for;
 * ``mozagent deploy`` → every presence shows the release installed;
-* ZooKeeper's requests (``mntr``: packets received, watches, connections,
-  outstanding requests, latency) and the java process's CPU
-  (``/proc/PID/stat``), idle and during each fan-out;
+* ZooKeeper's requests (``mntr`` packets received, watches, connections,
+  summed over the members; the worst max latency) and the java processes'
+  CPU (``/proc/PID/stat``), idle and during each fan-out;
 * every agent's RSS (sum and per agent).
 
 Run from the repository root::
