@@ -285,9 +285,11 @@ def kill_storm(
             report.signals[dep_id] = len(bodies)
             if any(b != bodies[0] for b in bodies):
                 report.differing_repeats.append(dep_id)
-        runs = (repo.marks / "chaos-runs").read_text().split() if (
-            repo.marks / "chaos-runs"
-        ).exists() else []
+        runs = (
+            (repo.marks / "chaos-runs").read_text().split()
+            if (repo.marks / "chaos-runs").exists()
+            else []
+        )
         for order in orders:
             report.order_runs[order] = runs.count(order)
             report.order_states[order] = order_result(zk, root, order, node) or "none"

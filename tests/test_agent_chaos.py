@@ -153,8 +153,10 @@ def test_a_full_disk_is_named_keeps_the_last_good_files_and_converges_when_space
         put(zk, release_path(zk_root, APP), f"ref: r1\nsource: {env.repo.url}\n".encode())
         box.start_daemon()
         wait_for(
-            lambda: agentchaos.current_release(env.apps) == (r1, True)
-            and "greeting=before " in box.output(),
+            lambda: (
+                agentchaos.current_release(env.apps) == (r1, True)
+                and "greeting=before " in box.output()
+            ),
             timeout=90,
             what="r1 installed and the data applied",
         )
@@ -177,8 +179,10 @@ def test_a_full_disk_is_named_keeps_the_last_good_files_and_converges_when_space
         os.unlink(small_disk / "filler")
         try:
             wait_for(
-                lambda: agentchaos.current_release(env.apps) == (r2, True)
-                and "greeting=after " in box.output(),
+                lambda: (
+                    agentchaos.current_release(env.apps) == (r2, True)
+                    and "greeting=after " in box.output()
+                ),
                 timeout=120,
                 what="r2 and the new data once space returns",
             )
