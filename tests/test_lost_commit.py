@@ -120,3 +120,24 @@ def test_a_change_whose_answer_is_lost_every_time_fails_saying_it_may_be_written
     assert "ConnectionLoss" in err or "connection" in err.lower(), err
     assert "may or may not have been made" in err, err
     assert not zk.exists(f"{zk_root}/apps/shop/orders") or orders(zk, zk_root) == []
+
+
+def test_behind_a_chroot_a_lost_answer_is_still_found_and_not_sent_again(
+    zk_server: ZooKeeperServer,
+    zk: KazooClient,
+    zk_root: str,
+    losing: LosingCommits,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A chroot in the hosts string: the operations' paths carry it, the
+    lookup's requests add it again; looked for in the wrong place, the order
+    would be sent twice."""
+    chroot = f"{zk_root}-chroot"
+    zk.ensure_path(chroot)
+    losing.lose(True)
+    argv = ["order", "shop", "migrate", "--zookeeper", f"{zk_server.hosts}{chroot}"]
+    assert main([*argv, "--root", "/moz"]) == 0
+    names = zk.get_children(f"{chroot}/moz/apps/shop/orders")
+    assert len(names) == 1, names
+    assert names[0] in capsys.readouterr().out
+    assert losing.sent == 1

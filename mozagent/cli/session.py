@@ -204,6 +204,7 @@ COMMIT_ATTEMPTS = 5
 # How far back a lost commit's sequential znode is looked for: newer siblings
 # are other commands' since; a busy trail gets far fewer in one command's time.
 LOOKBACK = 1000
+FIND_BATCH = 100
 
 
 def _markers(txn: TransactionRequest) -> list[Create]:
@@ -217,6 +218,29 @@ def _again(txn: TransactionRequest) -> TransactionRequest:
     return fresh
 
 
+def _find(client: Any, parent: str, names: list[str], data: bytes) -> str | None:
+    """The path of the first of ``names`` under ``parent`` holding ``data``:
+    read a batch at a time, pipelined, so a long trail costs round trips by
+    the batch, not by the znode."""
+    for start in range(0, len(names), FIND_BATCH):
+        batch = names[start : start + FIND_BATCH]
+
+        def read(batch: list[str] = batch) -> str | None:
+            pending = [(n, client.get_async(f"{parent}/{n}")) for n in batch]
+            for name, result in pending:
+                try:
+                    got, _ = result.get()
+                except NoNodeError:
+                    continue
+                if got == data:
+                    return f"{parent}/{name}"
+            return None
+
+        if (hit := client.retry(read)) is not None:
+            return hit
+    return None
+
+
 def _landed(txn: TransactionRequest) -> list[Any] | None:
     """The results of a commit whose answer was lost, if it went in; None if
     it did not. Its sequential znodes are found by their exact bytes among the
@@ -225,29 +249,24 @@ def _landed(txn: TransactionRequest) -> list[Any] | None:
     client = txn.client
     found: dict[int, str] = {}
     for marker in _markers(txn):
-        parent, prefix = marker.path.rsplit("/", 1)
+        # An operation's path carries the client's chroot; a request adds it again.
+        parent, prefix = client.unchroot(marker.path).rsplit("/", 1)
         client.retry(client.sync, parent)
         try:
             names = client.retry(client.get_children, parent)
         except NoNodeError:
             return None
         newest = sorted((n for n in names if n.startswith(prefix)), reverse=True)[:LOOKBACK]
-        for name in newest:
-            try:
-                data, _ = client.retry(client.get, f"{parent}/{name}")
-            except NoNodeError:
-                continue
-            if data == marker.data:
-                found[id(marker)] = f"{parent}/{name}"
-                break
-        else:
+        hit = _find(client, parent, newest, marker.data)
+        if hit is None:
             return None  # a transaction goes in whole or not at all: one absent is enough
+        found[id(marker)] = hit
     results: list[Any] = []
     for op in txn.operations:
         if isinstance(op, Create):
-            results.append(found.get(id(op), op.path))
+            results.append(found.get(id(op), client.unchroot(op.path)))
         elif isinstance(op, SetData):
-            results.append(client.retry(client.exists, op.path))
+            results.append(client.retry(client.exists, client.unchroot(op.path)))
         else:
             results.append(True)
     return results
