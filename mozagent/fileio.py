@@ -24,8 +24,10 @@ def read_bytes(path: str) -> bytes | None:
         return None
 
 
-# write_atomic's temp files: ".<name>." and mkstemp's 8 characters.
-TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}$")
+# write_atomic's temp files: ".<name>.", mkstemp's 8 characters and a suffix
+# of our own, so a user's dotfile (".env.template") is never taken for one.
+TEMP_SUFFIX = ".mozagent-tmp"
+TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX) + "$")
 
 
 def remove_stale_temps(root: str, skip: frozenset[str] = frozenset({"vardir"})) -> list[str]:
@@ -39,7 +41,8 @@ def remove_stale_temps(root: str, skip: frozenset[str] = frozenset({"vardir"})) 
         for name in filenames:
             if TEMP_NAME.match(name):
                 path = os.path.join(dirpath, name)
-                with contextlib.suppress(FileNotFoundError):
+                # One file it may not remove must not keep the agent from starting.
+                with contextlib.suppress(OSError):
                     os.unlink(path)
                     removed.append(path)
     return removed
@@ -54,7 +57,9 @@ def write_atomic(path: str, content: bytes, mode: int = 0o644, durable: bool = T
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=TEMP_SUFFIX, dir=directory
+    )
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:

@@ -19,6 +19,7 @@ import pytest
 from kazoo.client import KazooClient
 
 from mozagent.desired.fleet import release_path
+from mozagent.fileio import TEMP_SUFFIX
 from mozagent_dev import agentchaos
 from mozagent_dev.faultproxy import FaultProxy
 from mozagent_dev.heatstub import HeatStub, inputs
@@ -277,15 +278,22 @@ def heat_outage(server: ZooKeeperServer, zk_root: str, outage: float) -> dict[st
 
 def test_temp_files_of_writes_cut_short_by_a_kill_are_removed_at_start(sandbox: Sandbox) -> None:
     """What the full kill storm found (bench/chaos_agent.py): a kill -9 between
-    write_atomic's mkstemp and its rename left ``.d-89.json.0s02evtz`` for ever."""
+    write_atomic's mkstemp and its rename left ``.d-89.json.0s02evtz`` for ever.
+    Only the agent's own temp names go: a script deployment's working dir
+    (heat/configs) holds the user's files, dotfiles of that shape included."""
     stale = [
-        sandbox.state / "heat" / "signals" / ".d-89.json.0s02evtz",
-        sandbox.state / ".status.json.k2j_9x0a",
+        sandbox.state / "heat" / "signals" / f".d-89.json.0s02evtz{TEMP_SUFFIX}",
+        sandbox.state / f".status.json.k2j_9x0a{TEMP_SUFFIX}",
     ]
-    puppets = sandbox.state / "puppet-warm" / "vardir" / ".state.yaml.abcdefgh"
-    for path in [*stale, puppets]:
+    puppets = sandbox.state / "puppet-warm" / "vardir" / f".state.yaml.abcdefgh{TEMP_SUFFIX}"
+    users = [
+        sandbox.state / "heat" / "configs" / "d-1" / ".env.template",
+        sandbox.state / "heat" / "configs" / "d-1" / ".htaccess.disabled",
+    ]
+    for path in [*stale, puppets, *users]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("half")
     sandbox.start_daemon()
     assert not [p for p in stale if p.exists()]
     assert puppets.exists()  # puppet's vardir is not the agent's
+    assert all(p.exists() for p in users)
