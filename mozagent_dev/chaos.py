@@ -40,6 +40,7 @@ from typing import Any
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
+from mozagent.desired.audit import audit_dir
 from mozagent.desired.fleet import orders_path
 from mozagent.zkauth import CREDENTIALS_ENV
 from mozagent_dev.ensemble import ZooKeeperEnsemble
@@ -176,7 +177,8 @@ class KillReport:
     final_value: int = 0
     states_lost: int = 0  # agents whose rendered counter is not the final value
     order_znodes: int = 0
-    orders_doubled: int = 0  # an order's token in more than one znode
+    orders_doubled: int = 0  # an order's token in more than one audit entry
+    orders_audited: int = 0  # tokens found in the audit trail at all
     orders_run_twice: int = 0  # (host, order) lines repeated in the run logs
     orders_not_run: int = 0  # confirmed orders missing from a host's run log
     deploys_lost: int = 0  # the last confirmed deploy not installed everywhere
@@ -355,21 +357,22 @@ def count_orders(
     report: KillReport, agents: list[tuple[Agent, str]], repo: AppCode, zk: KazooClient,
     root: str, tokens: list[str], confirmed: list[str],
 ) -> None:  # fmt: skip
-    """Doubles by token across the order znodes; runs per host from the
-    command's own log (once each order has had the time to run)."""
+    """Doubles by token; runs per host from the command's own log (once each
+    order has had the time to run). The token, the order's --reason, is in
+    its audit entry, which goes in atomically with the order: two entries of
+    one token are two orders."""
     base = orders_path(root, APP)
-    names = sorted(zk.retry(zk.get_children, base))
-    report.order_znodes = len(names)
+    report.order_znodes = len(zk.retry(zk.get_children, base))
+    trail = audit_dir(root, APP)
     seen: Counter[str] = Counter()
-    for name in names:
+    for name in zk.retry(zk.get_children, trail):
         try:
-            raw = zk.retry(zk.get, f"{base}/{name}")[0].decode()
+            doc = json.loads(zk.retry(zk.get, f"{trail}/{name}")[0])
         except NoNodeError:
             continue
-        # The token is the order's --reason: somewhere in its document.
-        for token in set(tokens):
-            if token in raw:
-                seen[token] += 1
+        if doc.get("action") == "order" and doc.get("reason") in tokens:
+            seen[doc["reason"]] += 1
+    report.orders_audited = len(seen)
     report.orders_doubled = sum(n - 1 for n in seen.values() if n > 1)
 
     def runs(node: str) -> list[str]:
