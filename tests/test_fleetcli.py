@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 from kazoo.client import KazooClient
+from kazoo.exceptions import ConnectionLoss
 
 from mozagent.cli import fleet as fleetcli
 from mozagent.cli import fleetviews as views
@@ -357,6 +358,58 @@ def test_deploy_wait_names_hosts_that_never_answer_or_went_away(
     assert 2 <= elapsed < 4.5, elapsed
     assert "web1: done" in out and "web3: went away" in out
     assert "did not answer within 3 s: web2" in err and "went away: web3" in err
+
+
+class LoseFirstReadAfterWrite:
+    """The first read a command makes once its change is written fails with
+    ConnectionLoss, as when a reset or an election lands right after the
+    commit: the wait's discovery, before ``follow`` polls."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.lost = 0
+        real = fleetcli.Session.result
+
+        def result(session: fleetcli.Session, pending: Any, deadline: float | None = None) -> Any:
+            if session.written and not self.lost:
+                self.lost += 1
+                raise ConnectionLoss("forced by the test: the connection dropped")
+            return real(session, pending, deadline)
+
+        monkeypatch.setattr(fleetcli.Session, "result", result)
+
+
+@pytest.mark.parametrize("command", ["deploy", "data", "order"])
+def test_a_connection_lost_right_after_the_write_does_not_end_the_wait(
+    cli, agents: Agents, zk: KazooClient, zk_root: str, monkeypatch: pytest.MonkeyPatch,
+    command: str,
+) -> None:  # fmt: skip
+    agents.join("web1")
+    orders = f"{zk_root}/apps/shop/orders"
+
+    def host_acts() -> None:
+        if command == "deploy":
+            until("the deploy", lambda: zk.exists(agents.release_path()))
+            agents.installed("web1", zk.exists(agents.release_path()).mzxid)
+        elif command == "data":
+            layer = f"{zk_root}/apps/shop/data"
+            until("the write", lambda: zk.exists(f"{layer}/greeting"))
+            agents.update("web1", data_version=layer_version(zk, layer))
+        else:
+            name = until("the order", lambda: zk.exists(orders) and max(zk.get_children(orders)))
+            result(agents, name, "web1", "done", 0)
+
+    argv = {
+        "deploy": ["deploy", "shop", "v2", "--source", SOURCE],
+        "data": ["data", "set", "shop", "greeting", "hello"],
+        "order": ["order", "shop", "restart"],
+    }[command]
+    lose = LoseFirstReadAfterWrite(monkeypatch)
+    agents.soon(host_acts)
+    code, out, err = cli(*argv, "--wait", "--timeout", "15")
+    assert lose.lost == 1  # the fault happened, after the write
+    assert code == 0, out + err
+    assert "web1: done" in out and "all 1 hosts done" in out, out
+    assert "cut short" not in err
 
 
 def test_wait_without_live_hosts_says_so(cli, agents: Agents, zk: KazooClient) -> None:

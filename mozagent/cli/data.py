@@ -25,7 +25,7 @@ from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import ZnodeStat
 
 from mozagent.cli.audit import Note
-from mozagent.cli.fleet import layer_version, wait_for_data
+from mozagent.cli.fleet import layer_version, reread, wait_for_data
 from mozagent.cli.parser import DATA_ARITY, Usage, check_word, fail
 from mozagent.cli.session import (
     EXIT_FAILED,
@@ -136,7 +136,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         if not wait or code != EXIT_OK:
             return code
         session.written = True
-        version = layer_version(session, ref.path)
+        version = reread(session, lambda: layer_version(session, ref.path))
         app = None if is_global else words["APP"]
         return wait_for_data(session, app, node, version, sys.stdout)
 

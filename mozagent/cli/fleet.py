@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from kazoo.client import TransactionRequest
 from kazoo.exceptions import (
@@ -81,6 +81,8 @@ from mozagent.desired.release import (
 EXIT_NOTHING = 3  # no live host to show or to wait for; no such order
 EXIT_IN_PROGRESS = 4  # order status without --wait: some hosts have not finished
 POLL_INTERVAL = 0.25
+
+T = TypeVar("T")
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -249,6 +251,20 @@ class Target:
 Poll = Callable[[float], dict[str, cv.Standing]]
 
 
+def reread(session: Session, read: Callable[[], T]) -> T:
+    """A wait's first reads, made just after its write: a connection lost there
+    (a reset, a leader election) is retried until the wait's deadline, as
+    ``follow`` does with its polls. Reads change nothing and kazoo reconnects,
+    so a blip must not end a wait whose change was already made."""
+    while True:
+        try:
+            return read()
+        except (ConnectionLoss, SessionExpiredError):
+            if time.monotonic() + POLL_INTERVAL >= session.wait_deadline:
+                raise
+            time.sleep(POLL_INTERVAL)
+
+
 def follow(
     session: Session,
     labels: list[str],
@@ -324,26 +340,30 @@ def wait_for_data(
 ) -> int:
     """After a data write of ``version``: the hosts that render the layer, i.e.
     the node, the app's live hosts, or every app's (global layer)."""
-    root = session.root
-    if app is None:
-        listing = session.children(fleet.apps_path(root))
-        apps = [a for a in (listing[0] if listing else []) if _valid_name(a)]
-    else:
-        apps = [app]
-    targets = []
-    for each in apps:
-        presences = read_presences(session, each)
-        if node is not None:
-            presences = {n: p for n, p in presences.items() if n == node}
-        prefix = "" if app is not None else f"{each}/"
-        for name in sorted(live_only(presences, out, prefix)):
-            targets.append(Target(prefix + name, each, name))
+    targets = reread(session, lambda: _data_targets(session, app, node, out))
     scope = f"node {node} of app {app}" if node else (f"app {app}" if app else "all apps")
     if not targets:
         raise _nothing_to_wait_for(scope)
     print(f"waiting for {len(targets)} hosts to apply data version {version}", file=out)
     poll = _poll_presences(session, targets, lambda p: cv.data_outcome(p, version))
     return conclude(session, follow(session, [t.label for t in targets], poll, out), out)
+
+
+def _data_targets(session: Session, app: str | None, node: str | None, out: TextIO) -> list[Target]:
+    if app is None:
+        listing = session.children(fleet.apps_path(session.root))
+        apps = [a for a in (listing[0] if listing else []) if _valid_name(a)]
+    else:
+        apps = [app]
+    targets = []
+    seen = {each: read_presences(session, each) for each in apps}  # all read before printing
+    for each, presences in seen.items():
+        if node is not None:
+            presences = {n: p for n, p in presences.items() if n == node}
+        prefix = "" if app is not None else f"{each}/"
+        for name in sorted(live_only(presences, out, prefix)):
+            targets.append(Target(prefix + name, each, name))
+    return targets
 
 
 def _valid_name(name: str) -> bool:
@@ -477,7 +497,7 @@ def _wait_for_release(
 ) -> int:
     """``wanted`` is the release as written, at the version the write made:
     a host is done once it installed exactly that (``release_outcome``)."""
-    presences = read_presences(session, app)
+    presences = reread(session, lambda: read_presences(session, app))
     if node is not None:
         presences = {n: p for n, p in presences.items() if n == node}
     app_path = fleet.release_path(session.root, app)
@@ -638,8 +658,12 @@ def order_status(
     out: TextIO | None = None,
 ) -> int:
     out = out or sys.stdout
-    name = cv.order_name(seq) if seq is not None else newest_order(session, app)
-    order = read_order(session, app, name)
+    name = (
+        cv.order_name(seq)
+        if seq is not None
+        else reread(session, lambda: newest_order(session, app))
+    )
+    order = reread(session, lambda: read_order(session, app, name))
     results: dict[str, OrderResult | cv.Unreadable] = {}
     was_live: set[str] = set()  # a host live earlier in this command that is not now went away
 
@@ -651,7 +675,7 @@ def order_status(
         was_live.update(live)
         return outcomes
 
-    outcomes = poll()
+    outcomes = reread(session, poll)
     if not outcomes:
         raise CommandError(
             f"{name}: no targeted host of app {app} is live, and no host answered", EXIT_NOTHING
