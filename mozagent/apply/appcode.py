@@ -9,8 +9,6 @@ fleet report (presence and order results in ZooKeeper).
 
 from __future__ import annotations
 
-import errno
-import os
 import threading
 import time
 from collections import deque
@@ -32,8 +30,6 @@ from mozagent.report.status import StatusStore
 
 log = structlog.get_logger("mozagent")
 
-# How an install that hit a full disk says so (an OSError's text, ENOSPC).
-NO_SPACE = os.strerror(errno.ENOSPC)
 PRUNE_EVERY = 3600.0  # seconds between prunings of the local order records
 
 # Stands in for a user that does not exist, only to record the refusal.
@@ -162,6 +158,7 @@ class ReleaseJob:
         if desired.release is None and desired.error is None:
             self.show()  # nothing desired: whatever is installed stays
             return True
+        retry = False  # set by a failure that the next good puppet run may cure
         if desired.error is not None:
             result = self._finished(desired, False, desired.error)
         else:
@@ -170,7 +167,7 @@ class ReleaseJob:
                 # Resolved at each install: puppet may have just created the user.
                 installer = self._installer(resolve_user(self.user, self.app))
             except NoSuchUser as exc:
-                self._retry_after_puppet = True
+                retry = True
                 result = self._finished(
                     desired,
                     False,
@@ -179,10 +176,13 @@ class ReleaseJob:
                 )
             else:
                 log.info("release_install_started", **desired.as_dict())
-                done = installer.install(desired.release, data).as_dict()
-                result = self._finished(desired, done.pop("ok"), done.pop("message"), **done)
-                if not result.ok and NO_SPACE in result.message:
-                    self._retry_after_puppet = True  # tried again after the next good puppet run
+                done = installer.install(desired.release, data)
+                retry = done.disk_full and not done.ok
+                run = done.as_dict()
+                result = self._finished(desired, run.pop("ok"), run.pop("message"), **run)
+        # Only this install's failure is retried: a flag left from an earlier
+        # one would reinstall a release that went in since.
+        self._retry_after_puppet = retry
         self.last_install = result
         (log.info if result.ok else log.error)("release_install_finished", **result.to_doc())
         self.show()

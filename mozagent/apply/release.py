@@ -26,6 +26,7 @@ root in a directory another user controls (its config can run commands).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shlex
@@ -54,6 +55,9 @@ from mozagent.desired.release import (
 )
 from mozagent.fileio import disk_full, read_json_object, write_atomic, write_json
 from mozagent.zkauth import CredentialsError, read_private
+
+# How a script or git that ran out of space says so in its own words.
+NO_SPACE = os.strerror(errno.ENOSPC)
 
 MAX_LOG_BYTES = 1024 * 1024
 LOGS_PER_RELEASE = 5
@@ -91,6 +95,9 @@ class InstallResult:
     ended: float
     previous: str | None = None  # the commit ``current`` pointed to before
     switched: bool = False
+    # The install failed for want of space (ENOSPC, the app dir full, or the
+    # script saying so): worth trying again once space is back.
+    disk_full: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -259,17 +266,20 @@ class ReleaseInstaller(ChildApplier):
             result.message = str(exc)
         except OSError as exc:
             result.message = f"cannot install {release.ref}: {exc}"
+            result.disk_full = exc.errno == errno.ENOSPC
         if not result.ok and result.message and not result.switched:
-            if self._drop_if_disk_full(result.commit, result.previous):
+            full = disk_full(self.app_dir)
+            result.disk_full = result.disk_full or full or NO_SPACE in result.message
+            if full and self._drop(result.commit, result.previous):
                 result.message += "; the disk is full: the tree it left was removed"
             result.message += f"; current stays at {self._describe(result.previous)}"
         result.ended = time.time()
         return result
 
-    def _drop_if_disk_full(self, commit: str | None, previous: str | None) -> bool:
+    def _drop(self, commit: str | None, previous: str | None) -> bool:
         """A failed release that left the disk full is removed (its log stays):
         kept for its explanation, it would keep the host from working at all."""
-        if commit is None or commit == previous or not disk_full(self.app_dir):
+        if commit is None or commit == previous:
             return False
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._record_path(commit))
