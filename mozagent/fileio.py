@@ -38,13 +38,30 @@ def remove_stale_temps(root: str, skip: frozenset[str] = frozenset({"vardir"})) 
     removed: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if d not in skip]
-        for name in filenames:
-            if TEMP_NAME.match(name):
-                path = os.path.join(dirpath, name)
-                # One file it may not remove must not keep the agent from starting.
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-                    removed.append(path)
+        removed += _remove_temps(dirpath, filenames)
+    return removed
+
+
+def remove_temps_in(directory: str) -> list[str]:
+    """The same for one directory, not below it: an app's ``releases/`` holds
+    the agent's records next to the app's own trees, which are not walked.
+    Only while no write of ours is under way there."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return _remove_temps(directory, names)
+
+
+def _remove_temps(directory: str, names: list[str]) -> list[str]:
+    removed = []
+    for name in names:
+        if TEMP_NAME.match(name):
+            path = os.path.join(directory, name)
+            # One file it may not remove must not keep the agent from starting.
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+                removed.append(path)
     return removed
 
 

@@ -31,6 +31,7 @@ from mozagent.desired.release import (
     pick_ref,
     split_userinfo,
 )
+from mozagent.fileio import TEMP_SUFFIX
 from mozagent_dev.githttp import GitHttpServer
 
 WHERE = "/mozagent/apps/shop/release"
@@ -480,6 +481,28 @@ def test_an_interrupted_install_runs_again_next_time(repo: Repo, make: Make, bas
     assert result.ok and result.switched, result.message
     assert runs(base, new) == 2
     assert current_target(base) == f"releases/{new}"
+
+
+def test_temp_files_a_kill_left_among_records_and_logs_go_at_the_next_install(
+    repo: Repo, make: Make, base: Path
+) -> None:
+    """A kill -9 between write_atomic's mkstemp and rename, while a record or a
+    log was written, leaves a temp file next to it; the next install removes
+    those, and nothing of the app's own trees (not walked) or else."""
+    good = repo.commit("1.0", tag="v1")
+    assert make().install(Release("v1", repo.url), {}).ok
+    releases, logs = app_dir(base) / "releases", app_dir(base) / "logs"
+    stale = [
+        releases / f".{good}.json.a1b2c3d4{TEMP_SUFFIX}",
+        logs / f".{good}-20261207T000000Z.log.zz_9x0a{TEMP_SUFFIX}",
+    ]
+    apps_own = releases / good / f".settings.py.abcdefgh{TEMP_SUFFIX}"  # in the app's tree
+    for path in [*stale, apps_own]:
+        path.write_text("half")
+    repo.commit("2.0", tag="v2")
+    assert make().install(Release("v2", repo.url), {}).ok
+    assert not [p for p in stale if p.exists()]
+    assert apps_own.exists()
 
 
 def test_a_half_fetched_release_is_fetched_again(repo: Repo, make: Make, base: Path) -> None:

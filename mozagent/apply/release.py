@@ -53,7 +53,13 @@ from mozagent.desired.release import (
     pick_ref,
     split_userinfo,
 )
-from mozagent.fileio import disk_full, read_json_object, write_atomic, write_json
+from mozagent.fileio import (
+    disk_full,
+    read_json_object,
+    remove_temps_in,
+    write_atomic,
+    write_json,
+)
 from mozagent.zkauth import CredentialsError, read_private
 
 # How a script or git that ran out of space says so in its own words.
@@ -334,6 +340,8 @@ class ReleaseInstaller(ChildApplier):
         for name in os.listdir(self.app_dir):
             if name.startswith(".current."):  # a switch a killed agent did not finish
                 _remove(os.path.join(self.app_dir, name))
+        for directory in (self.releases, self.logs):  # records and logs a kill -9 cut short
+            remove_temps_in(directory)
         self._clean_tmp()
 
     def _clean_tmp(self) -> None:
