@@ -147,6 +147,8 @@ class Daemon:
 
     def _wire_heat(self, cfg: Config, h: HeatConfig) -> None:
         """Heat deployments: metadata source → executor jobs → appliers → outbox → sender."""
+        from mozagent.apply.zkdata import ZooKeeperDataApplier
+        from mozagent.desired.heatdata import GROUP
         from mozagent.sources.heat import HeatSource
 
         work = os.path.join(cfg.state_dir, "heat")
@@ -160,6 +162,13 @@ class Daemon:
             "puppet": puppet,
             "script": ScriptApplier(work, children, h.timeout),
         }
+        if cfg.zookeeper is not None:
+            # On the data source's session, made after this: looked up at each run.
+            appliers[GROUP] = ZooKeeperDataApplier(
+                cfg.state_dir,
+                lambda: self.zookeeper.client if self.zookeeper is not None else None,
+                cfg.zookeeper.root,
+            )
         hooks = HookApplier(h.hook_dirs, children, h.timeout)
         sender = self.sender = Sender(
             outbox,

@@ -26,7 +26,6 @@ from mozagent.cli.session import (
     Session,
     commit_change,
     connected,
-    os_user,
     timeout_of,
 )
 from mozagent.desired.audit import (
@@ -40,6 +39,7 @@ from mozagent.desired.audit import (
 )
 from mozagent.desired.keys import InvalidValue
 from mozagent.desired.schema import Unreadable, clean
+from mozagent.zkaudit import add_entry, os_user
 
 MAX_SHOWN_ENTRIES = 10_000
 PRUNE_BATCH = 500  # deletes per transaction: one request stays far under ZooKeeper's 1 MiB
@@ -79,8 +79,6 @@ class Note:
     ) -> None:
         """The entry, as one more operation of the change's transaction."""
         client = self.session.client
-        where = audit_dir(self.session.root, self.app)
-        client.ensure_path(where)  # `mozagent acl apply` makes it under a policy
         entry = AuditEntry(
             action=action,
             app=self.app,
@@ -93,8 +91,7 @@ class Note:
             changes=tuple(changes),
             left_out=left_out,
         )
-        doc = json.dumps(entry.to_doc(), sort_keys=True).encode()
-        txn.create(f"{where}/{ENTRY_PREFIX}", doc, sequence=True)
+        add_entry(txn, client, self.session.root, entry)
 
 
 # --- mozagent audit ------------------------------------------------------------------------------

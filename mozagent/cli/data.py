@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import sys
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -47,6 +46,7 @@ from mozagent.desired.keys import (
     encode_value,
     parse_value,
     parse_yaml_text,
+    same_value,
 )
 from mozagent.desired.layers import layer_paths
 from mozagent.zkacl import PolicyClient, first_refusal
@@ -495,16 +495,6 @@ def load_import_file(path: str) -> dict[str, Any]:
     if problems:
         raise CommandError("\n".join(problems), EXIT_INVALID)
     return doc
-
-
-def same_value(data: bytes, value: Any) -> bool:
-    """Whether a znode already holds ``value``, however it was spelt (JSON, other
-    YAML formatting): re-importing an export must not rewrite the layer."""
-    try:
-        current = parse_value(data)
-    except InvalidValue:
-        return False
-    return json.dumps(current, sort_keys=True) == json.dumps(value, sort_keys=True)
 
 
 def import_layer(

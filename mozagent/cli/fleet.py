@@ -50,7 +50,6 @@ from mozagent.cli.session import (
     Stalled,
     commit_change,
     connected,
-    os_user,
     timeout_of,
 )
 from mozagent.desired import convergence as cv
@@ -77,6 +76,7 @@ from mozagent.desired.release import (
     display_source,
     parse_release,
 )
+from mozagent.zkaudit import os_user
 
 EXIT_NOTHING = 3  # no live host to show or to wait for; no such order
 EXIT_IN_PROGRESS = 4  # order status without --wait: some hosts have not finished

@@ -9,10 +9,8 @@ same way: one line, exit 1, saying whether a change may have been made.
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -154,15 +152,6 @@ class Session:
         except NoNodeError:
             return None
         return sorted(names), stat
-
-
-def os_user() -> str:
-    """The OS user and host a command runs as, for the record: user@host."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"
 
 
 def commit_change(txn: TransactionRequest, doing: str) -> list[Any] | None:

@@ -39,6 +39,8 @@ ACTIONS = (
     "data.set",
     "data.delete",
     "data.import",
+    "heat.data",  # an agent wrote what a Heat deployment (group: zookeeper) handed it
+    "heat.data.delete",
     "acl.apply",
     "audit.prune",
 )

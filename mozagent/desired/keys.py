@@ -229,3 +229,13 @@ class Entry:
     error: str | None = None
     # Child znodes under a key are not data; counted so that they can be reported.
     children: int = 0
+
+
+def same_value(data: bytes, value: Any) -> bool:
+    """Whether a znode already holds ``value``, however it was spelt (JSON, other
+    YAML formatting): writing the same data again must not rewrite the layer."""
+    try:
+        current = parse_value(data)
+    except InvalidValue:
+        return False
+    return json.dumps(current, sort_keys=True) == json.dumps(value, sort_keys=True)
