@@ -975,3 +975,66 @@ def test_the_reference_stack_completes_and_its_url_answers_with_the_page(
         )
         page = json.loads(body)
         assert (page["greeting"], page["release"], page["schema"]) == ("from zk", "v1", 2), page
+
+
+# --- 10. Heat hands app data to ZooKeeper (examples/heat/app-data.yaml) ----------------------
+
+APP_DATA = Path(__file__).resolve().parents[1] / "examples" / "heat" / "app-data.yaml"
+
+
+def test_a_stack_sets_app_data_in_zookeeper_and_the_apps_hosts_converge_on_it(
+    cloud: HeatCloud,
+    stacks: Stacks,
+    agents: list[Agent],
+    tmp_path: Path,
+    zk_server: Any,
+    zk: Any,
+    zk_root: str,
+) -> None:
+    """The blueprint's "heat passing data to zookeeper": the example stack's
+    ``group: zookeeper`` deployment is written into app shop's layer by the
+    agent it lands on, the data version comes back as an output, and another
+    host of the app (no Heat at all) renders it; an update changes it, and
+    deleting the stack removes it."""
+    stack_id = stacks.create(yaml.safe_load(APP_DATA.read_text()), app="shop")
+    data_host = agent_for(
+        agents,
+        tmp_path / "data-host",
+        stacks.os_collect_config(stack_id),
+        zk=(zk_server.hosts, zk_root),
+    )
+    data_host.start()
+    web2 = Sandbox(tmp_path / "web2", zk_server.hosts, zk_root)
+    web2.write_config(node="web2")
+    web2.start_daemon()
+    try:
+        wait_stack(stacks, stack_id, "CREATE_COMPLETE", data_host)
+        path = f"{zk_root}/apps/shop/data"
+        assert stacks.output(stack_id, "zookeeper_path") == path
+        version = stacks.output(stack_id, "data_version")
+        assert isinstance(version, int) and version == max(
+            zk.exists(f"{path}/{k}").mzxid for k in zk.get_children(path)
+        )
+        want = {"db_host": "db1.internal", "workers": 4, "greeting": "Hello from Heat"}
+        for box in (web2, data_host.box):
+            wait_for(lambda b=box: b.layer_file("app") == want, timeout=60, what="the app layer")
+        assert web2.status_doc()["data_version"] >= version
+        audit = f"{zk_root}/audit/apps/shop"
+        entry = json.loads(zk.get(f"{audit}/{max(zk.get_children(audit))}")[0])
+        assert entry["action"] == "heat.data" and entry["reason"].startswith("heat deployment")
+
+        stacks.update(stack_id, workers=8, greeting="Updated by Heat")
+        wait_stack(stacks, stack_id, "UPDATE_COMPLETE", data_host)
+        want = {**want, "workers": 8, "greeting": "Updated by Heat"}
+        wait_for(lambda: web2.layer_file("app") == want, timeout=60, what="the updated layer")
+        assert stacks.output(stack_id, "data_version") > version
+
+        # DELETE runs only when Nova says the server exists (the stand-in does).
+        server_id = stacks.heat.resources.get(stack_id, "server").physical_resource_id
+        cloud.compute.servers.add(server_id)
+        stacks.heat.stacks.delete(stack_id)
+        wait_stack(stacks, stack_id, "DELETE_COMPLETE", data_host)
+        assert zk.get_children(path) == []
+        wait_for(lambda: web2.layer_file("app") == {}, timeout=60, what="the keys removed")
+    finally:
+        web2.stop_daemons()

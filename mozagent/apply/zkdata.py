@@ -147,22 +147,24 @@ class ZooKeeperDataApplier(Applier):
         wanted: dict[str, bytes],
         owned: dict[str, str],
     ) -> tuple[Plan, int]:
+        """Each attempt reads and plans again: after a conflict, or a commit
+        whose answer was lost (then it finds nothing left to write)."""
         retrying = Retrying(
             stop=stop_after_delay(self.deadline) | stop_after_attempt(ATTEMPTS),
             wait=wait_exponential(multiplier=0.2, max=5),
             retry=retry_if_exception_type((*TRANSIENT, _Conflict)),
             sleep=self.sleep,
         )
-        return retrying(self._attempt, client, dep, target, wanted, owned)
+        return retrying(lambda: self._attempt(client, dep, target, plan_for=(wanted, owned)))
 
     def _attempt(
         self,
         client: PolicyClient,
         dep: Deployment,
         target: Target,
-        wanted: dict[str, bytes],
-        owned: dict[str, str],
+        plan_for: tuple[dict[str, bytes], dict[str, str]],
     ) -> tuple[Plan, int]:
+        wanted, owned = plan_for
         client.load_policy()  # creates carry the policy's ACL as it is now
         layer, current, version = _read_layer(client, target.path)
         todo = plan(current, wanted, owned)
