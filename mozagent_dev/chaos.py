@@ -42,8 +42,9 @@ from kazoo.exceptions import NoNodeError
 
 from mozagent.desired.audit import audit_dir
 from mozagent.desired.fleet import orders_path
-from mozagent.zkauth import CREDENTIALS_ENV
+from mozagent.zkauth import CREDENTIALS_ENV, TLS_ENV
 from mozagent_dev.ensemble import ZooKeeperEnsemble
+from mozagent_dev.pki import Pki
 from mozagent_dev.testing import wait_until
 from mozagent_dev.zkchaos import (
     APP,
@@ -74,12 +75,17 @@ class Operator:
     """The real CLI (a subprocess, as a person runs it) as one of the policy's
     identities: ``run("operator", "data", "set", …)``."""
 
-    def __init__(self, hosts: str, root: str, creds: dict[str, Path], cwd: Path) -> None:
+    def __init__(
+        self, hosts: str, root: str, creds: dict[str, Path], cwd: Path,
+        tls_env: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
         self.hosts, self.root, self.creds, self.cwd = hosts, root, creds, cwd
+        self.tls_env = tls_env or {}  # MOZAGENT_ZOOKEEPER_TLS_*: the CLI over TLS
 
     def run(self, role: str, *argv: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if k != "MOZAGENT_CONFIG"}
-        env[CREDENTIALS_ENV] = str(self.creds[role])
+        env = {k: v for k, v in env.items() if k not in TLS_ENV.values()}
+        env.update(self.tls_env, **{CREDENTIALS_ENV: str(self.creds[role])})
         return subprocess.run(
             [sys.executable, "-m", "mozagent", *argv, "--zookeeper", self.hosts,
              "--root", self.root],
@@ -464,14 +470,24 @@ class Stage:
     """A started ensemble, the role policy applied on ``root``, and one agent
     daemon per node (made by ``make_agent(dir, node, zookeeper_section)``: the
     suite's Sandbox), each connected and rendering; ``close()`` stops the
-    agents and the ensemble. ``policy`` is tests/roles.py's document."""
+    agents and the ensemble. ``policy`` is tests/roles.py's document.
+
+    With ``tls`` (the default, as production runs) the agents and the CLI
+    reach the ensemble only over its secureClientPorts, verified against a
+    throwaway CA, each agent with a certificate of its own (CN=node) and the
+    CLI with one for CN=operator; the ACLs are the policy's digests. The
+    observing admin client uses the plain ports: it is the test's eyes, not
+    a party to the promise."""
 
     def __init__(
         self, home: Path, policy: dict[str, Any], nodes: tuple[str, ...],
         make_agent: Callable[[Path, str, dict[str, Any]], Agent], root: str = "/chaos",
+        tls: bool = True,
     ) -> None:  # fmt: skip
         self.home, self.root = home, root
-        self.ensemble = ZooKeeperEnsemble(3)
+        self.pki = Pki(home / "pki") if tls else None
+        server = self.pki.issue("zk", "/CN=zk", "IP:127.0.0.1,DNS:localhost") if self.pki else None
+        self.ensemble = ZooKeeperEnsemble(3, tls=(server.both, self.pki.ca) if server else None)
         self.agents: list[tuple[Agent, str]] = []
         self.zk: KazooClient | None = None
         self.creds: dict[str, Path] = {}
@@ -482,7 +498,7 @@ class Stage:
             self.creds[role] = path
         try:
             self.ensemble.start()
-            self.cli = Operator(self.ensemble.hosts, root, self.creds, home)
+            self.cli = Operator(self.hosts, root, self.creds, home, self._tls_env())
             policy_file = home / "policy.json"
             policy_file.write_text(json.dumps(policy))
             res = self.cli.run("admin", "acl", "apply", str(policy_file))
@@ -498,11 +514,11 @@ class Stage:
                 res = self.cli.run("operator", "data", "set", APP, key, "0")
                 if res.returncode != 0:
                     raise RuntimeError(f"first data set failed: {res.stdout}{res.stderr}")
-            section = {"hosts": self.ensemble.hosts, "root": root,
+            section = {"hosts": self.hosts, "root": root,
                        "credentials_file": str(self.creds["agent"])}  # fmt: skip
             for node in nodes:
                 (home / node).mkdir()
-                agent = make_agent(home / node, node, section)
+                agent = make_agent(home / node, node, {**section, **self._agent_tls(node)})
                 self.agents.append((agent, node))
                 agent.start_daemon()
             for agent, node in self.agents:
@@ -511,6 +527,24 @@ class Stage:
         except BaseException:
             self.close()
             raise
+
+    @property
+    def hosts(self) -> str:
+        """What the agents and the CLI connect to."""
+        return self.ensemble.tls_hosts if self.pki else self.ensemble.hosts
+
+    def _tls_env(self) -> dict[str, str]:
+        if self.pki is None:
+            return {}
+        pair = self.pki.issue("operator", "/CN=operator")
+        paths = {"ca": self.pki.ca, "cert": pair.cert, "key": pair.key}
+        return {TLS_ENV[k]: str(v) for k, v in paths.items()}
+
+    def _agent_tls(self, node: str) -> dict[str, str]:
+        if self.pki is None:
+            return {}
+        pair = self.pki.issue(node, f"/CN={node}")
+        return {"tls_ca": str(self.pki.ca), "tls_cert": str(pair.cert), "tls_key": str(pair.key)}
 
     def close(self) -> None:
         for agent, _ in self.agents:

@@ -7,8 +7,9 @@ counts, print what they counted, and assert the promise: every final state on
 every agent, no order created or run twice, no deploy lost, presence back,
 ``--wait`` true, and the last good files kept while ZooKeeper is gone.
 
-TLS is not switched on here (yet): the ensemble supports it (``tls=``), the
-agents' TLS settings are test_zktls's; see the module's report in issue 18.
+As production runs: the agents and the CLI reach the ensemble over TLS only
+(its secureClientPorts, verified, a client certificate each), under the
+policy's ACLs; ``chaos.Stage`` sets that up.
 """
 
 from __future__ import annotations
