@@ -1004,6 +1004,7 @@ def test_a_stack_sets_app_data_in_zookeeper_and_the_apps_hosts_converge_on_it(
         zk=(zk_server.hosts, zk_root),
     )
     data_host.start()
+    (tmp_path / "web2").mkdir()
     web2 = Sandbox(tmp_path / "web2", zk_server.hosts, zk_root)
     web2.write_config(node="web2")
     web2.start_daemon()
