@@ -39,6 +39,7 @@ from mozagent.cli.session import (
 )
 from mozagent.desired.audit import MASK, Change, shown_value
 from mozagent.desired.keys import (
+    MAX_TRANSACTION_BYTES,
     MAX_VALUE_BYTES,
     InvalidValue,
     check_key,
@@ -52,8 +53,6 @@ from mozagent.desired.layers import layer_paths
 from mozagent.zkacl import PolicyClient, first_refusal
 
 SET_ATTEMPTS = 3  # a set races only with other writers of the same key
-# ZooKeeper refuses a request over jute.maxbuffer (1 MiB by default); keep margin.
-MAX_TRANSACTION_BYTES = 1_000_000
 
 
 def cmd_data(args: argparse.Namespace) -> int:

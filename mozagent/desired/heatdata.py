@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mozagent.desired.keys import (
+    MAX_TRANSACTION_BYTES,
     MAX_VALUE_BYTES,
     InvalidValue,
     check_key,
@@ -39,8 +40,6 @@ from mozagent.desired.layers import layer_paths
 GROUP = "zookeeper"
 LAYERS = ("global", "app", "node")  # secrets are the CLI's: their writer must not read them back
 MAX_KEYS = 1000  # per deployment: one transaction, one audit entry
-# ZooKeeper refuses a request over jute.maxbuffer (1 MiB by default); keep margin.
-MAX_TRANSACTION_BYTES = 1_000_000
 CONFIG_FIELDS = ("app", "layer", "node")
 
 

@@ -16,6 +16,9 @@ import yaml
 KEY_RE = re.compile(r"[a-z0-9_][a-z0-9_:.-]*")
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 MAX_VALUE_BYTES = 1024 * 1024
+# ZooKeeper refuses a request over jute.maxbuffer (1 MiB by default): what one
+# write of many keys (an import, a Heat deployment's inputs) may total, with margin.
+MAX_TRANSACTION_BYTES = 1_000_000
 # Bounds checked while the YAML is composed, before any value is built: a value
 # in the global layer reaches every host, so one znode must not be able to cost
 # a host its CPU, its memory or its stack. Puppet's Integer is 64-bit signed,
